@@ -1,0 +1,1 @@
+"""Entry points, one per experiment: `python -m experiments.<name> --workdir DIR`."""

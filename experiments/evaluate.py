@@ -1,0 +1,127 @@
+"""Apply a trained model of a workdir to images in a .npy file.
+
+    python -m experiments.evaluate --workdir runs/mlp --images digits.npy --out labels.npy [--seed K]
+
+Images: uint8 in 0..255 or float in [0, 1], shape (N, 28, 28), (N, 28, 28, 1) or (N, 784).
+A classifier's workdir writes the predicted labels, int64 of shape (N,). `--seed K` picks the
+K-th trained run of the workdir (0 by default). Images are processed in batches, so memory
+stays bounded for any N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax import experiment, models
+from mnist_jax.checkpoint import CheckpointError
+from mnist_jax.config import ConfigError
+from mnist_jax.data import IMAGE_SHAPE, preprocess_images
+
+BATCH = 2048
+
+
+def load_images(path: str) -> np.ndarray:
+    """Images of a .npy file as (N, 28, 28, 1), uint8 or float32 in [0, 1]; ConfigError if unusable."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ConfigError(f"--images {path!r}: no such file") from None
+    except ValueError as err:
+        raise ConfigError(f"--images {path!r}: not a plain numeric .npy array ({err})") from None
+    except OSError as err:
+        raise ConfigError(f"--images {path!r}: cannot be read as .npy ({err})") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "uif":
+        raise ConfigError(f"--images: expected uint8 or float images, got dtype {getattr(x, 'dtype', type(x))}")
+    if x.ndim == 2 and x.shape[1] == 784:
+        x = x.reshape(-1, 28, 28, 1)
+    elif x.ndim == 3 and x.shape[1:] == (28, 28):
+        x = x[..., None]
+    elif not (x.ndim == 4 and x.shape[1:] == IMAGE_SHAPE):
+        raise ConfigError(f"--images: expected shape (N, 28, 28), (N, 28, 28, 1) or (N, 784), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ConfigError("--images: the array holds no images (N = 0)")
+    if x.dtype.kind == "f":
+        if not np.all(np.isfinite(x)):
+            raise ConfigError("--images: float images contain NaN or infinite values")
+        if x.min() < 0 or x.max() > 1:
+            raise ConfigError(f"--images: float images must be in [0, 1], got values in [{x.min()}, {x.max()}]")
+        return x.astype(np.float32)
+    if x.dtype != np.uint8:
+        if x.min() < 0 or x.max() > 255:
+            raise ConfigError(f"--images: integer images must be in 0..255, got values in [{x.min()}, {x.max()}]")
+        x = x.astype(np.uint8)
+    return x
+
+
+def in_batches(fn, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    """fn over x in fixed-size batches (the last one padded): one compile, bounded memory."""
+    out = []
+    for start in range(0, x.shape[0], batch):
+        chunk = x[start:start + batch]
+        n = chunk.shape[0]
+        if n < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(fn(chunk))[:n])
+    return np.concatenate(out)
+
+
+def restore_run(workdir: pathlib.Path, config, run_index: int):
+    """(model, params of run `run_index`) from a workdir's config.json and params/."""
+    model = models.from_config(config["model"])
+    metrics_path = workdir / "metrics.json"
+    if not metrics_path.exists():
+        raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
+    n_runs = len(experiment.read_json(metrics_path)["seeds"])
+    if not 0 <= run_index < n_runs:
+        raise ConfigError(f"--seed {run_index}: this workdir has runs 0..{n_runs - 1}")
+    one = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE))))
+    like = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n_runs, *a.shape), a.dtype), one)
+    params = experiment.load_params(workdir, like)
+    return model, jax.tree_util.tree_map(lambda a: a[run_index], params)
+
+
+def predict_labels(model, params, x: np.ndarray) -> np.ndarray:
+    """Predicted classes (N,) int64 of images x, batched."""
+    fn = jax.jit(lambda xb: jnp.argmax(model.apply(params, preprocess_images(xb)), axis=-1))
+    return in_batches(fn, x).astype(np.int64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--images", required=True, help=".npy file of images")
+    parser.add_argument("--out", help=".npy file for the result (default: print a summary only)")
+    parser.add_argument("--seed", type=int, default=0, help="index of the trained run to use")
+    args = parser.parse_args(argv)
+    workdir = pathlib.Path(args.workdir)
+    try:
+        if not (workdir / "config.json").exists():
+            raise ConfigError(f"--workdir {args.workdir!r} holds no config.json: not an experiment workdir")
+        config = experiment.read_json(workdir / "config.json")
+        if "model" not in config or config["model"].get("kind") not in ("mlp",):
+            raise ConfigError(f"--workdir {args.workdir!r}: experiment {config.get('experiment')!r} "
+                              "has no model that evaluate can apply")
+        x = load_images(args.images)
+        model, params = restore_run(workdir, config, args.seed)
+        result = predict_labels(model, params, x)
+        if args.out:
+            np.save(args.out, result)
+        counts = np.bincount(result, minlength=10)
+        print(f"{len(result)} images; predicted label counts 0-9: {counts.tolist()}")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

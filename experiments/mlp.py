@@ -1,0 +1,61 @@
+"""The dense classifier of the study's section 2, with its training curves.
+
+    python -m experiments.mlp --workdir runs/mlp [--config.seeds=N] [--config.epochs=E]
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+
+from mnist_jax import experiment, models, plots, stats, sweep, tasks
+
+
+def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
+    return [config.seed + i for i in range(config.seeds)]
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    data, data_seconds = experiment.load_data(config)
+    model = models.from_config(config.model)
+    task = tasks.classifier_task(model)
+    hp, seeds = sweep.grid(seeds_of(config), learning_rate=[config.learning_rate], l2=[config.l2])
+    result = experiment.train(config, workdir, task, hp, seeds, data)
+    experiment.save_params(workdir, result.state.params)
+    history = result.history
+    test_acc = history["test_accuracy"][:, -1]
+    n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
+    metrics = {
+        "experiment": "mlp",
+        "protocol": config.protocol,
+        "param_count": n_params,
+        "seeds": seeds,
+        "history": history,
+        "test_accuracy": {"per_seed": test_acc, **stats.summary(test_acc)},
+        "test_errors": history["test_errors"][:, -1],
+        "val_accuracy": {"per_seed": history["val_accuracy"][:, -1], **stats.summary(history["val_accuracy"][:, -1])},
+        "diverged_seeds": [int(s) for s, d in zip(seeds, history["diverged"][:, -1], strict=False) if d],
+        "timing": experiment.timing(data_seconds, result),
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
+    widths = "-".join(str(w) for w in (784, *config.model.hidden, 10))
+    val_name = "validation = test set (study protocol)" if config.protocol == "study" else f"validation = {config.n_val} held-out"
+    plots.accuracy_curves(
+        history, workdir / "accuracy.png",
+        f"MLP {widths} ({n_params:,} params), {config.optimizer.upper()} lr {config.learning_rate}, "
+        f"batch {config.batch_size}\n{len(seeds)} seeds; {val_name}; "
+        f"final test accuracy {100 * np.mean(test_acc):.2f} %")
+    print(f"test accuracy {100 * np.mean(test_acc):.2f} % ± {100 * np.std(test_acc):.2f} over {len(seeds)} seeds")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    return experiment.main(run, argv, "configs/mlp.py", __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

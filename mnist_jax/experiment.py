@@ -1,0 +1,181 @@
+"""What every experiment entry point shares: the command line, the workdir, data, training
+with a progress bar and checkpoints, and the JSON outputs.
+
+An experiment module defines `run(config, workdir) -> metrics` and calls
+`main(run, argv, "configs/<name>.py")`; this module does the rest of the contract in
+DESIGN.md (config.json, metrics.json, exit codes, clear errors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mnist_jax import data as data_lib
+from mnist_jax.checkpoint import Checkpointer, CheckpointError
+from mnist_jax.config import ConfigError, parse_args
+from mnist_jax.sweep import SweepResult, train_grid
+from mnist_jax.train import Task, TrainSpec
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy / jax scalars and arrays as plain Python numbers and lists (NaN as null)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return to_jsonable(np.asarray(obj).tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    path = pathlib.Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(to_jsonable(obj), tmp, indent=1, allow_nan=False)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def prepare_workdir(workdir: pathlib.Path) -> pathlib.Path:
+    """Create the workdir and check it is writable, or raise ConfigError."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--workdir {str(workdir)!r} is not a writable folder ({err.strerror or err})") from None
+    return workdir.resolve()
+
+
+def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Splits, float]:
+    """The splits of `config` on the device, and the seconds it took."""
+    start = time.perf_counter()
+    splits = data_lib.load_splits(n_val=config.get("n_val", 5000), protocol=config.get("protocol", "holdout"))
+    jax.block_until_ready(splits)
+    if config.batch_size > splits.train_x.shape[0]:
+        raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training set "
+                          f"({splits.train_x.shape[0]} images)")
+    return splits, time.perf_counter() - start
+
+
+class Progress:
+    """A tqdm bar over run-epochs, with the latest mean metric in its postfix."""
+
+    def __init__(self, total_epochs: int, desc: str, metric: str = "val_accuracy"):
+        from tqdm.auto import tqdm
+
+        self.metric = metric
+        self.bar = tqdm(total=total_epochs, desc=desc, unit="epoch", disable=None, dynamic_ncols=True)
+
+    def __call__(self, n: int, metrics: dict) -> None:
+        self.bar.update(n)
+        if self.metric in metrics:
+            self.bar.set_postfix({self.metric: f"{np.nanmean(metrics[self.metric]):.4f}"})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: np.ndarray,
+          data: data_lib.Splits, name: str = "train", spec: TrainSpec | None = None) -> SweepResult:
+    """`train_grid` with the config's spec, a progress bar, and checkpoints in workdir/checkpoints/name.
+
+    A workdir that already holds checkpoints of this training resumes from the newest one.
+    """
+    spec = spec or TrainSpec(epochs=config.epochs, batch_size=config.batch_size,
+                             optimizer=config.get("optimizer", "sgd"), schedule=config.get("schedule", "constant"))
+    ckpt_dir = workdir / "checkpoints" / name
+    bar = Progress(spec.epochs * int(np.ceil(len(seeds) / (config.get("run_chunk", 0) or len(seeds)))), name)
+    try:
+        result = train_grid(task, spec, hp, seeds, data, chunk_epochs=config.get("chunk_epochs", 1),
+                            run_chunk=config.get("run_chunk", 0) or None, checkpoint_dir=str(ckpt_dir),
+                            checkpoint_every=config.get("checkpoint_every", 1), progress=bar)
+    finally:
+        bar.close()
+    if result.resumed_from_epoch is not None:
+        print(f"{name}: resumed from the checkpoint of epoch {result.resumed_from_epoch} in {ckpt_dir}")
+    return result
+
+
+def save_params(workdir: pathlib.Path, params: Any, name: str = "params") -> None:
+    """The trained params of every run (leading run axis) as an orbax checkpoint."""
+    ckpt = Checkpointer(workdir / name, max_to_keep=1)
+    ckpt.save(0, params)
+    ckpt.close()
+
+
+def load_params(workdir: pathlib.Path, like: Any, name: str = "params") -> Any:
+    """The params saved by `save_params`, shaped like `like` (arrays or ShapeDtypeStructs)."""
+    path = pathlib.Path(workdir) / name
+    if not path.is_dir():
+        raise CheckpointError(f"no trained params in {str(workdir)!r} (missing {name}/): run the experiment first")
+    ckpt = Checkpointer(path, max_to_keep=1)
+    try:
+        return ckpt.restore(like)
+    finally:
+        ckpt.close()
+
+
+def history_summary(history: dict[str, np.ndarray]) -> dict:
+    """Per-epoch metrics as {metric: [[run 0 epochs...], ...]} for metrics.json."""
+    return {k: np.asarray(v) for k, v in history.items()}
+
+
+def timing(data_seconds: float, result: SweepResult) -> dict:
+    """The `timing` block of metrics.json."""
+    return {"data_seconds": data_seconds, **result.timing, "device": describe_devices()}
+
+
+def describe_devices() -> str:
+    """e.g. '1 x cpu (TFRT_CPU_0)' or '8 x gpu (NVIDIA H100 80GB HBM3)'."""
+    devs = jax.devices()
+    return f"{len(devs)} x {devs[0].platform} ({getattr(devs[0], 'device_kind', str(devs[0]))})"
+
+
+def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
+         default_config: str, description: str = "") -> int:
+    """Parse, validate, prepare the workdir, run, and write config.json / metrics.json.
+
+    User errors print one line and return 2; missing data or a bad checkpoint return 1.
+    """
+    try:
+        workdir, config = parse_args(argv, default_config, description)
+        workdir = prepare_workdir(workdir)
+        write_json(workdir / "config.json", config.to_dict())
+        start = time.perf_counter()
+        metrics = run(config, workdir)
+        metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
+        write_json(workdir / "metrics.json", metrics)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (data_lib.DataUnavailableError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {workdir / 'metrics.json'}")
+    return 0

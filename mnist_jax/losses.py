@@ -1,0 +1,50 @@
+"""Losses and metrics: pure functions of arrays, per example unless said otherwise."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Categorical cross-entropy -sum_i y_i log softmax(logits)_i, per example (B,).
+
+    `labels` are integer classes (B,) or one-hot / soft targets (B, C); computed from logits
+    with log-softmax, so it stays finite where softmax would round to 0.
+    """
+    if labels.ndim == logits.ndim - 1:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return optax.softmax_cross_entropy(logits, labels)
+
+
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Bernoulli cross-entropy from logits, summed over all but the batch axis: (B,)."""
+    per_pixel = optax.sigmoid_binary_cross_entropy(logits, targets)
+    return per_pixel.reshape(per_pixel.shape[0], -1).sum(axis=1)
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """1.0 where argmax(logits) equals the integer label, else 0.0: (B,)."""
+    return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Share of examples whose argmax equals the integer label."""
+    return correct(logits, labels).mean()
+
+
+def kernels(params) -> list[jax.Array]:
+    """Every leaf named `kernel` (weights of Dense and Conv layers; biases excluded)."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return [leaf for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel"]
+
+
+def l2_penalty(params, factor: jax.Array | float) -> jax.Array:
+    """Keras' L2 regularizer: factor * sum of squared kernel weights (biases are free)."""
+    return factor * sum(jnp.sum(jnp.square(k)) for k in kernels(params))
+
+
+def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, exp(logvar)) || N(0, I)) in nats, summed over the latent axis: (B,)."""
+    return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)

@@ -1,0 +1,187 @@
+"""Many runs as one program: `jax.vmap` of whole runs, the run axis sharded over devices.
+
+A grid of R runs (seeds x continuous hyperparameters, flattened) is padded to a multiple of
+the device count, placed with a `NamedSharding` over a mesh with one axis, "runs", and trained
+by one compiled program; the padding is dropped from every result. The same call runs on one
+CPU, on `XLA_FLAGS=--xla_force_host_platform_device_count=N`, or on several GPUs. A grid too
+large for memory is trained `run_chunk` runs at a time.
+
+The driver calls the compiled program one chunk of epochs at a time, so progress, checkpoints
+and resume live between chunks, never inside compiled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mnist_jax.checkpoint import Checkpointer
+from mnist_jax.data import Splits
+from mnist_jax.train import RunState, Task, TrainSpec, init_state, train_epochs
+
+
+def grid(seeds: list[int] | np.ndarray, **values: list[float]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The full grid values x seeds, flattened seed-fastest: (hp {name: (R,)}, seeds (R,)).
+
+    `grid([0, 1], l2=[0, 1e-4])` gives runs (l2=0, seed 0), (0, 1), (1e-4, 0), (1e-4, 1).
+    """
+    names = list(values)
+    rows = list(itertools.product(*(values[n] for n in names), seeds))
+    hp = {n: np.array([r[i] for r in rows], np.float32) for i, n in enumerate(names)}
+    return hp, np.array([r[-1] for r in rows], np.int32)
+
+
+def runs_mesh(devices: list | None = None) -> Mesh:
+    """A one-axis mesh ("runs",) over `devices` (all of `jax.devices()` by default)."""
+    return Mesh(np.array(devices if devices is not None else jax.devices()), ("runs",))
+
+
+def pad_runs(tree: Any, multiple: int) -> tuple[Any, int]:
+    """Pad every leaf's run axis to a multiple of `multiple` by repeating the last run."""
+    n = len(jax.tree_util.tree_leaves(tree)[0])
+    pad = -n % multiple
+    if pad:
+        tree = jax.tree_util.tree_map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), tree)
+    return tree, n
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """Final states (leading axis R), per-epoch history {metric: (R, epochs)} and timing."""
+
+    state: RunState
+    history: dict[str, np.ndarray]
+    timing: dict[str, float]
+    resumed_from_epoch: int | None = None
+
+
+class GridTrainer:
+    """Compiled, vmapped and sharded programs for one (task, spec), reused across calls."""
+
+    def __init__(self, task: Task, spec: TrainSpec, mesh: Mesh | None = None):
+        self.task, self.spec = task, spec
+        self.mesh = mesh or runs_mesh()
+        self.run_sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._compiled: dict = {}
+        self.compile_seconds = 0.0
+
+    @property
+    def n_devices(self) -> int:
+        return self.mesh.devices.size
+
+    def _init_fn(self, n_train: int) -> Callable:
+        return jax.vmap(lambda hp, seed: init_state(self.task, self.spec, hp, seed, n_train))
+
+    def _epochs_fn(self, n_epochs: int) -> Callable:
+        fn = lambda state, hp, seed, data: train_epochs(self.task, self.spec, n_epochs, state, hp, seed, data)  # noqa: E731
+        return jax.vmap(fn, in_axes=(0, 0, 0, None))
+
+    def _compile(self, key, fn, args, donate=()) -> Any:
+        if key not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[key] = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[key]
+
+    def place(self, hp: dict, seeds: np.ndarray, data: Splits):
+        """Put run-axis inputs sharded over "runs" and the data replicated on the mesh."""
+        hp = {k: jax.device_put(jnp.asarray(v, jnp.float32), self.run_sharding) for k, v in hp.items()}
+        seeds = jax.device_put(jnp.asarray(seeds, jnp.int32), self.run_sharding)
+        return hp, seeds, jax.device_put(data, self.replicated)
+
+    def init(self, hp, seeds, data: Splits) -> RunState:
+        fn = self._init_fn(data.train_x.shape[0])
+        return self._compile(("init", seeds.shape), fn, (hp, seeds))(hp, seeds)
+
+    def epochs_program(self, n_epochs: int, state: RunState, hp, seeds, data: Splits) -> Callable:
+        """The compiled `(state, hp, seeds, data) -> (state, history)` for `n_epochs` epochs."""
+        args = (state, hp, seeds, data)
+        return self._compile(("epochs", n_epochs, seeds.shape), self._epochs_fn(n_epochs), args, donate=(0,))
+
+    def abstract(self, hp, seeds, data: Splits, epochs_done: int) -> dict:
+        """Shapes of {"state", "history"} after `epochs_done` epochs (for restoring)."""
+        state = jax.eval_shape(self._init_fn(data.train_x.shape[0]), hp, seeds)
+        _, hist = jax.eval_shape(self._epochs_fn(1), state, hp, seeds, data)
+        history = {k: jax.ShapeDtypeStruct((v.shape[0], epochs_done), v.dtype) for k, v in hist.items()}
+        return {"state": state, "history": history}
+
+
+def _concat(chunks: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([np.asarray(c[k]) for c in chunks], axis=1) for k in chunks[0]}
+
+
+def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: np.ndarray, data: Splits, *,
+               chunk_epochs: int = 1, run_chunk: int | None = None, checkpoint_dir: str | None = None,
+               checkpoint_every: int = 1, progress: Callable[[int, dict], None] | None = None,
+               trainer: GridTrainer | None = None) -> SweepResult:
+    """Train R runs (hp {name: (R,)}, seeds (R,)) for `spec.epochs` epochs as one program.
+
+    `run_chunk` bounds how many runs are trained at once (rounded up to the device count).
+    With `checkpoint_dir`, the state is saved every `checkpoint_every` epochs and a later call
+    resumes from the newest checkpoint, ending with the same numbers as an uninterrupted run.
+    `progress(epochs_done_in_this_call, metrics)` is called after every chunk of epochs.
+    """
+    trainer = trainer or GridTrainer(task, spec)
+    n_runs = len(seeds)
+    if n_runs == 0:
+        raise ValueError("the grid is empty: at least one run is needed")
+    per_call = run_chunk or n_runs
+    per_call = -(-min(per_call, n_runs) // trainer.n_devices) * trainer.n_devices
+    states, histories, epoch_times, resumed = [], [], [], None
+    train_seconds = 0.0
+    compile_before = trainer.compile_seconds
+    for start in range(0, n_runs, per_call):
+        stop = min(start + per_call, n_runs)
+        (hp_c, seeds_c), n_real = pad_runs(({k: v[start:stop] for k, v in hp.items()}, seeds[start:stop]), per_call)
+        hp_d, seeds_d, data_d = trainer.place(hp_c, seeds_c, data)
+        ckpt = None
+        if checkpoint_dir:
+            ckpt = Checkpointer(os.path.join(checkpoint_dir, f"runs_{start}-{stop}"))
+        done, chunks = 0, []
+        if ckpt is not None and ckpt.latest_epoch() is not None:
+            done = ckpt.latest_epoch()
+            tree = ckpt.restore(trainer.abstract(hp_d, seeds_d, data_d, done))
+            state = jax.device_put(tree["state"], trainer.run_sharding)
+            chunks = [tree["history"]] if done else []
+            resumed = done if resumed is None else min(resumed, done)
+        else:
+            state = trainer.init(hp_d, seeds_d, data_d)
+        while done < spec.epochs:
+            n = min(chunk_epochs, spec.epochs - done)
+            program = trainer.epochs_program(n, state, hp_d, seeds_d, data_d)  # compiles once
+            t0 = time.perf_counter()
+            state, hist = program(state, hp_d, seeds_d, data_d)
+            hist = jax.block_until_ready(hist)
+            elapsed = time.perf_counter() - t0
+            chunks.append(jax.device_get(hist))
+            done += n
+            if ckpt is not None and (done % checkpoint_every == 0 or done == spec.epochs):
+                ckpt.save(done, {"state": state, "history": _concat(chunks)})
+            if progress is not None:
+                progress(n, {k: np.asarray(v)[:n_real, -1] for k, v in hist.items()})
+            train_seconds += elapsed
+            epoch_times.extend([elapsed / n] * n)
+        if ckpt is not None:
+            ckpt.close()
+        states.append(jax.tree_util.tree_map(lambda a, n=n_real: np.asarray(a)[:n], jax.device_get(state)))
+        histories.append({k: v[:n_real] for k, v in _concat(chunks).items()})
+    state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)
+    history = {k: np.concatenate([h[k] for h in histories]) for k in histories[0]}
+    timing = {
+        "compile_seconds": trainer.compile_seconds - compile_before,
+        "train_seconds": train_seconds,
+        "epochs_timed": len(epoch_times),
+        "steady_epoch_seconds": statistics.median(epoch_times[1:] or epoch_times) if epoch_times else 0.0,
+    }
+    return SweepResult(state, history, timing, resumed)

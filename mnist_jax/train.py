@@ -1,0 +1,193 @@
+"""Training as pure functions: one whole run is `run(hp, seed, data) -> (state, history)`.
+
+Epochs are a `lax.scan`; the batches of an epoch are a `lax.scan` over a per-run
+permutation, with the final partial batch masked so every example counts once per epoch;
+evaluation happens inside the epoch scan. Hyperparameters that keep shapes (`hp`, a dict of
+scalars: learning rate, L2 factor, dropout rate, noise level, ...) are traced, so
+`jax.vmap` over runs sweeps them. What changes shapes or code (widths, optimizer kind,
+epochs, batch size) is the static `TrainSpec`.
+
+A run is a function of its seed: the params are drawn from `split(key(seed))[0]`, and the
+batch order and every per-step random draw of epoch e come from `fold_in(split(...)[1], e)`,
+so training in chunks of epochs gives exactly the numbers of one uninterrupted scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mnist_jax.data import Splits
+from mnist_jax.losses import kernels, l2_penalty
+
+Params = Any
+HParams = dict[str, jax.Array]
+
+
+class Batch(NamedTuple):
+    """One training batch: uint8 images (B, 28, 28, 1), int32 labels (B,), mask (B,)."""
+
+    x: jax.Array
+    y: jax.Array
+    mask: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What is trained, as pure functions of (params, ..., hp).
+
+    init(key, hp) -> params
+    loss(params, batch, key, hp) -> (per-example loss (B,), {metric: per-example (B,)})
+    evaluate(params, data, hp, key) -> {metric: scalar}, run after every epoch
+    """
+
+    init: Callable[[jax.Array, HParams], Params]
+    loss: Callable[[Params, Batch, jax.Array, HParams], tuple[jax.Array, dict]]
+    evaluate: Callable[[Params, Splits, HParams, jax.Array], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """The static part of a run: changing any field compiles a new program."""
+
+    epochs: int
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | momentum | adam
+    schedule: str = "constant"  # constant | cosine | warmup_cosine (1 epoch warm-up)
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return math.ceil(n_train / self.batch_size)
+
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+class RunState(NamedTuple):
+    """Everything a run carries from one epoch to the next (checkpointed as is)."""
+
+    params: Params
+    opt_state: Any
+    epoch: jax.Array  # int32: epochs done
+    diverged_epoch: jax.Array  # int32: first epoch whose loss was not finite, -1 if none
+
+
+def make_optimizer(spec: TrainSpec, hp: HParams, n_train: int) -> optax.GradientTransformation:
+    """The optax optimizer of `spec` with the traced learning rate (and momentum) of `hp`."""
+    lr = hp["learning_rate"]
+    steps = spec.steps_per_epoch(n_train)
+    if spec.schedule == "cosine":
+        lr = optax.cosine_decay_schedule(lr, spec.epochs * steps)
+    elif spec.schedule == "warmup_cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, lr, steps, max(spec.epochs * steps, steps + 1))
+    elif spec.schedule != "constant":
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {spec.schedule!r}")
+    if spec.optimizer == "sgd":
+        return optax.sgd(lr)
+    if spec.optimizer == "momentum":
+        return optax.sgd(lr, momentum=hp.get("momentum", 0.9))
+    if spec.optimizer == "adam":
+        return optax.adam(lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {spec.optimizer!r}")
+
+
+def max_norm(params: Params, limit: jax.Array | float) -> Params:
+    """Rescale each unit's incoming weights to norm <= limit (no-op where limit <= 0)."""
+
+    def clip(path, leaf):
+        if getattr(path[-1], "key", None) != "kernel":
+            return leaf
+        norms = jnp.sqrt(jnp.sum(jnp.square(leaf), axis=tuple(range(leaf.ndim - 1)), keepdims=True))
+        scale = jnp.where((limit > 0) & (norms > limit), limit / jnp.maximum(norms, 1e-12), 1.0)
+        return leaf * scale
+
+    return jax.tree_util.tree_map_with_path(clip, params)
+
+
+def run_keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(init key, training key) of the run with this integer seed."""
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    return init_key, train_key
+
+
+def init_state(task: Task, spec: TrainSpec, hp: HParams, seed: jax.Array, n_train: int) -> RunState:
+    """The state of a run before its first epoch."""
+    init_key, _ = run_keys(seed)
+    params = task.init(init_key, hp)
+    opt_state = make_optimizer(spec, hp, n_train).init(params)
+    return RunState(params, opt_state, jnp.int32(0), jnp.int32(-1))
+
+
+def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """A permutation of range(n) as (steps, batch_size) indices and a 0/1 mask.
+
+    The last batch is padded with index 0 and mask 0, so every example is used exactly once.
+    """
+    steps = math.ceil(n / batch_size)
+    perm = jax.random.permutation(key, n)
+    idx = jnp.zeros(steps * batch_size, jnp.int32).at[:n].set(perm)
+    mask = (jnp.arange(steps * batch_size) < n).astype(jnp.float32)
+    return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed: jax.Array,
+                data: Splits) -> tuple[RunState, dict]:
+    """One epoch of minibatch training and its evaluation: (new state, {metric: scalar})."""
+    n = data.train_x.shape[0]
+    opt = make_optimizer(spec, hp, n)
+    _, train_key = run_keys(seed)
+    perm_key, step_key = jax.random.split(jax.random.fold_in(train_key, state.epoch))
+    idx, mask = epoch_batches(perm_key, n, spec.batch_size)
+    l2 = hp.get("l2", 0.0)
+
+    def objective(params, batch, key):
+        per_example, metrics = task.loss(params, batch, key, hp)
+        count = jnp.maximum(batch.mask.sum(), 1.0)
+        loss = jnp.sum(per_example * batch.mask) / count + l2_penalty(params, l2)
+        sums = {k: jnp.sum(v * batch.mask) for k, v in metrics.items()}
+        sums["loss"] = jnp.sum(per_example * batch.mask)
+        return loss, sums
+
+    def step(carry, xs):
+        params, opt_state = carry
+        idx_b, mask_b, i = xs
+        batch = Batch(data.train_x[idx_b], data.train_y[idx_b], mask_b)
+        grads, sums = jax.grad(objective, has_aux=True)(params, batch, jax.random.fold_in(step_key, i))
+        updates, opt_state = opt.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if "max_norm" in hp:
+            params = max_norm(params, hp["max_norm"])
+        return (params, opt_state), sums
+
+    steps = jnp.arange(idx.shape[0])
+    (params, opt_state), sums = jax.lax.scan(step, (state.params, state.opt_state), (idx, mask, steps))
+    metrics = {f"train_{k}" if k != "loss" else "loss": v.sum() / n for k, v in sums.items()}
+    eval_key = jax.random.fold_in(step_key, idx.shape[0])
+    metrics.update(task.evaluate(params, data, hp, eval_key))
+    finite = jnp.isfinite(metrics["loss"]) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(k)) for k in kernels(params)]))
+    diverged = jnp.where((state.diverged_epoch < 0) & ~finite, state.epoch, state.diverged_epoch)
+    metrics["diverged"] = diverged >= 0
+    return RunState(params, opt_state, state.epoch + 1, diverged), metrics
+
+
+def train_epochs(task: Task, spec: TrainSpec, n_epochs: int, state: RunState, hp: HParams,
+                 seed: jax.Array, data: Splits) -> tuple[RunState, dict]:
+    """`n_epochs` epochs as one `lax.scan`: (state, {metric: (n_epochs,) array})."""
+
+    def body(state, _):
+        return train_epoch(task, spec, state, hp, seed, data)
+
+    return jax.lax.scan(body, state, None, length=n_epochs)
+
+
+def run(task: Task, spec: TrainSpec, hp: HParams, seed: jax.Array, data: Splits) -> tuple[RunState, dict]:
+    """A whole training run as one pure function of (hp, seed, data)."""
+    state = init_state(task, spec, hp, seed, data.train_x.shape[0])
+    return train_epochs(task, spec, spec.epochs, state, hp, seed, data)
