@@ -34,7 +34,9 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, epoch: int, tree: Any) -> None:
-        """Write `tree` as the checkpoint of `epoch` (blocking, atomic)."""
+        """Write `tree` as the checkpoint of `epoch` (blocking, atomic), replacing an older one."""
+        if epoch in self._manager.all_steps():
+            self._manager.delete(epoch)
         self._manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
         self._manager.wait_until_finished()
 

@@ -102,15 +102,17 @@ class Progress:
 
 
 def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: np.ndarray,
-          data: data_lib.Splits, name: str = "train", spec: TrainSpec | None = None) -> SweepResult:
+          data: data_lib.Splits, name: str = "train", spec: TrainSpec | None = None,
+          metric: str = "val_accuracy") -> SweepResult:
     """`train_grid` with the config's spec, a progress bar, and checkpoints in workdir/checkpoints/name.
 
     A workdir that already holds checkpoints of this training resumes from the newest one.
+    `metric` is the history entry shown in the progress bar.
     """
     spec = spec or TrainSpec(epochs=config.epochs, batch_size=config.batch_size,
                              optimizer=config.get("optimizer", "sgd"), schedule=config.get("schedule", "constant"))
     ckpt_dir = workdir / "checkpoints" / name
-    bar = Progress(spec.epochs * int(np.ceil(len(seeds) / (config.get("run_chunk", 0) or len(seeds)))), name)
+    bar = Progress(spec.epochs * int(np.ceil(len(seeds) / (config.get("run_chunk", 0) or len(seeds)))), name, metric)
     try:
         result = train_grid(task, spec, hp, seeds, data, chunk_epochs=config.get("chunk_epochs", 1),
                             run_chunk=config.get("run_chunk", 0) or None, checkpoint_dir=str(ckpt_dir),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from mnist_jax.data import Splits
-from mnist_jax.losses import kernels, l2_penalty
+from mnist_jax.losses import l2_penalty
 
 Params = Any
 HParams = dict[str, jax.Array]
@@ -139,6 +139,7 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, j
 def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed: jax.Array,
                 data: Splits) -> tuple[RunState, dict]:
     """One epoch of minibatch training and its evaluation: (new state, {metric: scalar})."""
+    data = Splits(*(jnp.asarray(a) for a in data))
     n = data.train_x.shape[0]
     opt = make_optimizer(spec, hp, n)
     _, train_key = run_keys(seed)
@@ -170,8 +171,9 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
     metrics = {f"train_{k}" if k != "loss" else "loss": v.sum() / n for k, v in sums.items()}
     eval_key = jax.random.fold_in(step_key, idx.shape[0])
     metrics.update(task.evaluate(params, data, hp, eval_key))
-    finite = jnp.isfinite(metrics["loss"]) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(k)) for k in kernels(params)]))
+    finite = jnp.isfinite(metrics["loss"])
+    for leaf in jax.tree_util.tree_leaves(params):
+        finite &= jnp.all(jnp.isfinite(leaf))
     diverged = jnp.where((state.diverged_epoch < 0) & ~finite, state.epoch, state.diverged_epoch)
     metrics["diverged"] = diverged >= 0
     return RunState(params, opt_state, state.epoch + 1, diverged), metrics
