@@ -146,6 +146,7 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
     perm_key, step_key = jax.random.split(jax.random.fold_in(train_key, state.epoch))
     idx, mask = epoch_batches(perm_key, n, spec.batch_size)
     l2 = hp.get("l2", 0.0)
+    train_rows = data.train_x.reshape(n, -1)
 
     def objective(params, batch, key):
         per_example, metrics = task.loss(params, batch, key, hp)
@@ -158,7 +159,10 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
     def step(carry, xs):
         params, opt_state = carry
         idx_b, mask_b, i = xs
-        batch = Batch(data.train_x[idx_b], data.train_y[idx_b], mask_b)
+        # Gathering whole rows of the flattened images is several times faster on XLA:CPU
+        # than gathering (28, 28, 1) slices; the reshape back is free.
+        x_b = jnp.take(train_rows, idx_b, axis=0, mode="clip").reshape(-1, *data.train_x.shape[1:])
+        batch = Batch(x_b, jnp.take(data.train_y, idx_b, mode="clip"), mask_b)
         grads, sums = jax.grad(objective, has_aux=True)(params, batch, jax.random.fold_in(step_key, i))
         updates, opt_state = opt.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)

@@ -91,7 +91,7 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(tiny):
     a, ha = fn(0)
     b, hb = fn(0)
     c, _ = fn(1)
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params), strict=True):
         assert np.array_equal(x, y)
     assert all(np.array_equal(ha[k], hb[k]) for k in ha)
     assert not np.array_equal(jax.tree_util.tree_leaves(a.params)[0], jax.tree_util.tree_leaves(c.params)[0])
@@ -106,7 +106,7 @@ def test_vmapped_runs_match_single_runs(tiny):
         one_hp = {k: v[r:r + 1] for k, v in hp.items()}
         one = sweep.train_grid(mlp_task(), SPEC, one_hp, seeds[r:r + 1], tiny)
         init_one = train.init_state(mlp_task(), SPEC, {k: jnp.float32(v[r]) for k, v in hp.items()}, seeds[r], 256)
-        for x, y in zip(jax.tree_util.tree_leaves(init_many.params), jax.tree_util.tree_leaves(init_one.params)):
+        for x, y in zip(jax.tree_util.tree_leaves(init_many.params), jax.tree_util.tree_leaves(init_one.params), strict=True):
             assert np.array_equal(np.asarray(x)[r], np.asarray(y))  # same initial params exactly
         np.testing.assert_allclose(many.history["loss"][r], one.history["loss"][0], rtol=1e-4)
         assert abs(many.history["test_errors"][r, -1] - one.history["test_errors"][0, -1]) <= 2
