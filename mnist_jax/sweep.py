@@ -87,10 +87,13 @@ class GridTrainer:
         fn = lambda state, hp, seed, data: train_epochs(self.task, self.spec, n_epochs, state, hp, seed, data)  # noqa: E731
         return jax.vmap(fn, in_axes=(0, 0, 0, None))
 
-    def _compile(self, key, fn, args, donate=()) -> Any:
+    def _compile(self, key, fn, args, in_shardings, donate=()) -> Any:
         if key not in self._compiled:
             start = time.perf_counter()
-            self._compiled[key] = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            # Explicit shardings: every run-axis input and output is split over "runs", the data
+            # replicated, so the state a program returns is exactly what the next call takes.
+            jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=self.run_sharding, donate_argnums=donate)
+            self._compiled[key] = jitted.lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[key]
 
@@ -102,12 +105,14 @@ class GridTrainer:
 
     def init(self, hp, seeds, data: Splits) -> RunState:
         fn = self._init_fn(data.train_x.shape[0])
-        return self._compile(("init", seeds.shape), fn, (hp, seeds))(hp, seeds)
+        shardings = (self.run_sharding, self.run_sharding)
+        return self._compile(("init", seeds.shape), fn, (hp, seeds), shardings)(hp, seeds)
 
     def epochs_program(self, n_epochs: int, state: RunState, hp, seeds, data: Splits) -> Callable:
         """The compiled `(state, hp, seeds, data) -> (state, history)` for `n_epochs` epochs."""
         args = (state, hp, seeds, data)
-        return self._compile(("epochs", n_epochs, seeds.shape), self._epochs_fn(n_epochs), args, donate=(0,))
+        shardings = (self.run_sharding, self.run_sharding, self.run_sharding, self.replicated)
+        return self._compile(("epochs", n_epochs, seeds.shape), self._epochs_fn(n_epochs), args, shardings, donate=(0,))
 
     def abstract(self, hp, seeds, data: Splits, epochs_done: int) -> dict:
         """Shapes of {"state", "history"} after `epochs_done` epochs (for restoring)."""

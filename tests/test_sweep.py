@@ -1,0 +1,90 @@
+"""Sweeps: sharding over devices, padding, statistics, and the quick L2 sweep end to end."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from experiments import l2_sweep
+from mnist_jax import stats, sweep
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, "tests")
+    from conftest import synthetic_splits
+    from mnist_jax import models, sweep, tasks, train
+    task = tasks.classifier_task(models.MLP((16,)))
+    spec = train.TrainSpec(epochs=2, batch_size=64)
+    hp, seeds = sweep.grid([0, 1, 2], l2=[0.0, 1e-3], learning_rate=[0.1])   # 6 runs
+    hp = {k: v[:5] for k, v in hp.items()}; seeds = seeds[:5]                 # 5 runs: padding needed on 4 devices
+    r = sweep.train_grid(task, spec, hp, seeds, synthetic_splits(), run_chunk=int(sys.argv[1]) or None)
+    print(json.dumps({"devices": jax.device_count(), "loss": r.history["loss"].tolist(),
+                      "errors": r.history["test_errors"].tolist(), "n": len(r.history["loss"])}))
+""")
+
+
+def run_sharded(devices: int, run_chunk: int = 0) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARDED, str(run_chunk)], env=env, check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_over_four_host_devices_matches_one_device_and_drops_padding():
+    one = run_sharded(1)
+    four = run_sharded(4)
+    chunked = run_sharded(4, run_chunk=4)  # 4 + 1 runs, the second chunk padded to 4
+    assert (one["devices"], four["devices"]) == (1, 4)
+    for result in (four, chunked):
+        assert result["n"] == 5  # padding never reaches the results
+        np.testing.assert_allclose(result["loss"], one["loss"], rtol=1e-4)
+        assert np.abs(np.array(result["errors"]) - np.array(one["errors"])).max() <= 2
+
+
+def test_pad_runs_repeats_the_last_run():
+    (hp, seeds), n = sweep.pad_runs(({"l2": np.array([1.0, 2.0, 3.0])}, np.array([7, 8, 9])), 4)
+    assert n == 3 and seeds.tolist() == [7, 8, 9, 9] and hp["l2"].tolist() == [1, 2, 3, 3]
+
+
+def test_summary_matches_student_t_by_hand():
+    s = stats.summary([1.0, 2.0, 3.0, 4.0])
+    assert s["n"] == 4 and s["mean"] == 2.5
+    assert s["std"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
+    half = 3.182446305284263 * s["std"] / 2.0  # t_{0.975, 3} * s / sqrt(4)
+    assert s["ci_low"] == pytest.approx(2.5 - half) and s["ci_high"] == pytest.approx(2.5 + half)
+    assert stats.summary([np.nan, 5.0])["n"] == 1  # non-finite (diverged) values are dropped
+    assert stats.summary([])["mean"] is None
+
+
+def test_welch_separates_real_differences_from_noise():
+    rng = np.random.default_rng(0)
+    a = rng.normal(1.6, 0.05, 10)
+    assert stats.welch(a, a + 0.5)["p_value"] < 1e-6
+    assert stats.welch(a, rng.normal(1.6, 0.05, 10))["p_value"] > 0.01
+    # by hand: means 2 and 4, variances 1 and 1, n = 3 each -> t = -2 / sqrt(2/3)
+    w = stats.welch([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    assert w["t"] == pytest.approx(-2 / np.sqrt(2 / 3)) and w["dof"] == pytest.approx(4.0)
+
+
+@pytest.mark.integration
+def test_quick_l2_sweep_end_to_end(tmp_path):
+    assert l2_sweep.main(["--workdir", str(tmp_path), "--config", "configs/l2_sweep_quick.py"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["l2_factors"] == [0.0, 1e-4, 1e-3] and len(m["runs"]) == 9
+    assert [r["l2"] for r in m["runs"]] == pytest.approx([0.0] * 3 + [1e-4] * 3 + [1e-3] * 3)
+    for row, factor in zip(m["per_value"], m["l2_factors"], strict=True):
+        errs = [100 * (1 - r["test_accuracy"]) for r in m["runs"] if r["l2"] == pytest.approx(factor)]
+        assert row["test_error_pct"]["mean"] == pytest.approx(np.mean(errs), rel=1e-6)
+        assert row["test_error_pct"]["n"] == 3
+    assert all(r["test_accuracy"] > 0.9 for r in m["runs"])
+    assert m["chosen_on_validation"]["l2"] in m["l2_factors"]
+    assert m["reference"]["test_error_pct"] == pytest.approx(1.6)
+    for r in m["runs"]:  # the study's protocol (best over epochs) can only be >= the final accuracy
+        assert r["study_protocol_best_test_accuracy"] >= r["test_accuracy"]
+    for name in ("l2_sweep.png", "l2_sweep_std.png", "l2_sweep_curves.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
