@@ -45,3 +45,163 @@ def accuracy_curves(history: dict, path: str | os.PathLike, title: str) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=10)
     save(fig, path)
+
+
+def _mosaic(images: np.ndarray, gap: int = 2) -> np.ndarray:
+    """(R, C, H, W) images as one (R*(H+gap)-gap, C*(W+gap)-gap) array with white gaps."""
+    r, c, h, w = images.shape
+    out = np.ones((r * (h + gap) - gap, c * (w + gap) - gap), np.float32)
+    for i in range(r):
+        for j in range(c):
+            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = images[i, j]
+    return out
+
+
+def image_grid(images, path: str | os.PathLike, title: str, *, xlabel: str, ylabel: str,
+               row_labels=None, col_labels=None, cell: float = 0.55) -> None:
+    """A grid of grey images (R, C, 28, 28) in [0, 1] (ink dark on white), with row and column labels."""
+    images = np.asarray(images, np.float32)
+    r, c, h, w = images.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, c * cell + 1.6), max(3.0, r * cell + 1.3)))
+    ax.imshow(1.0 - _mosaic(images), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([j * (w + 2) + w / 2 for j in range(c)] if col_labels is not None else [])
+    ax.set_yticks([i * (h + 2) + h / 2 for i in range(r)] if row_labels is not None else [])
+    if col_labels is not None:
+        ax.set_xticklabels([str(v) for v in col_labels], fontsize=7)
+    if row_labels is not None:
+        ax.set_yticklabels([str(v) for v in row_labels], fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(title, fontsize=9)
+    save(fig, path)
+
+
+def latent_map(manifold, grid_values, means, labels, path: str | os.PathLike, title: str) -> None:
+    """Two panels of a 2-D latent space: the decoded manifold (G, G, 28, 28) over `grid_values` (G,)
+    of z1 (columns) and z2 (rows, increasing upwards), and latent means (N, 2) coloured by label."""
+    manifold = np.asarray(manifold, np.float32)
+    g = manifold.shape[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 6.2))
+    left.imshow(1.0 - _mosaic(manifold[::-1], gap=0), cmap="gray", vmin=0.0, vmax=1.0,
+                extent=(-0.5, g - 0.5, -0.5, g - 0.5))
+    ticks = np.unique(np.linspace(0, g - 1, 6).round().astype(int))
+    left.set_xticks(ticks, [f"{grid_values[i]:.1f}" for i in ticks])
+    left.set_yticks(ticks, [f"{grid_values[i]:.1f}" for i in ticks])
+    left.set_xlabel("z1 (prior quantiles)")
+    left.set_ylabel("z2 (prior quantiles)")
+    left.set_title("decoded manifold: Bernoulli means of p(x | z)", fontsize=9)
+    means = np.asarray(means)
+    labels = np.asarray(labels)
+    cmap = plt.get_cmap("tab10")
+    for d in range(10):
+        sel = labels == d
+        right.scatter(means[sel, 0], means[sel, 1], s=2, alpha=0.5, color=cmap(d), label=str(d), rasterized=True)
+    right.set_xlabel("z1 (posterior mean)")
+    right.set_ylabel("z2 (posterior mean)")
+    lim = max(3.5, float(np.percentile(np.abs(means), 99.5)))
+    right.set_xlim(-lim, lim)
+    right.set_ylim(-lim, lim)
+    right.set_aspect("equal")
+    right.grid(alpha=0.3)
+    right.legend(title="test label", markerscale=5, fontsize=8, loc="upper right", ncol=2)
+    right.set_title(f"{len(labels):,} test digits: posterior means coloured by label", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps the suptitle and the x labels inside
+    plt.close(fig)
+
+
+def elbo_curves(history: dict, path: str | os.PathLike, title: str) -> None:
+    """Negative ELBO (nats) per epoch: training (running mean over the epoch), validation, test."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series = [("loss", "training (running mean, dynamic binarization)"), ("val_neg_elbo", "validation"),
+              ("test_neg_elbo", "test")]
+    n = np.asarray(history["loss"]).shape[0]
+    band = f" (mean ± 1 std over {n} seeds)" if n > 1 else ""
+    for key, label in series:
+        runs = np.asarray(history[key])
+        mean_band(ax, np.arange(1, runs.shape[1] + 1), runs, label + band)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("negative ELBO (nats per image)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    save(fig, path)
+
+
+def _sweep_positions(values) -> tuple[np.ndarray, list[str], bool]:
+    """x positions for hyperparameter values on a log axis, with 0 drawn one decade left of the
+    smallest positive value (its tick says 0, and a break mark separates it)."""
+    values = np.asarray(values, np.float64)
+    positive = values[values > 0]
+    zero_at = positive.min() / 10 if positive.size else 1.0
+    pos = np.where(values > 0, values, zero_at)
+    labels = ["0" if v == 0 else f"{v:g}" for v in values]
+    return pos, labels, bool((values == 0).any())
+
+
+def sweep_scatter(values, per_value_runs, summaries, path, title: str, *, xlabel: str, ylabel: str,
+                  reference: float | None = None, reference_label: str = "") -> None:
+    """Every run as a dot per hyperparameter value (log axis, 0 shown separately), mean with a
+    95 % CI error bar, and an optional horizontal reference line."""
+    pos, labels, has_zero = _sweep_positions(values)
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    rng = np.random.default_rng(0)
+    for i, runs in enumerate(per_value_runs):
+        runs = np.asarray(runs, np.float64)
+        jitter = pos[i] * 10 ** rng.uniform(-0.06, 0.06, runs.size)
+        ax.scatter(jitter, runs, s=12, color="0.55", alpha=0.7, zorder=2,
+                   label="one run (seed)" if i == 0 else None)
+    means = np.array([s["mean"] for s in summaries], np.float64)
+    low = means - np.array([s["ci_low"] for s in summaries], np.float64)
+    high = np.array([s["ci_high"] for s in summaries], np.float64) - means
+    ax.errorbar(pos, means, yerr=[low, high], fmt="o", color="C0", ms=6, capsize=4, lw=1.5, zorder=3,
+                label="mean with 95 % CI (Student t)")
+    if reference is not None:
+        ax.axhline(reference, color="C3", ls="--", lw=1.2, label=reference_label, zorder=1)
+    ax.set_xscale("log")
+    ax.set_xticks(pos, labels)
+    ax.minorticks_off()
+    if has_zero:
+        ax.axvline(pos[np.asarray(values) > 0].min() / 10 ** 0.5, color="0.8", lw=4, zorder=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    save(fig, path)
+
+
+def sweep_std(values, summaries, path, title: str, *, xlabel: str, ylabel: str) -> None:
+    """Run-to-run standard deviation per hyperparameter value, as bars."""
+    _, labels, _ = _sweep_positions(values)
+    stds = [s["std"] or 0.0 for s in summaries]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    bars = ax.bar(range(len(labels)), stds, color="C0")
+    for bar, s in zip(bars, summaries, strict=True):
+        ax.annotate(f"n={s['n']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                    va="bottom", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=10)
+    save(fig, path)
+
+
+def curves_by_value(values, per_value_histories, path, title: str, *, name: str, ylabel: str,
+                    scale: float = 100.0) -> None:
+    """A per-epoch metric for each hyperparameter value: mean over seeds with a 1-std band."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    cmap = plt.get_cmap("viridis")
+    for i, (v, runs) in enumerate(zip(values, per_value_histories, strict=True)):
+        runs = np.asarray(runs)
+        mean_band(ax, np.arange(1, runs.shape[1] + 1), runs, f"{name} = {v:g}", color=cmap(i / max(1, len(values) - 1)),
+                  scale=scale)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=10)
+    save(fig, path)
