@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pathlib
 import sys
-import warnings
 
 import jax
 import ml_collections
@@ -63,10 +62,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
 
     h = result.history
     n_test = int(data.test_x.shape[0])
+    diverged_runs = experiment.divergence(h, seeds, hp)
     diverged = h["diverged"][:, -1].astype(bool)
-    for r in np.flatnonzero(diverged):
-        warnings.warn(f"run {r} ({field}={hp[field][r]:g}, seed {seeds[r]}) diverged (loss not finite) and is "
-                      "excluded from the statistics", stacklevel=1)
     ok = ~diverged
     test_err = np.where(ok, 100.0 * (1.0 - h["test_accuracy"][:, -1]), np.nan)
     test_errors = h["test_errors"][:, -1]
@@ -112,6 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "reference": {"errors": config.reference_errors, "test_error_pct": ref_pct, "label": config.reference_label,
                       "inside_chosen_ci": bool(chosen_err["ci_low"] is not None
                                                and chosen_err["ci_low"] <= ref_pct <= chosen_err["ci_high"])},
+        "diverged": diverged_runs,
         "study_protocol": {
             "note": "best test accuracy over epochs (the study's protocol: the test set chooses the epoch, "
                     "so it is biased upwards); reported beside, never used to choose",

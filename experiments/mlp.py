@@ -10,13 +10,19 @@ import sys
 
 import jax
 import ml_collections
-import numpy as np
 
 from mnist_jax import experiment, models, plots, stats, sweep, tasks
 
 
 def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
     return [config.seed + i for i in range(config.seeds)]
+
+
+def describe(summary: dict) -> str:
+    """'97.02 % ± 0.21' (mean ± std over the finite runs), or a note that every run diverged."""
+    if summary["n"] == 0:
+        return "n/a (every run diverged)"
+    return f"{100 * summary['mean']:.2f} % ± {100 * summary['std']:.2f}"
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -27,7 +33,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     result = experiment.train(config, workdir, task, hp, seeds, data)
     experiment.save_params(workdir, result.state.params)
     history = result.history
-    test_acc = history["test_accuracy"][:, -1]
+    diverged = experiment.divergence(history, seeds, hp)
+    test_acc = experiment.final_of_finite(history, "test_accuracy")
+    val_acc = experiment.final_of_finite(history, "val_accuracy")
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     metrics = {
         "experiment": "mlp",
@@ -37,8 +45,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "history": history,
         "test_accuracy": {"per_seed": test_acc, **stats.summary(test_acc)},
         "test_errors": history["test_errors"][:, -1],
-        "val_accuracy": {"per_seed": history["val_accuracy"][:, -1], **stats.summary(history["val_accuracy"][:, -1])},
-        "diverged_seeds": [int(s) for s, d in zip(seeds, history["diverged"][:, -1], strict=False) if d],
+        "val_accuracy": {"per_seed": val_acc, **stats.summary(val_acc)},
+        "diverged": diverged,
         "timing": experiment.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
@@ -48,8 +56,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         history, workdir / "accuracy.png",
         f"MLP {widths} ({n_params:,} params), {config.optimizer.upper()} lr {config.learning_rate}, "
         f"batch {config.batch_size}\n{len(seeds)} seeds; {val_name}; "
-        f"final test accuracy {100 * np.mean(test_acc):.2f} %")
-    print(f"test accuracy {100 * np.mean(test_acc):.2f} % ± {100 * np.std(test_acc):.2f} over {len(seeds)} seeds")
+        f"final test accuracy {describe(metrics['test_accuracy'])}")
+    print(f"test accuracy {describe(metrics['test_accuracy'])} over {len(seeds)} seeds")
     return metrics
 
 

@@ -14,6 +14,7 @@ import pathlib
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -181,3 +182,25 @@ def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: l
         return 1
     print(f"wrote {workdir / 'metrics.json'}")
     return 0
+
+
+def divergence(history: dict[str, np.ndarray], seeds: np.ndarray, hp: dict[str, np.ndarray]) -> list[dict]:
+    """One record per diverged run ({run, seed, epoch, hyperparameters}), each also warned about.
+
+    A run diverges when its training loss or params stop being finite; the compiled program marks
+    it (`history["diverged"]`), and statistics over runs leave it out.
+    """
+    records = []
+    for r in np.flatnonzero(np.asarray(history["diverged"])[:, -1]):
+        epoch = int(np.argmax(np.asarray(history["diverged"])[r])) + 1
+        values = {k: float(v[r]) for k, v in hp.items()}
+        records.append({"run": int(r), "seed": int(seeds[r]), "epoch": epoch, "hparams": values})
+        described = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        warnings.warn(f"run {r} (seed {int(seeds[r])}, {described}) diverged in epoch {epoch}: its loss was not "
+                      "finite; it is excluded from the statistics", RuntimeWarning, stacklevel=2)
+    return records
+
+
+def final_of_finite(history: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """The last epoch's `key` per run, NaN for runs that diverged (so stats.summary skips them)."""
+    return np.where(np.asarray(history["diverged"])[:, -1], np.nan, np.asarray(history[key])[:, -1])

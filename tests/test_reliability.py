@@ -1,0 +1,122 @@
+"""Interruption, determinism across processes, divergence, and fuzzed inputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from experiments import evaluate, mlp
+from mnist_jax.config import ConfigError, load_config_file, parse_args
+from mnist_jax.data import preprocess_images
+
+SMALL = ["--config.seeds=2", "--config.epochs=8", "--config.model.hidden=[32]"]
+
+
+def mlp_cmd(workdir, *extra):
+    return [sys.executable, "-m", "experiments.mlp", "--workdir", str(workdir), *SMALL, *extra]
+
+
+def history(workdir):
+    return json.loads((workdir / "metrics.json").read_text())["history"]
+
+
+@pytest.mark.integration
+def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_path):
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(mlp_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = killed / "checkpoints" / "train" / "runs_0-2"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 2 for p in ckpts.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()  # the workdir holds no half-written result
+    assert json.loads((killed / "config.json").read_text())["epochs"] == 8  # complete, valid JSON
+
+    resumed = subprocess.run(mlp_cmd(killed), capture_output=True, text=True, check=True)
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert 2 <= metrics["resumed_from_epoch"] < 8
+    assert f"resumed from the checkpoint of epoch {metrics['resumed_from_epoch']}" in resumed.stdout
+
+    straight = tmp_path / "straight"
+    subprocess.run(mlp_cmd(straight), capture_output=True, check=True)
+    assert history(killed) == history(straight)  # bit for bit, every epoch of both seeds
+
+
+@pytest.mark.integration
+def test_same_config_and_seed_are_bit_identical_across_processes(tmp_path):
+    args = ["--config.epochs=2", "--config.seed=3"]
+    for name in ("a", "b"):
+        subprocess.run(mlp_cmd(tmp_path / name, *args), capture_output=True, check=True)
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    other = tmp_path / "c"
+    subprocess.run(mlp_cmd(other, "--config.epochs=2", "--config.seed=4"), capture_output=True, check=True)
+    assert history(other) != history(tmp_path / "a")
+
+
+@pytest.mark.integration
+def test_diverged_runs_are_reported_and_left_out_of_the_statistics(tmp_path):
+    with pytest.warns(RuntimeWarning, match=r"run \d \(seed \d, learning_rate=1e\+10, l2=0\) diverged in epoch 1") as caught:
+        assert mlp.main(["--workdir", str(tmp_path), "--config.seeds=2", "--config.epochs=2",
+                         "--config.model.hidden=[16]", "--config.learning_rate=1e10"]) == 0
+    assert sorted(str(w.message)[:5] for w in caught) == ["run 0", "run 1"]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert [d["seed"] for d in m["diverged"]] == [0, 1]
+    assert all(d["epoch"] == 1 for d in m["diverged"])
+    assert m["test_accuracy"]["n"] == 0 and m["test_accuracy"]["mean"] is None
+
+
+@pytest.mark.integration
+def test_evaluate_batches_large_inputs_to_the_same_result(tmp_path):
+    workdir = tmp_path / "w"
+    assert mlp.main(["--workdir", str(workdir), "--config.seeds=1", "--config.epochs=1",
+                     "--config.model.hidden=[16]"]) == 0
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (evaluate.BATCH * 2 + 5, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    assert evaluate.main(["--workdir", str(workdir), "--images", str(tmp_path / "x.npy"),
+                          "--out", str(tmp_path / "y.npy")]) == 0
+    config = json.loads((workdir / "config.json").read_text())
+    model, params = evaluate.restore_run(workdir, config, 0)
+    expected = np.asarray(jnp.argmax(model.apply(params, preprocess_images(jnp.asarray(x))), -1))
+    assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=4, min_side=1, max_side=6)))
+def test_preprocessing_fuzz_maps_any_uint8_into_unit_interval(x):
+    out = np.asarray(preprocess_images(jnp.asarray(x)))
+    assert out.dtype == np.float32 and out.ndim == 4
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_allclose(out.reshape(x.shape), x.astype(np.float32) / 255.0, rtol=1e-6)
+
+
+FIELDS = ["epochs", "learning_rate", "seeds", "batch_size", "optimizer", "model.hidden", "l2", "nope", "model.kind"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FIELDS), st.text(max_size=12))
+def test_config_parser_fuzz_gives_a_valid_config_or_one_config_error(field, text):
+    try:
+        _, config = parse_args(["--workdir", "unused", f"--config.{field}={text}"], "configs/mlp.py")
+    except ConfigError as err:
+        assert str(err)  # one message, nothing else escapes
+        return
+    default = load_config_file("configs/mlp.py")
+    assert type(config.epochs) is int and config.epochs >= 1
+    assert config.learning_rate > 0 and config.seeds >= 1 and 1 <= config.batch_size <= 55_000
+    assert config.optimizer in ("sgd", "momentum", "adam")
+    assert len(config.model.hidden) >= 1
+    assert set(config.keys()) == set(default.keys())
