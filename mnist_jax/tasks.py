@@ -6,6 +6,7 @@ Each task is a `train.Task` of pure functions; its hyperparameters come from the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -24,7 +25,8 @@ MODEL_HPARAMS = ("dropout_rate", "input_dropout_rate")
 
 def model_kwargs(model: nn.Module, hp: HParams) -> dict:
     """The traced call arguments of `model` that `hp` provides."""
-    names = set(type(model).__call__.__code__.co_varnames)
+    # inspect.signature follows the wrapper Flax puts around __call__ (its __code__ is the wrapper's)
+    names = set(inspect.signature(type(model).__call__).parameters)
     return {k: hp[k] for k in MODEL_HPARAMS if k in hp and k in names}
 
 

@@ -202,3 +202,11 @@ def test_empty_grid_is_a_clear_error(tiny):
 
 def test_splits_type_is_what_runs_take(tiny):
     assert isinstance(tiny, Splits)
+
+
+def test_traced_dropout_rate_reaches_the_model(tiny):
+    task = tasks.classifier_task(models.MLP((32,), dropout=True))
+    hp, seeds = sweep.grid([0], learning_rate=[0.1], dropout_rate=[0.0, 0.5], input_dropout_rate=[0.0])
+    result = sweep.train_grid(task, SPEC, hp, seeds, tiny)
+    assert not np.array_equal(result.history["loss"][0], result.history["loss"][1])
+    assert tasks.model_kwargs(models.MLP((4,), dropout=True), {"dropout_rate": 0.5, "noise": 1.0}) == {"dropout_rate": 0.5}
