@@ -91,7 +91,10 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.metric = metric
-        self.bar = tqdm(total=total_epochs, desc=desc, unit="epoch", disable=None, dynamic_ncols=True)
+        # On a terminal the bar redraws freely; in a log file it writes a line at most every 30 s.
+        interactive = sys.stderr.isatty()
+        self.bar = tqdm(total=total_epochs, desc=desc, unit="epoch", dynamic_ncols=True,
+                        mininterval=0.1 if interactive else 30.0)
 
     def __call__(self, n: int, metrics: dict) -> None:
         self.bar.update(n)

@@ -1,0 +1,17 @@
+"""The main job: every experiment of the study and its extensions, then REPORT.md.
+
+    python -m experiments.reproduce --workdir runs/quick                         # minutes on a CPU
+    python -m experiments.reproduce --workdir runs/full --config.profile=full    # the real study
+    python -m experiments.reproduce --workdir runs/quick --config.only=mlp,l2_sweep
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.experiment = "reproduce"
+    c.profile = "quick"  # quick: small grids, few epochs (says so in the report); full: the real study
+    c.force = False  # redo experiments that are already complete
+    c.only = ""  # comma-separated experiment names; empty = all
+    return c

@@ -1,0 +1,113 @@
+"""Reproduce the whole study in one command: every experiment into a sub-workdir, then REPORT.md.
+
+    python -m experiments.reproduce --workdir runs/quick [--config.profile=quick|full] [--config.force=True]
+
+An experiment whose sub-workdir is complete (metrics.json written for the same resolved config)
+is not redone; an interrupted one continues from its last checkpoint and ends with the same
+numbers as an uninterrupted run. `--config.force=True` redoes everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pathlib
+import shutil
+import sys
+import time
+
+import ml_collections
+
+from mnist_jax import experiment, report
+from mnist_jax.config import REPO_ROOT, ConfigError, parse_args
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One experiment of the job: its module, config file and the overrides of each profile."""
+
+    name: str
+    module: str
+    config: str
+    quick: tuple[str, ...] = ()
+    full: tuple[str, ...] = ()
+    quick_config: str | None = None  # a smaller config file for the quick profile
+
+
+STAGES = [
+    Stage("mlp", "experiments.mlp", "configs/mlp.py", quick=("--config.seeds=3",)),
+    Stage("l2_sweep", "experiments.l2_sweep", "configs/l2_sweep.py", quick_config="configs/l2_sweep_quick.py"),
+    Stage("dropout_sweep", "experiments.l2_sweep", "configs/dropout_sweep.py",
+          quick=("--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[100, 100]")),
+]
+
+
+def stage_config(stage: Stage, profile: str) -> str:
+    return stage.quick_config if profile == "quick" and stage.quick_config else stage.config
+
+
+def stage_args(stage: Stage, profile: str, workdir: pathlib.Path) -> list[str]:
+    overrides = stage.quick if profile == "quick" else stage.full
+    return ["--workdir", str(workdir), "--config", str(REPO_ROOT / stage_config(stage, profile)), *overrides]
+
+
+def is_complete(args: list[str], workdir: pathlib.Path) -> bool:
+    """metrics.json exists and config.json is the config these arguments resolve to."""
+    if not (workdir / "metrics.json").exists() or not (workdir / "config.json").exists():
+        return False
+    _, config = parse_args(args, "")
+    return experiment.read_json(workdir / "config.json") == experiment.to_jsonable(config.to_dict())
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{int(s // 60)} min {s % 60:04.1f} s" if s >= 60 else f"{s:.1f} s"
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    if config.profile not in ("quick", "full"):
+        raise ConfigError(f"config.profile={config.profile!r} is not allowed: expected 'quick' or 'full'")
+    names = [n.strip() for n in config.only.split(",") if n.strip()] or [s.name for s in STAGES]
+    unknown = sorted(set(names) - {s.name for s in STAGES})
+    if unknown:
+        raise ConfigError(f"config.only={config.only!r}: unknown experiments {unknown} "
+                          f"(known: {', '.join(s.name for s in STAGES)})")
+    stages = [s for s in STAGES if s.name in names]
+    for stage in stages:  # check every config before anything trains
+        parse_args(stage_args(stage, config.profile, workdir / stage.name), "")
+
+    start = time.perf_counter()
+    done: dict[str, dict] = {}
+    for i, stage in enumerate(stages, 1):
+        sub = workdir / stage.name
+        args = stage_args(stage, config.profile, sub)
+        elapsed = time.perf_counter() - start
+        header = f"[{i}/{len(stages)}] {stage.name} ({config.profile}; job elapsed {fmt_seconds(elapsed)})"
+        if config.force and sub.exists():
+            shutil.rmtree(sub)
+        if is_complete(args, sub):
+            print(f"{header}: complete in {sub}, not redone", flush=True)
+            done[stage.name] = {"status": "complete", "seconds": 0.0}
+            continue
+        print(f"{header}: running into {sub}", flush=True)
+        t0 = time.perf_counter()
+        code = importlib.import_module(stage.module).main(args)
+        if code != 0:
+            raise ConfigError(f"experiment {stage.name} stopped with exit code {code}; fix it and run again "
+                              "(finished experiments are kept)")
+        done[stage.name] = {"status": "ran", "seconds": time.perf_counter() - t0}
+        remaining = [s.name for s in stages[i:]]
+        if remaining:
+            print(f"    done in {fmt_seconds(done[stage.name]['seconds'])}; still to run: {', '.join(remaining)}",
+                  flush=True)
+    path = report.write_report(workdir, [s.name for s in stages], config.profile)
+    print(f"wrote {path}")
+    return {"experiment": "reproduce", "profile": config.profile, "stages": done, "references": report.REFERENCES,
+            "timing": {"device": experiment.describe_devices()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return experiment.main(run, argv, "configs/reproduce.py", __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
