@@ -6,6 +6,13 @@ Images: uint8 in 0..255 or float in [0, 1], shape (N, 28, 28), (N, 28, 28, 1) or
 A classifier's workdir writes the predicted labels, int64 of shape (N,). `--seed K` picks the
 K-th trained run of the workdir (0 by default). Images are processed in batches, so memory
 stays bounded for any N.
+
+A denoising autoencoder workdir (experiments.denoise) needs `--level L`, the training noise
+level of the autoencoder to apply, and `--seed K` picks the K-th seed trained at that level:
+
+    python -m experiments.evaluate --workdir runs/denoise --images noisy.npy --out denoised.npy --level 0.4
+
+It writes the denoised images, float32 in [0, 1], in the layout of the input.
 """
 
 from __future__ import annotations
@@ -92,22 +99,55 @@ def predict_labels(model, params, x: np.ndarray) -> np.ndarray:
     return in_batches(fn, x).astype(np.int64)
 
 
+def denoiser_run(workdir: pathlib.Path, level: float | None, k: int) -> int:
+    """The run index of the K-th seed's autoencoder trained at noise `level` in a denoise workdir."""
+    if not (workdir / "metrics.json").exists():
+        raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
+    run_levels = np.asarray(experiment.read_json(workdir / "metrics.json")["noise_level"], np.float64)
+    trained = ", ".join(f"{v:g}" for v in dict.fromkeys(run_levels.tolist()))
+    if level is None:
+        raise ConfigError(f"--level is required for a denoising workdir (trained levels: {trained})")
+    runs = np.flatnonzero(np.abs(run_levels - level) < 1e-6)
+    if runs.size == 0:
+        raise ConfigError(f"--level {level:g}: no autoencoder was trained at that level (trained levels: {trained})")
+    if not 0 <= k < runs.size:
+        raise ConfigError(f"--seed {k}: level {level:g} has seeds 0..{runs.size - 1}")
+    return int(runs[k])
+
+
+def denoise_images(model, params, x: np.ndarray) -> np.ndarray:
+    """Images x denoised by the autoencoder, float32 (N, 28, 28, 1) in [0, 1], batched."""
+    fn = jax.jit(lambda xb: jax.nn.sigmoid(model.apply(params, preprocess_images(xb))))
+    return in_batches(fn, x).astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--images", required=True, help=".npy file of images")
     parser.add_argument("--out", help=".npy file for the result (default: print a summary only)")
     parser.add_argument("--seed", type=int, default=0, help="index of the trained run to use")
+    parser.add_argument("--level", type=float, help="denoising workdirs: the noise level the autoencoder was trained at")
     args = parser.parse_args(argv)
     workdir = pathlib.Path(args.workdir)
     try:
         if not (workdir / "config.json").exists():
             raise ConfigError(f"--workdir {args.workdir!r} holds no config.json: not an experiment workdir")
         config = experiment.read_json(workdir / "config.json")
-        if "model" not in config or config["model"].get("kind") not in ("mlp",):
+        if "model" not in config or config["model"].get("kind") not in ("mlp", "cnn", "dae"):
             raise ConfigError(f"--workdir {args.workdir!r}: experiment {config.get('experiment')!r} "
                               "has no model that evaluate can apply")
         x = load_images(args.images)
+        if config["model"]["kind"] == "dae":
+            model, params = restore_run(workdir, config, denoiser_run(workdir, args.level, args.seed))
+            result = denoise_images(model, params, x).reshape(np.load(args.images, mmap_mode="r").shape)
+            if args.out:
+                np.save(args.out, result)
+            print(f"{len(result)} images denoised by the autoencoder trained at noise level {args.level:g} "
+                  f"(seed index {args.seed}); mean intensity {result.mean():.4f}")
+            return 0
+        if args.level is not None:
+            raise ConfigError("--level applies to denoising autoencoder workdirs (experiments.denoise) only")
         model, params = restore_run(workdir, config, args.seed)
         result = predict_labels(model, params, x)
         if args.out:

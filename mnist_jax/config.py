@@ -122,6 +122,19 @@ RULES = {
     "optimizer": (lambda v: v in ("sgd", "momentum", "adam"), "one of 'sgd', 'momentum', 'adam'"),
     "schedule": (lambda v: v in ("constant", "cosine", "warmup_cosine"), "one of 'constant', 'cosine', 'warmup_cosine'"),
     "protocol": (lambda v: v in ("holdout", "study"), "'holdout' or 'study'"),
+    "max_shift": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8, "an integer in 0..8 (0 = off)"),
+    "train_images": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = the whole training split)"),
+    "conv_impl": (lambda v: v in ("auto", "im2col", "lax"), "one of 'auto', 'im2col', 'lax'"),
+    "dense": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (0 = none)"),
+    "padding": (lambda v: v in ("VALID", "SAME"), "'VALID' or 'SAME'"),
+    "denoiser_epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = the same as epochs)"),
+    "figure_digits": (lambda v: isinstance(v, int) and 1 <= v <= 30, "an integer in 1..30"),
+    "latent": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "iwae_k": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "iwae_images": (lambda v: isinstance(v, int) and 1 <= v <= 10_000, "an integer in 1..10000 (the test set)"),
+    "iwae_batch": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "n_samples": (lambda v: isinstance(v, int) and v >= 100, "an integer >= 100 (the 10x10 sample grid)"),
+    "map_epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = no 2-D model)"),
 }
 
 # list-valued field -> rule for each element (and the list must not be empty)
@@ -131,6 +144,11 @@ LIST_RULES = {
     "learning_rates": RULES["learning_rate"],
     "dropout_rates": RULES["dropout_rate"],
     "noise_levels": RULES["noise_level"],
+    "filters": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "integers >= 1"),
+    "pool": (lambda v: isinstance(v, bool), "True or False per conv layer"),
+    "filters_candidates": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "integers >= 1"),
+    "dense_candidates": RULES["dense"],
+    "digits": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9, "digits 0..9"),
 }
 
 

@@ -4,6 +4,7 @@ and mean with a band or error bars wherever there are several seeds."""
 from __future__ import annotations
 
 import os
+import textwrap
 
 import matplotlib
 
@@ -205,3 +206,121 @@ def curves_by_value(values, per_value_histories, path, title: str, *, name: str,
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title, fontsize=10)
     save(fig, path)
+
+
+def image_blocks(blocks, path: str | os.PathLike, title: str, *, block_titles, row_labels, xlabel: str,
+                 ncols: int = 3, cell: float = 0.36) -> None:
+    """Panels of image rows: blocks (K, R, C, 28, 28) in [0, 1], one panel per block (titled),
+    R labelled rows of C images each (ink dark on white), `ncols` panels per figure row."""
+    blocks = np.asarray(blocks, np.float32)
+    k, r, c, h, w = blocks.shape
+    ncols = min(ncols, k)
+    nrows = -(-k // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * (c * cell + 0.9), nrows * (r * cell + 0.75) + 0.5),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= k:
+            ax.axis("off")
+            continue
+        ax.imshow(1.0 - _mosaic(blocks[i]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_yticks([j * (h + 2) + h / 2 for j in range(r)], row_labels, fontsize=7)
+        ax.set_xticks([])
+        ax.tick_params(length=0)
+        ax.set_title(block_titles[i], fontsize=8)
+        if i >= k - ncols:
+            ax.set_xlabel(xlabel, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps a wide suptitle inside
+    plt.close(fig)
+
+
+def curves_with_ci(x, curves: dict, path: str | os.PathLike, title: str, *, xlabel: str, ylabel: str,
+                   scale: float = 100.0, note: str = "") -> None:
+    """Mean curves with 95 % CI bands over seeds and every run as a faint dot.
+
+    curves: {label: (runs (S, len(x)), summaries [stats.summary per x])}.
+    """
+    x = np.asarray(x, np.float64)
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    for i, (label, (runs, summaries)) in enumerate(curves.items()):
+        color = f"C{i}"
+        runs = np.asarray(runs, np.float64) * scale
+        mean = np.array([s["mean"] for s in summaries], np.float64) * scale
+        low = np.array([s["ci_low"] for s in summaries], np.float64) * scale
+        high = np.array([s["ci_high"] for s in summaries], np.float64) * scale
+        ax.plot(x, mean, marker="o", ms=3.5, color=color, label=label)
+        ax.fill_between(x, low, high, color=color, alpha=0.22, linewidth=0)
+        ax.scatter(np.broadcast_to(x, runs.shape), runs, s=5, color=color, alpha=0.45, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", title=note or None, title_fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps a long title inside
+    plt.close(fig)
+
+
+def confusion_matrix(counts, path: str | os.PathLike, title: str, *, n_runs: int = 1) -> None:
+    """A 10x10 confusion matrix (rows: true digit, columns: predicted digit), summed over
+    `n_runs` runs: off-diagonal cells coloured by the mean error count per run, every cell
+    annotated; the diagonal shows each digit's recall (%) instead of its count."""
+    counts = np.asarray(counts, np.float64)
+    k = counts.shape[0]
+    per_run = counts / max(n_runs, 1)
+    errors = per_run.copy()
+    np.fill_diagonal(errors, np.nan)
+    recall = 100 * np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
+    fig, ax = plt.subplots(figsize=(7.0, 6.0))
+    im = ax.imshow(errors, cmap="Reds", vmin=0, vmax=max(np.nanmax(errors), 1e-9))
+    top = np.nanmax(errors)
+    for i in range(k):
+        for j in range(k):
+            if i == j:
+                ax.text(j, i, f"{recall[i]:.1f}%", ha="center", va="center", fontsize=7, color="C0", weight="bold")
+            elif per_run[i, j] > 0:
+                ax.text(j, i, f"{per_run[i, j]:.1f}" if n_runs > 1 else f"{per_run[i, j]:.0f}", ha="center",
+                        va="center", fontsize=7, color="white" if per_run[i, j] > 0.6 * top else "black")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    what = f"mean count per run over {n_runs} runs" if n_runs > 1 else "count"
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"misclassified test images ({what})")
+    ax.set_title(_wrap(title) + "\n(diagonal, blue: recall of the digit in %)", fontsize=8)
+    save(fig, path)
+
+
+def candidate_scatter(labels, per_candidate_runs, summaries, path: str | os.PathLike, title: str, *,
+                      xlabel: str, ylabel: str, chosen: int | None = None, scale: float = 100.0) -> None:
+    """Categorical comparison: every run as a dot per candidate, mean with a 95 % CI error bar,
+    the chosen candidate marked."""
+    fig, ax = plt.subplots(figsize=(7.6, 4.8))
+    rng = np.random.default_rng(0)
+    for i, runs in enumerate(per_candidate_runs):
+        runs = np.asarray(runs, np.float64) * scale
+        ax.scatter(i + rng.uniform(-0.08, 0.08, runs.size), runs, s=14, color="0.55", alpha=0.8, zorder=2,
+                   label="one run (seed)" if i == 0 else None)
+    means = np.array([s["mean"] for s in summaries], np.float64) * scale
+    low = means - np.array([s["ci_low"] for s in summaries], np.float64) * scale
+    high = np.array([s["ci_high"] for s in summaries], np.float64) * scale - means
+    ax.errorbar(np.arange(len(labels)), means, yerr=[low, high], fmt="o", color="C0", ms=6, capsize=5, lw=1.5,
+                zorder=3, label="mean with 95 % CI (Student t)")
+    if chosen is not None:
+        ax.scatter([chosen], [means[chosen]], s=160, facecolors="none", edgecolors="C3", lw=1.8, zorder=4,
+                   label="chosen (highest mean)")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(_wrap(title), fontsize=8)
+    save(fig, path)
+
+
+def _wrap(title: str, width: int = 100) -> str:
+    """Each line of a title wrapped at `width` characters, so it stays inside the figure."""
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))

@@ -10,10 +10,11 @@ import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import losses
+from mnist_jax import generative, losses, noise
 from mnist_jax.data import IMAGE_SHAPE, Splits, preprocess_images
 from mnist_jax.train import Batch, HParams, Task
 
@@ -78,3 +79,168 @@ def classifier_task(model: nn.Module, augment: Callable | None = None) -> Task:
                 **classification_metrics(model, params, data.test_x, data.test_y, "test")}
 
     return Task(init, loss, evaluate)
+
+
+def vae_negative_elbo(model: nn.Module, params, x_bin: jax.Array, labels: jax.Array, key: jax.Array,
+                      batch_size: int = EVAL_BATCH) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Single-sample negative ELBO of a VAE on binary images, per image: (total, reconstruction, KL), nats."""
+
+    def one(xb, yb, ib):
+        logits, mean, logvar = model.apply(params, xb, jax.random.fold_in(key, ib[0]), yb)
+        return losses.negative_elbo(logits, xb, mean, logvar)
+
+    return generative.map_batches(one, (x_bin, labels, jnp.arange(x_bin.shape[0]) // batch_size), batch_size)
+
+
+def vae_task(model: nn.Module) -> Task:
+    """A `models.VAE` trained on the negative ELBO (nats per image) of dynamically binarized MNIST.
+
+    Every time a training image is seen, inside the step, each pixel is drawn afresh as a
+    Bernoulli variable with the pixel's intensity as probability. Validation and test use one
+    fixed binarization (`generative.fixed_binarization`), the same for every run and epoch;
+    their negative ELBO is a one-sample Monte Carlo estimate per image.
+    """
+
+    def init(key, hp):
+        init_key, z_key = jax.random.split(key)
+        return model.init(init_key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), z_key, jnp.zeros((1,), jnp.int32))
+
+    def loss(params, batch: Batch, key, hp):
+        bin_key, z_key = jax.random.split(key)
+        x = generative.binarize(bin_key, batch.x)
+        logits, mean, logvar = model.apply(params, x, z_key, batch.y)
+        total, rec, kl = losses.negative_elbo(logits, x, mean, logvar)
+        return total, {"reconstruction": rec, "kl": kl}
+
+    def evaluate(params, data: Splits, hp, key):
+        val_key, test_key = jax.random.split(key)
+        val, _, _ = vae_negative_elbo(model, params, generative.fixed_binarization(data.val_x), data.val_y, val_key)
+        test, rec, kl = vae_negative_elbo(model, params, generative.fixed_binarization(data.test_x), data.test_y,
+                                          test_key)
+        return {"val_neg_elbo": val.mean(), "test_neg_elbo": test.mean(), "test_reconstruction": rec.mean(),
+                "test_kl": kl.mean()}
+
+    return Task(init, loss, evaluate)
+
+
+# --- Salt-and-pepper noise and denoising (the study's section 4) ---
+
+EVAL_SPLITS = {"val": 0, "test": 1}
+
+
+def eval_noise_key(seed: int, split: str) -> jax.Array:
+    """The fixed key of a split's evaluation noise: every run, epoch and experiment that uses
+    the same seed sees the same corrupted images at a given level."""
+    return jax.random.fold_in(jax.random.key(seed), EVAL_SPLITS[split])
+
+
+def with_frozen(hp: dict, name: str, params) -> dict:
+    """hp plus the leaves of a frozen params tree (leading run axis) as `name/<path>` entries.
+
+    That is how one trained model per run (e.g. the autoencoder of the run's noise level and
+    seed) rides along a vmapped grid: `sweep.train_grid` shards every hp entry on its run axis.
+    """
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    return {**hp, **{f"{name}/{k}": v for k, v in flat.items()}}
+
+
+def frozen(hp: dict, name: str):
+    """The params tree stored in hp by `with_frozen(hp, name, ...)`."""
+    prefix = f"{name}/"
+    return flax.traverse_util.unflatten_dict({k[len(prefix):]: v for k, v in hp.items() if k.startswith(prefix)},
+                                             sep="/")
+
+
+def denoised(model: nn.Module, params, x: jax.Array) -> jax.Array:
+    """The autoencoder's output image in [0, 1] (sigmoid of its logits), shaped like x."""
+    return jax.nn.sigmoid(model.apply(params, x))
+
+
+def corrupted_images(x: jax.Array, index: jax.Array, level, key: jax.Array) -> jax.Array:
+    """uint8 (or [0, 1] float) images x with their fixed evaluation noise (image `index[i]`)."""
+    return noise.salt_and_pepper_each(key, preprocess_images(x), level, index)
+
+
+def denoise_metrics(model: nn.Module, params, x: jax.Array, level, key: jax.Array, prefix: str) -> dict:
+    """{prefix_bce, prefix_psnr_noisy, prefix_psnr_denoised} of the autoencoder on images x
+    corrupted at `level` with the fixed noise of `key`: BCE per pixel (nats) of the output
+    against the clean image, mean PSNR (dB) of the noisy and the denoised images."""
+
+    def fn(idx):
+        clean = preprocess_images(x[idx])
+        noisy = noise.salt_and_pepper_each(key, clean, level, idx)
+        logits = model.apply(params, noisy)
+        bce = losses.binary_cross_entropy(logits, clean) / logits[0].size
+        return jnp.stack([bce, noise.psnr(clean, noisy), noise.psnr(clean, jax.nn.sigmoid(logits))], axis=1)
+
+    m = batched(fn, jnp.arange(x.shape[0])).mean(axis=0)
+    return {f"{prefix}_bce": m[0], f"{prefix}_psnr_noisy": m[1], f"{prefix}_psnr_denoised": m[2]}
+
+
+def denoise_task(model: nn.Module, eval_seed: int = 0, corrupt: Callable = noise.salt_and_pepper) -> Task:
+    """A denoising autoencoder: noisy image in, binary cross-entropy against the clean image.
+
+    The noise level is `hp["noise_level"]` (traced); every step draws a fresh corruption of
+    its batch. The loss is BCE from logits, mean per pixel (as Keras reports it). Evaluation
+    after each epoch: `denoise_metrics` on the validation set with the fixed noise of
+    `eval_seed`. `corrupt(key, x, level)` swaps the noise formulation (benchmarks).
+    """
+
+    def init(key, hp):
+        return model.init(key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))
+
+    def loss(params, batch: Batch, key, hp):
+        clean = preprocess_images(batch.x)
+        logits = model.apply(params, corrupt(key, clean, hp["noise_level"]))
+        return losses.binary_cross_entropy(logits, clean) / logits[0].size, {}
+
+    def evaluate(params, data: Splits, hp, key):
+        return denoise_metrics(model, params, data.val_x, hp["noise_level"], eval_noise_key(eval_seed, "val"), "val")
+
+    return Task(init, loss, evaluate)
+
+
+def noisy_classification_metrics(model: nn.Module, params, x: jax.Array, y: jax.Array, level, key: jax.Array,
+                                 prefix: str, denoiser: nn.Module | None = None, denoiser_params=None) -> dict:
+    """`classification_metrics` on images x corrupted at `level` with the fixed noise of `key`,
+    first denoised by `denoiser` when one is given."""
+
+    def fn(idx):
+        xb = corrupted_images(x[idx], idx, level, key)
+        if denoiser is not None:
+            xb = denoised(denoiser, denoiser_params, xb)
+        logits = model.apply(params, xb)
+        return jnp.concatenate([logits, losses.cross_entropy(logits, y[idx])[:, None]], axis=1)
+
+    out = batched(fn, jnp.arange(x.shape[0]))
+    right = losses.correct(out[:, :-1], y)
+    return {f"{prefix}_accuracy": right.mean(), f"{prefix}_loss": out[:, -1].mean(),
+            f"{prefix}_errors": (y.shape[0] - right.sum()).astype(jnp.int32)}
+
+
+def noisy_classifier_task(model: nn.Module, denoiser: nn.Module | None = None, eval_seed: int = 0) -> Task:
+    """A classifier trained on salt-and-pepper images at `hp["noise_level"]` (fresh noise every
+    step), optionally denoised first by `denoiser` with the frozen params `frozen(hp, "denoiser")`
+    of the run (see `with_frozen`). Evaluation: noisy (and denoised) validation accuracy with the
+    fixed noise of `eval_seed`."""
+
+    def corrupt(key, x, hp):
+        x = noise.salt_and_pepper(key, x, hp["noise_level"])
+        return denoised(denoiser, frozen(hp, "denoiser"), x) if denoiser is not None else x
+
+    base = classifier_task(model, augment=corrupt)
+
+    def evaluate(params, data: Splits, hp, key):
+        dparams = frozen(hp, "denoiser") if denoiser is not None else None
+        return noisy_classification_metrics(model, params, data.val_x, data.val_y, hp["noise_level"],
+                                            eval_noise_key(eval_seed, "val"), "val", denoiser, dparams)
+
+    return Task(base.init, base.loss, evaluate)
+
+
+def over_runs(fn: Callable, runs: tuple, shared: tuple = (), chunk: int = 4):
+    """`fn(*run_slice, *shared)` for every run of `runs` (pytrees with a leading run axis), jitted;
+    `chunk` runs are vmapped at a time, so memory stays bounded for any number of runs. Arrays
+    like the test set go in `shared` (arguments, not constants baked into the program)."""
+    program = jax.jit(lambda runs, shared: jax.lax.map(lambda r: fn(*r, *shared), runs, batch_size=chunk))
+    return program(runs, shared)

@@ -1,0 +1,188 @@
+"""Test accuracy against salt-and-pepper noise level, with and without denoising (section 4C).
+
+    python -m experiments.noise_accuracy --workdir runs/noise_accuracy [--config.seeds=N] [--config.epochs=E]
+
+Three curves, each point a mean over seeds with a 95 % CI:
+  (a) "noisy": a classifier trained on noisy images (fresh noise every step), tested on noisy images;
+  (b) "denoised": the same, but every image (train and test) first goes through the denoising
+      autoencoder trained at that noise level (and seed);
+  (c) "clean": a classifier trained on clean images, tested on noisy images.
+The autoencoders (one per level and seed) are trained first, as one vmapped program; then (a)
+and (b) are one vmapped program each over levels x seeds, and (c) one over seeds. Every curve
+is tested on the same corrupted test images (fixed noise per image and level). Writes
+`noise_accuracy.png`, `metrics.json` (accuracies per level and curve, the differences (b) - (a)
+with Welch's t-test, and a sentence on where denoising helps), params and checkpoints.
+
+The classifier is `models.from_config({"kind": kind, **config.classifier[kind]})`, e.g. the
+study's CNN (its fields in `config.classifier.cnn`):
+
+    python -m experiments.noise_accuracy --workdir runs/noise_accuracy_cnn --config.classifier.kind=cnn \\
+        --config.optimizer=adam --config.learning_rate=0.001 --config.denoiser_epochs=32
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import denoise
+from mnist_jax import experiment, models, plots, stats, sweep, tasks
+from mnist_jax.config import ConfigError
+from mnist_jax.train import TrainSpec
+
+CURVES = {
+    "noisy": "(a) trained and tested on noisy images",
+    "denoised": "(b) as (a), every image denoised first",
+    "clean": "(c) trained on clean images, tested on noisy",
+}
+
+
+def classifier_block(classifier) -> dict:
+    """The `models.from_config` block of the chosen classifier kind: {"kind": kind, **fields}."""
+    kind = classifier.get("kind")
+    if kind not in classifier or kind == "kind":
+        known = sorted(k for k in classifier if k != "kind")
+        raise ConfigError(f"config.classifier.kind={kind!r}: expected one of {known} (a block of its fields)")
+    return {"kind": kind, **dict(classifier[kind])}
+
+
+def classifier_model(block: dict):
+    try:
+        return models.from_config(block)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.classifier {block}: {err}") from None
+
+
+def describe(block: dict) -> str:
+    """A model block in one short line, e.g. 'mlp hidden=(64, 64)'."""
+    fields = {k: v for k, v in block.items() if k not in ("kind", "keras_init")}
+    return f"{block['kind']} " + ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in fields.items())
+
+
+def conclusion(levels: list[float], diff: dict, welch: dict) -> dict:
+    """Where denoising helps: levels where (b) beats (a) with p < 0.05, where it is worse, and one sentence."""
+    helps = [lv for lv in levels if diff[f"{lv:g}"]["mean"] > 0 and (welch[f"{lv:g}"]["p_value"] or 1.0) < 0.05]
+    hurts = [lv for lv in levels if diff[f"{lv:g}"]["mean"] < 0 and (welch[f"{lv:g}"]["p_value"] or 1.0) < 0.05]
+    best = max(levels, key=lambda lv: diff[f"{lv:g}"]["mean"])
+    if helps:
+        above = [lv for lv in levels if lv > max(helps)]
+        text = (f"Denoising first raises test accuracy significantly (Welch p < 0.05) at noise levels "
+                f"{', '.join(f'{lv:g}' for lv in helps)}; the largest gain is {100 * diff[f'{best:g}']['mean']:+.2f} "
+                f"points at level {best:g}.")
+        if above:
+            text += f" Above level {max(helps):g} it no longer helps significantly."
+    else:
+        text = "Denoising first does not raise test accuracy significantly (Welch p < 0.05) at any noise level."
+    if hurts:
+        text += f" It lowers accuracy significantly at levels {', '.join(f'{lv:g}' for lv in hurts)}."
+    return {"helps_levels": helps, "hurts_levels": hurts, "largest_gain_level": best, "text": text}
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    levels = denoise.check_levels(config.noise_levels)
+    dae = denoise.dae_model(config.denoiser.model)
+    clf_block = classifier_block(config.classifier)
+    clf = classifier_model(clf_block)
+    ae_epochs = config.denoiser_epochs or config.epochs
+    data, data_seconds = experiment.load_data(config)
+    seed_list = [config.seed + i for i in range(config.seeds)]
+    n_levels, n_seeds = len(levels), len(seed_list)
+
+    ae_spec = TrainSpec(epochs=ae_epochs, batch_size=config.denoiser.batch_size, optimizer=config.denoiser.optimizer)
+    ae, hp_ae, _ = denoise.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
+                                           learning_rate=config.denoiser.learning_rate)
+    experiment.save_params(workdir, ae.state.params, name="denoiser_params")
+
+    hp, seeds = sweep.grid(seed_list, noise_level=levels, learning_rate=[config.learning_rate],
+                           dropout_rate=[config.dropout_rate])
+    assert np.array_equal(hp["noise_level"], hp_ae["noise_level"])  # run r of (b) uses autoencoder r
+    results = {
+        "noisy": experiment.train(config, workdir, tasks.noisy_classifier_task(clf, None, config.seed), hp, seeds, data,
+                                  name="noisy"),
+        "denoised": experiment.train(config, workdir, tasks.noisy_classifier_task(clf, dae, config.seed),
+                                     tasks.with_frozen(hp, "denoiser", ae.state.params), seeds, data, name="denoised"),
+    }
+    hp_c, seeds_c = sweep.grid(seed_list, learning_rate=[config.learning_rate], dropout_rate=[config.dropout_rate])
+    results["clean"] = experiment.train(config, workdir, tasks.classifier_task(clf), hp_c, seeds_c, data, name="clean")
+    for name, result in results.items():
+        experiment.save_params(workdir, result.state.params, name=f"{name}_params")
+
+    # Test accuracy of every run on the same corrupted test images; (c) is tested at every level.
+    key = tasks.eval_noise_key(config.seed, "test")
+    levels_r = np.asarray(hp["noise_level"], np.float32)
+
+    def accuracy(p, level, x, y):
+        return tasks.noisy_classification_metrics(clf, p, x, y, level, key, "test")["test_accuracy"]
+
+    def accuracy_denoised(p, dp, level, x, y):
+        return tasks.noisy_classification_metrics(clf, p, x, y, level, key, "test", dae, dp)["test_accuracy"]
+
+    test_set = (data.test_x, data.test_y)
+    clean_per_run = jax.tree_util.tree_map(lambda a: a[np.tile(np.arange(n_seeds), n_levels)],
+                                           results["clean"].state.params)
+    acc = {
+        "noisy": tasks.over_runs(accuracy, (results["noisy"].state.params, levels_r), test_set),
+        "denoised": tasks.over_runs(accuracy_denoised, (results["denoised"].state.params, ae.state.params, levels_r),
+                                    test_set),
+        "clean": tasks.over_runs(accuracy, (clean_per_run, levels_r), test_set),
+    }
+    acc = {k: np.asarray(v).reshape(n_levels, n_seeds) for k, v in acc.items()}  # grid is seed-fastest
+    psnr = denoise.test_metrics(dae, ae.state.params, levels_r, data, config.seed)
+
+    def by_level(a):  # (L, S) -> {level: summary}
+        return {f"{lv:g}": {"per_seed": a[i], **stats.summary(a[i])} for i, lv in enumerate(levels)}
+
+    summaries = {k: by_level(v) for k, v in acc.items()}
+    diff = by_level(acc["denoised"] - acc["noisy"])
+    welch = {f"{lv:g}": stats.welch(acc["denoised"][i], acc["noisy"][i]) for i, lv in enumerate(levels)}
+    verdict = conclusion(levels, diff, welch)
+
+    clf_line = (f"{describe(clf_block)}, {config.optimizer} lr {config.learning_rate:g}, batch {config.batch_size}, "
+                f"{denoise.plural(config.epochs, 'epoch')}")
+    plots.curves_with_ci(
+        levels, {CURVES[k]: (acc[k].T, [summaries[k][f"{lv:g}"] for lv in levels]) for k in CURVES},
+        workdir / "noise_accuracy.png",
+        f"MNIST test accuracy against salt-and-pepper noise\nclassifier: {clf_line}\n"
+        f"autoencoders {denoise.layer_widths(dae)}, Adam, {denoise.plural(ae_epochs, 'epoch')}, one per level and seed; "
+        f"{denoise.plural(n_seeds, 'seed')} per point; all curves tested on the same noisy test images",
+        xlabel="salt-and-pepper noise level (fraction of pixels replaced by 0 or 1)", ylabel="test accuracy (%)",
+        note=f"mean, 95 % CI band (Student t, {n_seeds} seeds), dots = runs")
+
+    print(f"{'level':>5} " + " ".join(f"{k:>16}" for k in CURVES) + f" {'(b)-(a)':>9} {'p':>7} {'PSNR gain':>9}")
+    for lv in levels:
+        k = f"{lv:g}"
+        gain = psnr["test_psnr_denoised"][levels_r == np.float32(lv)] - psnr["test_psnr_noisy"][levels_r == np.float32(lv)]
+        p = welch[k]["p_value"]
+        print(f"{lv:5.2f} " + " ".join(f"{100 * summaries[c][k]['mean']:7.2f} ± {100 * (summaries[c][k]['std'] or 0):5.2f}"
+                                       for c in CURVES)
+              + f" {100 * diff[k]['mean']:+9.2f} {p if p is not None else float('nan'):7.3f} {gain.mean():+8.2f}dB")
+    print(verdict["text"])
+    return {
+        "experiment": "noise_accuracy",
+        "noise_levels": levels,
+        "seeds": seed_list,
+        "classifier": clf_line,
+        "denoiser_epochs": ae_epochs,
+        "test_accuracy": {k: {"per_level_per_seed": acc[k], "per_level": summaries[k], "label": CURVES[k]} for k in CURVES},
+        "denoised_minus_noisy": {"per_level": diff, "welch": welch},
+        "conclusion": verdict,
+        "denoiser_test": {"noise_level": levels_r, "seeds": seeds, **psnr},
+        "val_accuracy_last_epoch": {k: results[k].history["val_accuracy"][:, -1] for k in results},
+        "eval_noise": f"fixed per test image: tasks.eval_noise_key({config.seed}, 'test') folded with the image index",
+        "diverged_runs": {k: [int(i) for i in np.flatnonzero(r.history["diverged"][:, -1])] for k, r in results.items()},
+        "timing": {"data_seconds": data_seconds, "device": experiment.describe_devices(),
+                   "denoiser": ae.timing, **{k: r.timing for k, r in results.items()}},
+        "resumed_from_epoch": {"denoiser": ae.resumed_from_epoch, **{k: r.resumed_from_epoch for k, r in results.items()}},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return experiment.main(run, argv, "configs/noise_accuracy.py", __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
