@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -120,3 +121,29 @@ def test_config_parser_fuzz_gives_a_valid_config_or_one_config_error(field, text
     assert config.optimizer in ("sgd", "momentum", "adam")
     assert len(config.model.hidden) >= 1
     assert set(config.keys()) == set(default.keys())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=8),
+                  elements=st.floats(0, 1, width=32)),
+       st.floats(0, 1), st.integers(0, 2**31 - 1))
+def test_salt_and_pepper_fuzz_keeps_or_saturates_every_pixel(x, level, seed):
+    from mnist_jax.noise import salt_and_pepper
+
+    out = np.asarray(salt_and_pepper(jax.random.key(seed), jnp.asarray(x), level))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    changed = out != x
+    assert np.all(np.isin(out[changed], [0.0, 1.0]))  # a changed pixel is salt or pepper
+    if level == 0:
+        assert not changed.any()
+    again = np.asarray(salt_and_pepper(jax.random.key(seed), jnp.asarray(x), level))
+    assert np.array_equal(out, again)  # pure: same key, same corruption
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1 + 1e-6), st.just(float("nan"))))
+def test_salt_and_pepper_fuzz_rejects_levels_outside_unit_interval(level):
+    from mnist_jax.noise import salt_and_pepper
+
+    with pytest.raises(ValueError):
+        salt_and_pepper(jax.random.key(0), jnp.zeros((2, 2)), level)
