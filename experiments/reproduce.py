@@ -39,6 +39,10 @@ STAGES = [
     Stage("l2_sweep", "experiments.l2_sweep", "configs/l2_sweep.py", quick_config="configs/l2_sweep_quick.py"),
     Stage("dropout_sweep", "experiments.l2_sweep", "configs/dropout_sweep.py",
           quick=("--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[100, 100]")),
+    Stage("denoise", "experiments.denoise", "configs/denoise.py",
+          quick=("--config.noise_levels=[0.2, 0.4, 0.7]", "--config.seeds=2", "--config.epochs=2")),
+    Stage("noise_accuracy", "experiments.noise_accuracy", "configs/noise_accuracy.py",
+          quick=("--config.noise_levels=[0.0, 0.4, 0.8]", "--config.seeds=2", "--config.epochs=1")),
 ]
 
 
