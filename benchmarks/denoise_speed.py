@@ -1,6 +1,6 @@
 """Steady-state epoch time of the denoising autoencoder, and what drawing the noise costs.
 
-    flock /tmp/mnist_jax_cpu.lock python -m benchmarks.denoise_speed
+    python -m benchmarks.denoise_speed
     python -m benchmarks.denoise_speed --runs 1,9 --noise threefry16,two_draws --json runs/denoise_speed.json
     python -m benchmarks.denoise_speed --train-images 6400 --epochs 2      # a quick look
 
@@ -20,8 +20,8 @@ Two measurements, both with the real compiled programs:
    the number of runs. With `--train-images N` the epoch time is extrapolated to the full
    55,000 images linearly in the number of steps (evaluation included, so it errs high).
 
-Timings on a shared machine are only meaningful when nothing else runs: take them under
-`flock /tmp/mnist_jax_cpu.lock` in this sandbox.
+Timings on a shared machine are only meaningful when nothing else runs: serialise benchmarks
+(for example under one `flock` lock file) and report medians.
 """
 
 from __future__ import annotations

@@ -85,7 +85,11 @@ def make_optimizer(spec: TrainSpec, hp: HParams, n_train: int) -> optax.Gradient
     if spec.schedule == "cosine":
         lr = optax.cosine_decay_schedule(lr, spec.epochs * steps)
     elif spec.schedule == "warmup_cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, lr, steps, max(spec.epochs * steps, steps + 1))
+        # optax.warmup_cosine_decay_schedule, built from its parts: it tests `peak_value == 0` in
+        # Python, which fails on the traced (vmapped) learning rate
+        total = max(spec.epochs * steps, steps + 1)
+        lr = optax.join_schedules([optax.linear_schedule(0.0, lr, steps), optax.cosine_decay_schedule(lr, total - steps)],
+                                  [steps])
     elif spec.schedule != "constant":
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {spec.schedule!r}")
     if spec.optimizer == "sgd":
