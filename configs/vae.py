@@ -1,0 +1,61 @@
+"""A variational autoencoder that generates digits (the study's failed section 4D, done right).
+
+    python -m experiments.vae --workdir runs/vae
+    python -m experiments.vae --workdir runs/vae_smoke --config.seeds=2 --config.epochs=1 --config.iwae_images=100
+    python -m experiments.vae --workdir runs/vae_cond --config.model.conditional=True    # a row per digit
+    python -m experiments.vae --workdir runs/vae_conv --config.model.conv=True
+    python -m experiments.vae --workdir runs/vae --config.classifier.workdir=runs/cnn   # a trained classifier
+
+Dense 784-512-256-32 VAE, Adam lr 1e-3 with cosine decay, batch 128, on dynamically binarized
+MNIST; test negative ELBO on one fixed binarization of the test set; IWAE (k = 1000) estimate
+of the test log-likelihood; 10,000 prior samples judged by a classifier.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.experiment = "vae"
+    # latent: 2 for a map of the latent space, 16 or more for quality; conv: convolutional
+    # encoder/decoder; conditional: the one-hot label goes into encoder and decoder.
+    c.model = ml_collections.ConfigDict(
+        {"kind": "vae", "latent": 32, "hidden": (512, 256), "conv": False, "conditional": False})
+    c.seed = 0  # base seed; the runs use seed, seed + 1, ...
+    c.seeds = 3  # runs trained side by side in one vmapped program
+    c.epochs = 40
+    c.batch_size = 128
+    c.optimizer = "adam"
+    c.schedule = "cosine"
+    c.learning_rate = 1e-3
+    c.n_val = 5000  # held out from the 60,000 training images
+    c.protocol = "holdout"
+    c.chunk_epochs = 1
+    c.checkpoint_every = 1
+    c.run_chunk = 0
+
+    # Importance-weighted estimate of the test log-likelihood (IWAE bound).
+    c.iwae_k = 1000  # importance samples per image
+    c.iwae_images = 10_000  # the first N test images (10,000 = the whole test set)
+    c.iwae_batch = 10  # images per batch; memory grows with iwae_batch * iwae_k
+
+    c.n_samples = 10_000  # prior samples written to samples.npy and judged by the classifier
+    c.digits = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # rows of vae_conditional.png (conditional models)
+    # When model.latent != 2, a 2-D model (same settings, one seed, unconditional) is trained
+    # for vae_latent.png, for min(epochs, map_epochs) epochs; map_epochs = 0 skips it.
+    c.map_epochs = 20
+
+    # The classifier that judges the samples: trained here (one run, min(epochs, classifier.epochs)
+    # epochs, on the same training split), or run 0 of a classifier experiment's workdir.
+    c.classifier = ml_collections.ConfigDict({
+        "workdir": "",
+        "model": ml_collections.ConfigDict({"kind": "cnn"}),  # the study's final CNN
+        "seed": 0,
+        "epochs": 10,
+        "batch_size": 128,
+        "optimizer": "adam",
+        "schedule": "constant",
+        "learning_rate": 1e-3,
+        "dropout_rate": 0.5,
+    })
+    return c

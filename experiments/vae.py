@@ -1,0 +1,344 @@
+"""A variational autoencoder that generates digits: negative ELBO, IWAE log-likelihood, samples
+judged by a classifier, and the figures.
+
+    python -m experiments.vae --workdir runs/vae [--config.seeds=N] [--config.epochs=E] [--config.iwae_images=N]
+
+Writes metrics.json, samples.npy (prior samples of run 0 as Bernoulli means, (N, 28, 28) float32
+in [0, 1]), vae_samples.png, vae_reconstructions.png, vae_latent.png, vae_interpolation.png,
+vae_elbo.png and, for a conditional model, vae_conditional.png.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from scipy import stats as sps
+
+from mnist_jax import experiment, generative, models, plots, stats, sweep, tasks
+from mnist_jax.config import ConfigError
+from mnist_jax.train import TrainSpec
+
+# Pairs of digit classes interpolated in vae_interpolation.png (first test image of each class).
+INTERPOLATION_PAIRS = ((3, 8), (1, 7), (4, 9), (0, 6), (2, 5))
+N_RECONSTRUCTIONS = 12
+MAP_GRID = 20  # decoded manifold of vae_latent.png: MAP_GRID x MAP_GRID latents
+
+
+def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
+    return [config.seed + i for i in range(config.seeds)]
+
+
+def build(block: ml_collections.ConfigDict, where: str):
+    """models.from_config with user errors as ConfigError."""
+    try:
+        return models.from_config(block)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config.{where}: {err}") from None
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """What the generic validation cannot check, before any training starts."""
+    if config.model.kind != "vae":
+        raise ConfigError(f"config.model.kind={config.model.kind!r}: this experiment trains a 'vae'")
+    build(config.model, "model")
+    cls = config.classifier
+    if cls.workdir:
+        path = pathlib.Path(cls.workdir)
+        if not (path / "config.json").is_file() or not (path / classifier_params_dir(path)).is_dir():
+            raise ConfigError(f"config.classifier.workdir={cls.workdir!r} is neither a finished classifier workdir "
+                              "(config.json, params/) nor a vae workdir that trained one (config.json, classifier_params/)")
+    else:
+        build(cls.model, "classifier.model")
+
+
+def classifier_params_dir(workdir: pathlib.Path) -> str:
+    """Where a workdir keeps classifier params: params/ of a classifier experiment, classifier_params/ of a vae one."""
+    config_path = workdir / "config.json"
+    is_vae = config_path.is_file() and experiment.read_json(config_path).get("experiment") == "vae"
+    return "classifier_params" if is_vae else "params"
+
+
+def run_params(params, i: int):
+    """The params of run i from a tree with a leading run axis."""
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a[i]), params)
+
+
+def final(history: dict, key: str) -> dict:
+    values = np.asarray(history[key])[:, -1]
+    return {"per_seed": values, **stats.summary(values)}
+
+
+def train_vae(config, workdir, data, model_cfg, seeds, name):
+    model = build(model_cfg, "model")
+    result = experiment.train(config, workdir, tasks.vae_task(model),
+                              *sweep.grid(seeds, learning_rate=[config.learning_rate]), data, name=name,
+                              metric="val_neg_elbo")
+    return model, result
+
+
+def get_classifier(config, workdir: pathlib.Path, data) -> tuple:
+    """(model, params, info) of the classifier that judges the samples: loaded or trained here."""
+    cls = config.classifier
+    if cls.workdir:
+        path = pathlib.Path(cls.workdir)
+        cls_config = experiment.read_json(path / "config.json")
+        if classifier_params_dir(path) == "classifier_params":  # the classifier a vae run trained
+            model = build(ml_collections.ConfigDict(cls_config["classifier"]["model"]), "classifier.workdir")
+            one = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+            like = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1, *a.shape), a.dtype), one)
+            params = run_params(experiment.load_params(path, like, "classifier_params"), 0)
+            info = {"source": f"the classifier trained by the vae run in {cls.workdir}",
+                    "model": cls_config["classifier"]["model"]}
+        else:
+            from experiments.evaluate import restore_run
+
+            model, params = restore_run(path, cls_config, 0)
+            info = {"source": f"run 0 of {cls.workdir}", "model": cls_config["model"]}
+    else:
+        model = build(cls.model, "classifier.model")
+        spec = TrainSpec(epochs=min(cls.epochs, config.epochs), batch_size=cls.batch_size, optimizer=cls.optimizer,
+                         schedule=cls.schedule)
+        hp, seeds = sweep.grid([cls.seed], learning_rate=[cls.learning_rate], dropout_rate=[cls.dropout_rate])
+        result = experiment.train(config, workdir, tasks.classifier_task(model), hp, seeds, data, name="classifier",
+                                  spec=spec)
+        experiment.save_params(workdir, result.state.params, "classifier_params")
+        params = run_params(result.state.params, 0)
+        info = {"source": "trained in this run", "model": cls.model.to_dict(), "epochs": spec.epochs,
+                "optimizer": cls.optimizer, "learning_rate": cls.learning_rate, "seed": cls.seed,
+                "val_accuracy": float(result.history["val_accuracy"][0, -1]), "timing": result.timing}
+    info["kind"] = info["model"]["kind"]
+    return model, params, info
+
+
+def iwae_per_seed(model, params_all, n_runs: int, x_bin, labels, key, k: int, batch: int) -> dict:
+    """IWAE bound and k-sample ELBO (mean over images, nats) of every run, with timing."""
+    fn = jax.jit(lambda p, x, y, kk: generative.iwae_log_likelihood(*generative.vae_functions(model, p), x, y, kk, k,
+                                                                     batch))
+    ll, elbo, seconds = [], [], []
+    for i in range(n_runs):
+        start = time.perf_counter()
+        bound, elbo_k = jax.block_until_ready(fn(run_params(params_all, i), x_bin, labels, jax.random.fold_in(key, i)))
+        seconds.append(time.perf_counter() - start)
+        ll.append(float(bound.mean()))
+        elbo.append(float(elbo_k.mean()))
+        print(f"IWAE run {i}: log p(x) >= {ll[-1]:.2f} nats (k={k}, {x_bin.shape[0]} images, {seconds[-1]:.0f} s)")
+    ll, elbo = np.array(ll), np.array(elbo)
+    return {
+        "k": k,
+        "images": int(x_bin.shape[0]),
+        "log_likelihood": {"per_seed": ll, **stats.summary(ll)},
+        "nll": {"per_seed": -ll, **stats.summary(-ll)},
+        "neg_elbo_same_images": {"per_seed": -elbo, **stats.summary(-elbo)},
+        "seconds_per_run": seconds,
+    }
+
+
+def sample_labels(conditional: bool, n: int) -> jax.Array:
+    """Labels the samples are drawn with: digits 0-9 in turn for a conditional model (ignored otherwise)."""
+    return jnp.arange(n, dtype=jnp.int32) % 10 if conditional else jnp.zeros(n, jnp.int32)
+
+
+def draw(model, params, key, labels) -> np.ndarray:
+    decode = generative.vae_functions(model, params)[1]
+    fn = jax.jit(lambda k, y: generative.sample_prior(decode, k, y, model.latent))
+    return np.asarray(fn(key, labels))
+
+
+def posterior_means(model, params, x_bin, labels) -> np.ndarray:
+    encode = generative.vae_functions(model, params)[0]
+    fn = jax.jit(lambda x, y: generative.map_batches(lambda xb, yb: encode(xb, yb)[0], (x, y), 1000))
+    return np.asarray(fn(x_bin, labels))
+
+
+def decode_means(model, params, z, labels) -> np.ndarray:
+    decode = generative.vae_functions(model, params)[1]
+    return np.asarray(jax.jit(lambda zz, y: jax.nn.sigmoid(decode(zz, y)))(jnp.asarray(z), jnp.asarray(labels)))[..., 0]
+
+
+def describe(model_cfg, n_params: int) -> str:
+    arch = "conv" if model_cfg.conv else "dense " + "-".join(str(w) for w in (784, *model_cfg.hidden, model_cfg.latent))
+    cond = ", class-conditional" if model_cfg.conditional else ""
+    return f"VAE ({arch}, latent {model_cfg.latent}{cond}, {n_params:,} params)"
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    check(config)
+    data, data_seconds = experiment.load_data(config)
+    seeds = seeds_of(config)
+    cond = bool(config.model.conditional)
+    base_key = jax.random.key(config.seed)
+
+    model, result = train_vae(config, workdir, data, config.model, seeds, "vae")
+    experiment.save_params(workdir, result.state.params)
+    history = result.history
+    p0 = run_params(result.state.params, 0)
+    n_params = models.param_count(p0)
+    name = describe(config.model, n_params)
+    run_desc = (f"{config.optimizer} lr {config.learning_rate} ({config.schedule}), batch {config.batch_size}, "
+                f"{config.epochs} epochs, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+    test_bin = generative.fixed_binarization(data.test_x)
+    metrics = {
+        "experiment": "vae",
+        "model": config.model.to_dict(),
+        "param_count": n_params,
+        "seeds": seeds,
+        "training_data": "dynamically binarized: a fresh Bernoulli draw of every pixel each time an image is seen",
+        "test_binarization": "one fixed Bernoulli draw of the test set (key "
+                             f"{generative.EVAL_BINARIZATION_SEED}), the same for every run, epoch and model",
+        "test_neg_elbo": final(history, "test_neg_elbo"),
+        "test_reconstruction": final(history, "test_reconstruction"),
+        "test_kl": final(history, "test_kl"),
+        "val_neg_elbo": final(history, "val_neg_elbo"),
+        "diverged_seeds": [int(s) for s, d in zip(seeds, history["diverged"][:, -1], strict=True) if d],
+        "history": history,
+    }
+    plots.elbo_curves(history, workdir / "vae_elbo.png", f"{name}\n{run_desc}; test: fixed binarization")
+    print(f"test negative ELBO {metrics['test_neg_elbo']['mean']:.2f} ± {metrics['test_neg_elbo']['std']:.2f} nats "
+          f"over {len(seeds)} seeds")
+
+    # Importance-weighted log-likelihood on the first iwae_images test images.
+    n_iwae = config.iwae_images
+    metrics["iwae"] = iwae_per_seed(model, result.state.params, len(seeds), test_bin[:n_iwae], data.test_y[:n_iwae],
+                                    jax.random.fold_in(base_key, 1), config.iwae_k, config.iwae_batch)
+    metrics["iwae"]["subset"] = ("the whole test set" if n_iwae == data.test_x.shape[0]
+                                 else f"the first {n_iwae} of {data.test_x.shape[0]} test images")
+
+    # Samples from the prior, judged by a classifier.
+    labels = sample_labels(cond, config.n_samples)
+    start = time.perf_counter()
+    samples = [draw(model, run_params(result.state.params, i), jax.random.fold_in(jax.random.fold_in(base_key, 2), i),
+                    labels) for i in range(len(seeds))]
+    sample_seconds = (time.perf_counter() - start) / len(seeds)
+    np.save(workdir / "samples.npy", samples[0].astype(np.float32))
+    cls_model, cls_params, cls_info = get_classifier(config, workdir, data)
+    test_probs, test_feats = generative.classify(cls_model, cls_params, data.test_x)
+    _, train_feats = generative.classify(cls_model, cls_params, data.train_x[: data.test_x.shape[0]])
+    cls_info["test_accuracy"] = float(np.mean(test_probs.argmax(-1) == np.asarray(data.test_y)))
+    per_seed = []
+    for s in samples:
+        probs, feats = generative.classify(cls_model, cls_params, s)
+        q = generative.sample_quality(probs, feats, test_feats)
+        if cond:
+            q["label_agreement"] = float(np.mean(probs.argmax(-1) == np.asarray(labels)))
+        per_seed.append(q)
+    summary_keys = ["confident_share", "mean_confidence", "label_entropy_bits", "frechet_distance"]
+    summary_keys += ["label_agreement"] if cond else []
+    reference = generative.sample_quality(test_probs, train_feats, test_feats)
+    metrics["sample_quality"] = {
+        "samples": f"{config.n_samples} prior samples per run as Bernoulli means; samples.npy holds run 0's",
+        "conditioning": "digits 0-9 in turn" if cond else "none",
+        "classifier": cls_info,
+        "features": "penultimate activations of the classifier (input of its last Dense layer)",
+        "frechet_reference": "features of the test digits",
+        **{k: stats.summary([q[k] for q in per_seed]) for k in summary_keys},
+        "label_histogram_run0": per_seed[0]["label_histogram"],
+        "max_entropy_bits": float(np.log2(10)),
+        "per_seed": per_seed,
+        "real_digits": {
+            "what": "the same measures on the 10,000 test digits; its Frechet distance compares the features of "
+                    "the first 10,000 training digits with those of the test digits (the floor for samples)",
+            **reference,
+        },
+    }
+    q0 = metrics["sample_quality"]
+    print(f"samples: {100 * q0['confident_share']['mean']:.1f} % with confidence >= 0.9, label entropy "
+          f"{q0['label_entropy_bits']['mean']:.3f} bits, Frechet distance {q0['frechet_distance']['mean']:.2f} "
+          f"(real digits {reference['frechet_distance']:.2f}); classifier {cls_info['kind']}, "
+          f"test accuracy {100 * cls_info['test_accuracy']:.2f} %")
+
+    # Figures of run 0.
+    s0 = samples[0]
+    grid = s0[:100].reshape(10, 10, 28, 28)
+    plots.image_grid(grid, workdir / "vae_samples.png",
+                     f"100 samples from the prior of {name}, run seed {seeds[0]}\n"
+                     f"decoder Bernoulli means of z ~ N(0, I); {run_desc}",
+                     xlabel="conditioning digit" if cond else "sample", ylabel="sample",
+                     col_labels=list(range(10)) if cond else None)
+    if cond:
+        rows = []
+        for d in config.digits:
+            rows.append(draw(model, p0, jax.random.fold_in(jax.random.fold_in(base_key, 3), d), jnp.full(10, d, jnp.int32)))
+        plots.image_grid(np.stack(rows), workdir / "vae_conditional.png",
+                         f"Class-conditional samples: a row per requested digit\n{name}, run seed {seeds[0]}\n"
+                         "decoder Bernoulli means of z ~ N(0, I) with the digit's one-hot label",
+                         xlabel="sample", ylabel="requested digit", row_labels=list(config.digits))
+
+    idx = np.arange(N_RECONSTRUCTIONS)
+    x_rec = test_bin[idx]
+    z_rec = posterior_means(model, p0, x_rec, data.test_y[idx])
+    recon = decode_means(model, p0, z_rec, data.test_y[idx])
+    plots.image_grid(np.stack([np.asarray(data.test_x[idx, ..., 0]) / 255.0, np.asarray(x_rec[..., 0]), recon]),
+                     workdir / "vae_reconstructions.png",
+                     f"Reconstructions of the first {N_RECONSTRUCTIONS} test digits by {name}, run seed {seeds[0]}\n"
+                     "reconstruction: decoder Bernoulli means at the posterior mean of z",
+                     xlabel="test image index", ylabel="",
+                     row_labels=["test digit", "binarized input", "reconstruction"], col_labels=idx.tolist())
+
+    test_y = np.asarray(data.test_y)
+    rows, row_labels = [], []
+    for a, b in INTERPOLATION_PAIRS:
+        ia = int(np.flatnonzero(test_y == a)[0])
+        ib = int(np.flatnonzero(test_y == b)[1 if a == b else 0])
+        pair_y = jnp.asarray(test_y[[ia, ib]])
+        za, zb = posterior_means(model, p0, test_bin[np.array([ia, ib])], pair_y)
+        alphas = np.linspace(0.0, 1.0, 10)
+        zs = (1 - alphas[:, None]) * za + alphas[:, None] * zb
+        # A conditional model keeps the label of the start digit along the path.
+        decoded = decode_means(model, p0, zs, np.full(len(alphas), test_y[ia], np.int32))
+        rows.append(np.concatenate([np.asarray(data.test_x[ia, None, ..., 0]) / 255.0, decoded,
+                                    np.asarray(data.test_x[ib, None, ..., 0]) / 255.0]))
+        row_labels.append(f"#{ia} → #{ib}")
+    plots.image_grid(np.stack(rows), workdir / "vae_interpolation.png",
+                     f"Latent interpolation between test digits, {name}, run seed {seeds[0]}\n"
+                     "z = (1 - α) μ(start) + α μ(end) over posterior means, decoded to Bernoulli means",
+                     xlabel="α (first and last column: the two test digits)", ylabel="test images",
+                     row_labels=row_labels, col_labels=["start", *[f"{a:.2f}" for a in alphas], "end"])
+
+    # The latent space: the main model if it is 2-D and unconditional, else a 2-D model trained here.
+    map_info = None
+    if config.model.latent == 2 and not cond:
+        map_model, map_params, map_info = model, p0, {"model": "the main model (latent 2)"}
+    elif config.map_epochs > 0:
+        map_cfg = config.model.to_dict() | {"latent": 2, "conditional": False}
+        map_config = ml_collections.ConfigDict(config.to_dict())
+        map_config.epochs = min(config.epochs, config.map_epochs)
+        map_model, map_result = train_vae(map_config, workdir, data, ml_collections.ConfigDict(map_cfg), [config.seed],
+                                          "vae_2d")
+        experiment.save_params(workdir, map_result.state.params, "params_2d")
+        map_params = run_params(map_result.state.params, 0)
+        map_info = {"model": map_cfg, "epochs": map_config.epochs, "seed": config.seed,
+                    "test_neg_elbo": float(map_result.history["test_neg_elbo"][0, -1]), "timing": map_result.timing}
+    if map_info is not None:
+        values = sps.norm.ppf(np.linspace(0.03, 0.97, MAP_GRID)).astype(np.float32)
+        z1, z2 = np.meshgrid(values, values)  # rows: z2, columns: z1
+        zs = np.stack([z1.ravel(), z2.ravel()], -1)
+        manifold = decode_means(map_model, map_params, zs, np.zeros(len(zs), np.int32)).reshape(MAP_GRID, MAP_GRID, 28, 28)
+        means = posterior_means(map_model, map_params, test_bin, data.test_y)
+        map_name = describe(ml_collections.ConfigDict(map_info["model"]) if "epochs" in map_info else config.model,
+                            models.param_count(map_params))
+        which = "trained for this figure" if "epochs" in map_info else "the main model"
+        plots.latent_map(manifold, values, means, test_y, workdir / "vae_latent.png",
+                         f"2-D latent space of {map_name} ({which}, "
+                         f"{map_info.get('epochs', config.epochs)} epochs, seed {config.seed})")
+        metrics["latent_map"] = map_info
+
+    metrics["timing"] = experiment.timing(data_seconds, result) | {
+        "iwae_seconds_per_run": float(np.mean(metrics["iwae"]["seconds_per_run"])),
+        "sample_seconds_per_run": sample_seconds,
+    }
+    metrics["resumed_from_epoch"] = result.resumed_from_epoch
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    return experiment.main(run, argv, "configs/vae.py", __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

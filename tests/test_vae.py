@@ -1,0 +1,257 @@
+"""The VAE: its loss by hand, KL, IWAE against an exact likelihood, samples, reproducibility,
+sample-quality measures, and short trainings on the real MNIST."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import synthetic_splits
+
+from experiments import vae as vae_experiment
+from mnist_jax import data as data_lib
+from mnist_jax import generative, losses, models, sweep, tasks
+from mnist_jax.train import Batch, TrainSpec
+
+TINY = {"kind": "vae", "latent": 3, "hidden": (16, 8)}
+
+
+def tiny_vae(**overrides) -> models.VAE:
+    return models.from_config(TINY | overrides)
+
+
+def init(model, key=0, batch=2):
+    labels = jnp.zeros((batch,), jnp.int32)
+    return model.init(jax.random.key(key), jnp.zeros((batch, 28, 28, 1)), jax.random.key(key + 1), labels)
+
+
+def test_negative_elbo_is_reconstruction_plus_kl_by_hand():
+    logits = jnp.array([[0.0, math.log(3.0)]])
+    targets = jnp.array([[1.0, 0.0]])
+    mean = jnp.array([[1.0, 0.0]])
+    logvar = jnp.array([[0.0, math.log(2.0)]])
+    total, rec, kl = losses.negative_elbo(logits, targets, mean, logvar)
+    # -log sigmoid(0) - log(1 - sigmoid(ln 3)) = ln 2 + ln 4
+    assert rec[0] == pytest.approx(math.log(2) + math.log(4), rel=1e-6)
+    # 0.5 (1 + 1 - 1 - 0) + 0.5 (2 + 0 - 1 - ln 2)
+    assert kl[0] == pytest.approx(0.5 + 0.5 * (1 - math.log(2)), rel=1e-6)
+    assert total[0] == pytest.approx(3 * math.log(2) + 1 - 0.5 * math.log(2), rel=1e-6)
+
+
+def test_task_loss_is_bce_of_the_decoded_draw_plus_kl():
+    """vae_task's per-image loss, recomputed from encode / reparameterise / decode by hand."""
+    model = tiny_vae()
+    task = tasks.vae_task(model)
+    data = synthetic_splits(n_train=4)
+    params = task.init(jax.random.key(0), {})
+    key = jax.random.key(7)
+    batch = Batch(jnp.asarray(data.train_x), jnp.asarray(data.train_y), jnp.ones(4))
+    loss, parts = task.loss(params, batch, key, {})
+    bin_key, z_key = jax.random.split(key)
+    x = generative.binarize(bin_key, batch.x)
+    assert set(np.unique(np.asarray(x))) <= {0.0, 1.0}
+    mean, logvar = model.apply(params, x, method=model.encode)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(z_key, mean.shape)
+    p = jax.nn.sigmoid(model.apply(params, z, method=model.decode)).reshape(4, -1)
+    xf = x.reshape(4, -1)
+    rec = -jnp.sum(xf * jnp.log(p) + (1 - xf) * jnp.log1p(-p), axis=1)
+    kl = 0.5 * jnp.sum(jnp.exp(logvar) + mean**2 - 1 - logvar, axis=1)
+    np.testing.assert_allclose(parts["reconstruction"], rec, rtol=1e-4)
+    np.testing.assert_allclose(parts["kl"], kl, rtol=1e-4)
+    np.testing.assert_allclose(loss, rec + kl, rtol=1e-4)
+
+
+def test_kl_is_zero_when_posterior_equals_prior_and_matches_monte_carlo_otherwise():
+    assert float(losses.gaussian_kl(jnp.zeros((1, 5)), jnp.zeros((1, 5)))[0]) == 0.0
+    mean, logvar = jnp.array([[0.7, -1.2]]), jnp.array([[-0.5, 0.8]])
+    kl = float(losses.gaussian_kl(mean, logvar)[0])
+    assert kl > 0
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.key(0), (200_000, 2))
+    mc = float(jnp.mean(generative.log_normal(z, mean, logvar) - generative.log_normal(z, 0.0, 0.0)))
+    assert mc == pytest.approx(kl, abs=0.01)
+
+
+def test_bernoulli_loss_is_finite_for_extreme_logits():
+    logits = jnp.array([[1e4, -1e4, 1e4]])
+    rec = losses.binary_cross_entropy(logits, jnp.array([[1.0, 0.0, 0.0]]))
+    assert np.isfinite(rec[0]) and float(rec[0]) == pytest.approx(1e4)
+
+
+def test_samples_are_pixel_probabilities_of_the_right_shape():
+    model = tiny_vae()
+    params = init(model)
+    decode = generative.vae_functions(model, params)[1]
+    samples = generative.sample_prior(decode, jax.random.key(0), jnp.zeros(250, jnp.int32), model.latent, batch_size=100)
+    assert samples.shape == (250, 28, 28) and samples.dtype == jnp.float32
+    assert float(samples.min()) >= 0.0 and float(samples.max()) <= 1.0
+    assert float(samples.std()) > 0  # not one constant image
+    again = generative.sample_prior(decode, jax.random.key(0), jnp.zeros(250, jnp.int32), model.latent, batch_size=50)
+    np.testing.assert_allclose(samples, again, atol=1e-6)  # batching does not change the draws
+
+
+def test_a_seed_reproduces_and_another_seed_differs():
+    task = tasks.vae_task(tiny_vae())
+    spec = TrainSpec(epochs=2, batch_size=32, optimizer="adam")
+    hp, seeds = sweep.grid([3, 3, 4], learning_rate=[1e-3])
+    result = sweep.train_grid(task, spec, hp, seeds, synthetic_splits())
+    hist = result.history["test_neg_elbo"]
+    np.testing.assert_array_equal(hist[0], hist[1])
+    assert not np.allclose(hist[0], hist[2])
+    for leaf in jax.tree_util.tree_leaves(result.state.params):
+        np.testing.assert_array_equal(leaf[0], leaf[1])
+    # and a second call of the whole program gives the same numbers again
+    again = sweep.train_grid(task, spec, {k: v[:1] for k, v in hp.items()}, seeds[:1], synthetic_splits())
+    np.testing.assert_allclose(again.history["test_neg_elbo"][0], hist[0], rtol=1e-6)
+
+
+def test_conv_and_conditional_models():
+    conv = tiny_vae(conv=True)
+    params = init(conv)
+    logits, mean, logvar = conv.apply(params, jnp.zeros((2, 28, 28, 1)), jax.random.key(0))
+    assert logits.shape == (2, 28, 28, 1) and mean.shape == logvar.shape == (2, 3)
+    cond = tiny_vae(conditional=True)
+    params = init(cond)
+    z = jnp.zeros((2, 3))
+    a = cond.apply(params, z, jnp.array([1, 1]), method=cond.decode)
+    b = cond.apply(params, z, jnp.array([1, 7]), method=cond.decode)
+    np.testing.assert_allclose(a[0], b[0])
+    assert not np.allclose(a[1], b[1])  # the label changes the image
+    with pytest.raises(ValueError, match="needs the labels"):
+        cond.apply(params, z, method=cond.decode)
+
+
+def tiny_linear_vae():
+    """A 1-D latent, 4-pixel model with an exactly computable likelihood: logits = w z + b."""
+    w, b = jnp.array([2.0, -1.5, 0.5, 3.0]), jnp.array([0.3, -0.2, 1.0, -1.0])
+
+    def decode(z, labels):
+        return z * w + b  # (N, 1) -> (N, 4)
+
+    def encode(x, labels):  # a deliberately imperfect posterior
+        return 0.4 * x.sum(-1, keepdims=True) - 0.8, jnp.full((x.shape[0], 1), math.log(0.5))
+
+    def exact_log_px(x):
+        zs = np.linspace(-10, 10, 20_001)
+        logits = zs[:, None] * np.asarray(w) + np.asarray(b)
+        log_px_z = np.sum(np.asarray(x) * logits - np.logaddexp(0, logits), axis=1)
+        log_joint = log_px_z - 0.5 * zs**2 - 0.5 * math.log(2 * math.pi)
+        m = log_joint.max()
+        return m + math.log(np.trapezoid(np.exp(log_joint - m), zs))
+
+    return encode, decode, exact_log_px
+
+
+def test_iwae_bound_approaches_the_exact_log_likelihood_from_below():
+    encode, decode, exact = tiny_linear_vae()
+    x = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    labels = jnp.zeros(3, jnp.int32)
+    iwae, elbo = generative.iwae_log_likelihood(encode, decode, x, labels, jax.random.key(0), k=5000, batch_size=2)
+    truth = np.array([exact(xi) for xi in x])
+    np.testing.assert_allclose(iwae, truth, atol=0.02)
+    assert np.all(np.asarray(elbo) < truth - 0.05)  # the ELBO of an imperfect posterior is strictly looser
+    one, elbo_one = generative.iwae_bounds(encode, decode, x, labels, jax.random.key(1), k=1)
+    np.testing.assert_allclose(one, elbo_one, rtol=1e-6)  # k = 1: the IWAE bound is the ELBO
+
+
+def test_frechet_distance_of_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    sd1, sd2 = np.array([1.0, 2.0, 0.5]), np.array([2.0, 2.0, 1.5])
+    fd = generative.frechet_from_moments(mu1, np.diag(sd1**2), mu2, np.diag(sd2**2))
+    assert fd == pytest.approx(np.sum((mu1 - mu2) ** 2) + np.sum((sd1 - sd2) ** 2))
+    feats = np.random.default_rng(0).normal(size=(400, 6))
+    assert generative.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-8)
+    singular = np.c_[feats, np.zeros(400)]  # a dead unit: singular covariance, still finite
+    assert np.isfinite(generative.frechet_distance(singular, singular + 1.0))
+
+
+def test_label_entropy():
+    assert generative.label_entropy_bits(np.arange(1000) % 10) == pytest.approx(math.log2(10))
+    assert generative.label_entropy_bits(np.full(50, 3)) == 0.0
+
+
+def test_penultimate_features_are_the_last_hidden_activations():
+    model = models.MLP(hidden=(8, 6))
+    x = jax.random.uniform(jax.random.key(0), (5, 28, 28, 1))
+    params = model.init(jax.random.key(1), x)
+    logits, feats = generative.penultimate_features(model, params, x)
+    p = params["params"]
+    h = jax.nn.relu(x.reshape(5, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    h = jax.nn.relu(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
+    np.testing.assert_allclose(feats, h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, model.apply(params, x), rtol=1e-5)
+    probs, feats2 = generative.classify(model, params, x, batch_size=2)
+    np.testing.assert_allclose(feats2, h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_bad_configs_stop_before_training(tmp_path, capsys):
+    assert vae_experiment.main(["--workdir", str(tmp_path), "--config.iwae_images=0"]) == 2
+    assert vae_experiment.main(["--workdir", str(tmp_path), "--config.digits=[3, 12]"]) == 2
+    assert vae_experiment.main(["--workdir", str(tmp_path), "--config.model.kind=mlp"]) == 2
+    assert vae_experiment.main(["--workdir", str(tmp_path), f"--config.classifier.workdir={tmp_path / 'none'}"]) == 2
+    err = capsys.readouterr().err
+    assert "iwae_images" in err and "digits" in err and "classifier.workdir" in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.integration
+def test_brief_training_on_mnist_drives_the_negative_elbo_far_below_its_start(mnist):
+    data = data_lib.Splits(mnist.train_x[:12_000], mnist.train_y[:12_000], mnist.val_x[:1000], mnist.val_y[:1000],
+                           mnist.test_x[:2000], mnist.test_y[:2000])
+    task = tasks.vae_task(models.VAE(latent=16))
+    hp = {"learning_rate": jnp.float32(1e-3)}
+    start = float(task.evaluate(task.init(jax.random.key(0), hp), data, hp, jax.random.key(1))["test_neg_elbo"])
+    assert start == pytest.approx(784 * math.log(2), rel=0.1)  # an untrained decoder: p ~ 0.5 per pixel
+    result = sweep.train_grid(task, TrainSpec(epochs=3, batch_size=128, optimizer="adam"),
+                              *sweep.grid([0], learning_rate=[1e-3]), data)
+    test = result.history["test_neg_elbo"][0]
+    assert np.all(np.diff(test) < 0), test
+    assert test[-1] < 0.4 * start, (start, test)
+    assert result.history["test_kl"][0, -1] > 1.0  # the latent is used, not collapsed onto the prior
+
+
+@pytest.fixture(scope="module")
+def vae_workdir(tmp_path_factory):
+    """A smoke-sized run of the experiment: 2 seeds, 1 epoch, a small IWAE, an MLP judge."""
+    workdir = tmp_path_factory.mktemp("vae")
+    argv = ["--workdir", str(workdir), "--config.seeds=2", "--config.epochs=1", "--config.iwae_images=20",
+            "--config.iwae_k=50", "--config.map_epochs=1", "--config.classifier.model.kind=mlp"]
+    assert vae_experiment.main(argv) == 0
+    return workdir
+
+
+@pytest.mark.integration
+def test_experiment_end_to_end_writes_samples_metrics_and_figures(vae_workdir):
+    samples = np.load(vae_workdir / "samples.npy")
+    assert samples.shape == (10_000, 28, 28) and samples.dtype == np.float32
+    assert samples.min() >= 0.0 and samples.max() <= 1.0
+    metrics = json.loads((vae_workdir / "metrics.json").read_text())
+    assert len(metrics["test_neg_elbo"]["per_seed"]) == 2
+    assert metrics["iwae"]["images"] == 20 and metrics["iwae"]["k"] == 50
+    assert metrics["iwae"]["nll"]["mean"] <= metrics["iwae"]["neg_elbo_same_images"]["mean"]
+    quality = metrics["sample_quality"]
+    assert quality["classifier"]["kind"] == "mlp" and sum(quality["label_histogram_run0"]) == 10_000
+    assert 0.0 <= quality["confident_share"]["mean"] <= 1.0
+    assert quality["frechet_distance"]["mean"] > quality["real_digits"]["frechet_distance"]
+    for name in ("vae_samples", "vae_reconstructions", "vae_latent", "vae_interpolation", "vae_elbo"):
+        assert (vae_workdir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.integration
+def test_conditional_run_draws_requested_digits_judged_by_a_reused_classifier(vae_workdir, tmp_path):
+    argv = ["--workdir", str(tmp_path), "--config.seeds=1", "--config.epochs=1", "--config.iwae_images=10",
+            "--config.iwae_k=20", "--config.map_epochs=0", "--config.n_samples=200", "--config.model.conditional=True",
+            "--config.digits=[7, 2]", f"--config.classifier.workdir={vae_workdir}"]
+    assert vae_experiment.main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    quality = metrics["sample_quality"]
+    assert quality["classifier"]["source"].startswith("the classifier trained by the vae run")
+    assert quality["classifier"]["kind"] == "mlp"
+    assert 0.0 <= quality["label_agreement"]["mean"] <= 1.0
+    assert np.load(tmp_path / "samples.npy").shape == (200, 28, 28)
+    assert (tmp_path / "vae_conditional.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "vae_latent.png").exists()  # map_epochs=0 and a 32-D latent: no map
