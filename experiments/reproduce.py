@@ -43,6 +43,10 @@ STAGES = [
           quick=("--config.noise_levels=[0.2, 0.4, 0.7]", "--config.seeds=2", "--config.epochs=2")),
     Stage("noise_accuracy", "experiments.noise_accuracy", "configs/noise_accuracy.py",
           quick=("--config.noise_levels=[0.0, 0.4, 0.8]", "--config.seeds=2", "--config.epochs=1")),
+    Stage("vae", "experiments.vae", "configs/vae.py",
+          quick=("--config.seeds=2", "--config.epochs=2", "--config.iwae_images=100", "--config.iwae_k=100",
+                 "--config.n_samples=1000", "--config.map_epochs=1", "--config.classifier.epochs=1",
+                 "--config.classifier.model.kind=mlp")),
 ]
 
 
