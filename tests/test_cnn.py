@@ -1,0 +1,258 @@
+"""The CNN: shapes, parameter counts, dropout, convolution formulations, augmentation, and a
+short real training run (integration)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mnist_jax import augment, models, sweep, tasks
+from mnist_jax.config import ConfigError, load_config_file, validate
+from mnist_jax.train import TrainSpec
+
+STUDY = dict(filters=(32, 32), pool=(True, False), dense=32)
+BEST = dict(filters=(32, 64), pool=(True, True), padding="SAME", dense=128, dense_dropout=True)
+
+
+def images(n: int = 4, seed: int = 0) -> jax.Array:
+    return jax.random.uniform(jax.random.key(seed), (n, 28, 28, 1))
+
+
+def shapes(params) -> dict:
+    return jax.tree_util.tree_map(lambda a: a.shape, params)["params"]
+
+
+def test_study_cnn_shapes_and_parameter_count():
+    model = models.CNN(**STUDY)
+    params = model.init(jax.random.key(0), images(1))
+    # conv 3*3*1*32 + 32, conv 3*3*32*32 + 32, dense 11*11*32*32 + 32, dense 32*10 + 10 (Keras' summary)
+    assert models.param_count(params) == 320 + 9248 + 123_936 + 330 == 133_834
+    assert shapes(params)["Conv_1"]["kernel"] == (3, 3, 32, 32)
+    assert shapes(params)["Dense_0"]["kernel"] == (11 * 11 * 32, 32)
+    assert model.apply(params, images(5)).shape == (5, 10)
+
+
+@pytest.mark.parametrize("fields, count, flat", [
+    (dict(filters=(64, 64), pool=(True, False), dense=0), 640 + 36_928 + 7744 * 10 + 10, 11 * 11 * 64),
+    (dict(filters=(128, 128), pool=(True, False), dense=128), 1280 + 147_584 + 15_488 * 128 + 128 + 1290, 11 * 11 * 128),
+    (BEST, 320 + 18_496 + 3136 * 128 + 128 + 1290, 7 * 7 * 64),
+])
+def test_search_and_best_shapes(fields, count, flat):
+    model = models.CNN(**fields)
+    params = model.init(jax.random.key(0), images(1))
+    assert models.param_count(params) == count
+    first_dense = shapes(params)["Dense_0"]["kernel"]
+    assert first_dense[0] == flat
+    assert model.apply(params, images(3)).shape == (3, 10)
+
+
+def test_from_config_builds_the_cnn():
+    model = models.from_config(load_config_file("configs/cnn.py").model)
+    assert isinstance(model, models.CNN)
+    assert model.filters == (32, 32) and model.pool == (True, False) and model.dense == 32
+    best = models.from_config(load_config_file("configs/cnn_best.py").model)
+    assert best.padding == "SAME" and best.dense_dropout
+
+
+def test_mismatched_pool_is_an_error():
+    with pytest.raises(ValueError, match="one entry per conv layer"):
+        models.CNN(filters=(32, 32), pool=(True,)).init(jax.random.key(0), images(1))
+
+
+@pytest.mark.parametrize("fields", [STUDY, BEST])
+def test_dropout_off_at_evaluation_and_on_in_training(fields):
+    model = models.CNN(**fields)
+    x = images(8)
+    params = model.init(jax.random.key(0), x)
+    a = model.apply(params, x, dropout_rate=0.5)
+    b = model.apply(params, x, dropout_rate=0.5)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, model.apply(params, x))  # the rate does nothing at evaluation
+    t1 = model.apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": jax.random.key(1)})
+    t2 = model.apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": jax.random.key(2)})
+    assert np.abs(np.asarray(t1) - np.asarray(a)).max() > 1e-3
+    assert np.abs(np.asarray(t1) - np.asarray(t2)).max() > 1e-3
+    t0 = model.apply(params, x, train=True, dropout_rate=0.0, rngs={"dropout": jax.random.key(1)})
+    np.testing.assert_allclose(t0, a, rtol=1e-5, atol=1e-6)  # rate 0 in training = evaluation
+
+
+def test_dropout_rate_is_traced_and_vmaps():
+    model = models.CNN(**STUDY)
+    x = images(4)
+    params = model.init(jax.random.key(0), x)
+    rates = jnp.array([0.0, 0.5, 0.8])
+    out = jax.jit(jax.vmap(lambda r: model.apply(params, x, train=True, dropout_rate=r,
+                                                 rngs={"dropout": jax.random.key(3)})))(rates)
+    assert out.shape == (3, 4, 10)
+    np.testing.assert_allclose(out[0], model.apply(params, x), rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(out[1]) - np.asarray(out[2])).max() > 1e-3
+
+
+@pytest.mark.parametrize("fields", [STUDY, BEST, dict(filters=(8, 16, 4), pool=(False, True, True), dense=0, kernel_size=5)])
+def test_im2col_and_lax_convolutions_agree(fields):
+    x = images(6, seed=3)
+    a_model = models.CNN(**fields, conv_impl="im2col")
+    b_model = models.CNN(**fields, conv_impl="lax")
+    params = a_model.init(jax.random.key(1), x)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(b_model.init(jax.random.key(1), x))
+    a, b = a_model.apply(params, x), b_model.apply(params, x)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(a)).max() > 1e-2  # not trivially zero
+    # gradients agree too: both formulations train the same model
+    loss = lambda m: lambda p: jnp.sum(jnp.square(m.apply(p, x)))  # noqa: E731
+    ga, gb = jax.grad(loss(a_model))(params), jax.grad(loss(b_model))(params)
+    for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
+
+
+def test_im2col_conv_matches_a_direct_sum():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
+    k = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+    direct = np.zeros((2, 4, 5, 4), np.float32)
+    for i in range(4):
+        for j in range(5):
+            direct[:, i, j] = np.einsum("bhwc,hwcf->bf", x[:, i:i + 3, j:j + 3], k)
+    np.testing.assert_allclose(models.im2col_conv(jnp.asarray(x), jnp.asarray(k)), direct, rtol=1e-4, atol=1e-4)
+
+
+def test_max_pool_values_and_gradient():
+    x = jnp.arange(2 * 5 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 5, 3) % 7.3
+    ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(models.max_pool_2x2(x), ref)
+    w = jax.random.normal(jax.random.key(0), ref.shape)
+    g = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x) * w))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
+                                                               (1, 2, 2, 1), "VALID") * w))(x)
+    np.testing.assert_allclose(g, g_ref)
+
+
+def test_default_conv_impl_per_backend():
+    assert models.default_conv_impl("cpu") == "im2col"
+    assert models.default_conv_impl("gpu") == "lax"
+    assert models.default_conv_impl() in models.CONV_IMPLS
+
+
+def test_random_shift_keeps_labels_shapes_and_pixels():
+    x = images(16, seed=5)
+    x = x * (jnp.arange(28)[None, :, None, None] >= 3) * (jnp.arange(28)[None, :, None, None] < 25)  # empty 3-px border
+    x = x * (jnp.arange(28)[None, None, :, None] >= 3) * (jnp.arange(28)[None, None, :, None] < 25)
+    aug = augment.random_shift(2)
+    y = aug(jax.random.key(0), x, {})
+    assert y.shape == x.shape and y.dtype == x.dtype
+    # a shift inside the empty border only moves pixels: the ink of each image is preserved
+    np.testing.assert_allclose(y.sum(axis=(1, 2, 3)), x.sum(axis=(1, 2, 3)), rtol=1e-5)
+    assert not np.allclose(y, x)  # some images moved
+    again = aug(jax.random.key(0), x, {})
+    np.testing.assert_array_equal(y, again)  # a function of its key
+
+
+def test_shift_images_moves_by_the_offset():
+    x = jnp.zeros((3, 6, 6, 1)).at[:, 2, 3, 0].set(1.0)
+    y = augment.shift_images(x, jnp.array([1, -2, 0]), jnp.array([0, 1, -2]), 2)
+    assert [tuple(np.argwhere(np.asarray(y[b, ..., 0]))[0]) for b in range(3)] == [(3, 3), (0, 4), (2, 1)]
+
+
+def test_augmentation_in_the_task_keeps_labels(tiny):
+    """The task's loss sees augmented images but the batch's labels: train on synthetic data."""
+    model = models.CNN(filters=(4, 4), pool=(True, False), dense=8)
+    task = tasks.classifier_task(model, augment=augment.random_shift(1))
+    hp, seeds = sweep.grid([0, 1], learning_rate=[3e-3], dropout_rate=[0.0])
+    result = sweep.train_grid(task, TrainSpec(epochs=4, batch_size=32, optimizer="adam"), hp, seeds, tiny)
+    assert result.history["val_accuracy"].shape == (2, 4)
+    assert result.history["val_accuracy"][:, -1].min() > 0.5  # 10 classes: chance is 0.1
+
+
+def test_augment_from_config():
+    assert augment.from_config(ml_collections.ConfigDict({"max_shift": 0})) is None
+    assert callable(augment.from_config(ml_collections.ConfigDict({"max_shift": 2})))
+    with pytest.raises(ValueError):
+        augment.random_shift(-1)
+
+
+def test_config_rules_reject_bad_cnn_fields():
+    c = load_config_file("configs/cnn.py")
+    validate(c)
+    for field, bad in [("max_shift", 9), ("dropout_rate", 1.0)]:
+        c2 = load_config_file("configs/cnn.py")
+        c2[field] = bad
+        with pytest.raises(ConfigError, match=field):
+            validate(c2)
+    c3 = load_config_file("configs/cnn.py")
+    c3.model.conv_impl = "fft"
+    with pytest.raises(ConfigError, match="conv_impl"):
+        validate(c3)
+
+
+@pytest.mark.integration
+def test_short_real_training_passes_98_5(mnist):
+    """Two epochs of the study's CNN with Adam and a cosine decay on the real MNIST (one seed)."""
+    model = models.CNN(**STUDY)
+    task = tasks.classifier_task(model)
+    hp, seeds = sweep.grid([0], learning_rate=[2e-3], dropout_rate=[0.25])
+    spec = TrainSpec(epochs=2, batch_size=128, optimizer="adam", schedule="cosine")
+    result = sweep.train_grid(task, spec, hp, seeds, mnist)
+    test_acc = result.history["test_accuracy"][:, -1]
+    assert np.all(test_acc >= 0.985), test_acc
+    assert np.all(result.history["train_accuracy"][:, 1] > result.history["train_accuracy"][:, 0])
+
+
+def test_evaluate_applies_a_cnn_workdir(tmp_path):
+    """experiments.evaluate restores a CNN workdir's params and predicts with them."""
+    from experiments import evaluate
+    from mnist_jax import experiment
+
+    config = load_config_file("configs/cnn.py")
+    config.model.filters = (4, 4)
+    config.model.dense = 8
+    model = models.from_config(config.model)
+    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 2))
+    experiment.write_json(tmp_path / "config.json", config.to_dict())
+    experiment.write_json(tmp_path / "metrics.json", {"seeds": [0, 1]})
+    experiment.save_params(tmp_path, params)
+    x = (np.random.default_rng(0).random((37, 28, 28)) * 255).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    assert evaluate.main(["--workdir", str(tmp_path), "--images", str(tmp_path / "x.npy"),
+                          "--out", str(tmp_path / "y.npy"), "--seed", "1"]) == 0
+    expected = np.argmax(model.apply(jax.tree_util.tree_map(lambda a: a[1], params), x[..., None] / 255.0), -1)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_search_judge_picks_highest_mean_and_flags_only_real_differences():
+    from experiments.cnn_search import judge
+
+    def row(label, vals):
+        return {"label": label, "value": label, "val_accuracy": {"per_seed": np.array(vals), "mean": float(np.mean(vals))}}
+
+    clear = judge([row("a", [0.90, 0.901, 0.899]), row("b", [0.98, 0.981, 0.979]), row("c", [0.95, 0.951, 0.949])], 0.05)
+    assert clear["chosen"] == "b" and clear["chosen_index"] == 1
+    assert clear["matters_beyond_seed_noise"]
+    assert all(t["significant"] for t in clear["welch_vs_chosen"])
+    noisy = judge([row("a", [0.97, 0.99, 0.98]), row("b", [0.985, 0.975, 0.982])], 0.05)
+    assert noisy["chosen"] == "b" and not noisy["matters_beyond_seed_noise"]
+
+
+def test_cnn_figures_are_written(tmp_path):
+    from mnist_jax import plots, stats
+
+    cm = np.diag(np.full(10, 95)) + np.eye(10, k=1, dtype=int) * 3
+    plots.confusion_matrix(cm, tmp_path / "cm.png", "test matrix", n_runs=2)
+    runs = [np.array([0.98, 0.981, 0.979]), np.array([0.985, 0.984, 0.986])]
+    plots.candidate_scatter(["a", "b"], runs, [stats.summary(r) for r in runs], tmp_path / "c.png", "test",
+                            xlabel="candidate", ylabel="accuracy (%)", chosen=1)
+    assert (tmp_path / "cm.png").stat().st_size > 10_000 and (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_best_config_builds_an_augmented_task_that_trains(tiny):
+    from experiments.cnn import architecture, setup
+
+    config = load_config_file("configs/cnn_best.py")
+    model, task = setup(config)
+    assert architecture(model) == "Conv32s-Pool-Drop-Conv64s-Pool-Drop-Dense128-Drop"
+    hp, seeds = sweep.grid([0], learning_rate=[config.learning_rate], dropout_rate=[config.dropout_rate])
+    spec = TrainSpec(epochs=2, batch_size=64, optimizer=config.optimizer, schedule=config.schedule)
+    history = sweep.train_grid(task, spec, hp, seeds, tiny).history
+    assert np.all(np.isfinite(history["loss"])) and history["loss"][0, 1] < history["loss"][0, 0]
