@@ -204,6 +204,49 @@ def section_vae(m: dict) -> str:
     ])
 
 
+def section_cnn(m: dict, title: str, study: str) -> str:
+    acc = m["test_accuracy"]
+    target = m.get("target", {})
+    rows = [
+        ["parameters", f"{m['param_count']:,}", "-"],
+        [f"test accuracy (%), mean ± std over {acc['n']} seeds", mean_std(acc), study],
+        ["95 % CI of the mean (%)", ci(acc), "-"],
+        ["validation accuracy (%), mean ± std", mean_std(m["val_accuracy"]), "-"],
+    ]
+    goal = ""
+    if "mean_test_accuracy_at_least" in target:
+        goal = (f"Target: mean test accuracy >= {pct(target['mean_test_accuracy_at_least'])} %: "
+                + ("**met**." if target.get("met") else "**not met**."))
+    name = m["experiment"]
+    return "\n\n".join([
+        f"## {title}",
+        f"Architecture {m.get('architecture', '')}.",
+        table(["", "this codebase", "study"], rows),
+        goal,
+        timing_line(m),
+        figure(name, "accuracy.png", "Training and validation accuracy per epoch, mean ± 1 std over seeds"),
+        figure(name, "confusion.png", "Confusion matrix on the test set, summed over seeds"),
+    ])
+
+
+def section_cnn_search(m: dict) -> str:
+    parts = ["## 3A. The CNN search: the study's three rounds, chosen on validation", m.get("setting", "")]
+    for key, rnd in m["rounds"].items():
+        rows = []
+        for i, c in enumerate(rnd["candidates"]):
+            mark = " (chosen)" if i == rnd["chosen_index"] else ""
+            rows.append([f"{c['label']}{mark}", f"{c['param_count']:,}", mean_std(c["val_accuracy"]),
+                         ci(c["val_accuracy"])])
+        verdict = ("matters beyond seed noise" if rnd["matters_beyond_seed_noise"]
+                   else "no difference beyond seed noise (Welch)")
+        parts += [f"**{rnd['title']}**: {verdict}.",
+                  table(["candidate", "parameters", "validation accuracy (%), mean ± std", "95 % CI (%)"], rows),
+                  figure("cnn_search", f"{key}.png", rnd["title"])]
+    parts.append("The study: filters made no difference (32 kept), the added dense layer helped a lot (32 kept), "
+                 "dropout had no effect (0.5 kept).")
+    return "\n\n".join(parts)
+
+
 SECTIONS: dict[str, Callable[[dict], str]] = {
     "mlp": section_mlp,
     "l2_sweep": lambda m: section_sweep(
@@ -214,6 +257,9 @@ SECTIONS: dict[str, Callable[[dict], str]] = {
     "dropout_sweep": lambda m: section_sweep(
         m, "dropout_sweep", "Beyond the study: Hinton's recipe, 784-800-800-10 with dropout and max-norm",
         "Target: mean test error of the best setting <= {} %.".format(REFERENCES["dropout_target_error_pct"])),
+    "cnn": lambda m: section_cnn(m, "3A. The study's final CNN", f"{REFERENCES['cnn_study_test_accuracy_pct']}"),
+    "cnn_search": section_cnn_search,
+    "cnn_best": lambda m: section_cnn(m, "Beyond the study: a stronger CNN with shifts and a schedule", "-"),
     "denoise": section_denoise,
     "noise_accuracy": section_noise_accuracy,
     "vae": section_vae,

@@ -1,0 +1,97 @@
+"""The main job end to end (quick profile): REPORT.md, its figures and numbers, and resume."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from experiments import reproduce
+
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def numeric_leaves(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from numeric_leaves(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numeric_leaves(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+def renderings(v) -> set[str]:
+    """Every way the report may print a metric: as is, as a percentage, rounded, with commas."""
+    out = {f"{v:g}", f"{v:,}" if isinstance(v, int) else f"{v:g}"}
+    for scale in (1, 100):
+        for digits in range(5):
+            out.add(f"{abs(scale * v):.{digits}f}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_job(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reproduce")
+    assert reproduce.main(["--workdir", str(workdir)]) == 0
+    return workdir
+
+
+@pytest.mark.integration
+def test_quick_profile_writes_a_report_whose_figures_and_numbers_are_real(quick_job):
+    report = (quick_job / "REPORT.md").read_text()
+    assert "Quick profile" in report
+    for stage in reproduce.STAGES:
+        assert (quick_job / stage.name / "metrics.json").exists(), stage.name
+        assert "Not run" not in report
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(figures) >= len(reproduce.STAGES)
+    for fig in figures:
+        assert (quick_job / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+
+    allowed = set()
+    for path in quick_job.rglob("metrics.json"):
+        for v in numeric_leaves(json.loads(path.read_text())):
+            allowed |= renderings(v)
+    rows = [line for line in report.splitlines() if line.startswith("|") and not line.startswith("| ---")]
+    checked = 0
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if not any(NUMBER.search(c) for c in cells[1:]) and not NUMBER.fullmatch(cells[0]):
+            continue  # a header row
+        for i, cell in enumerate(cells):
+            if i == 0 and re.search(r"[a-df-z]", cell):
+                continue  # a row label such as "test accuracy (%), mean ± std over 3 seeds"
+            for token in NUMBER.findall(cell):
+                checked += 1
+                assert token in allowed, f"{token!r} in {line!r} is in no metrics.json"
+    assert checked > 20
+
+
+@pytest.mark.integration
+def test_interrupted_experiment_resumes_to_identical_metrics_and_complete_ones_are_kept(quick_job, tmp_path, capsys):
+    job = tmp_path / "job"
+    shutil.copytree(quick_job, job)
+    mlp = job / "mlp"
+    before = json.loads((mlp / "metrics.json").read_text())
+    (mlp / "metrics.json").unlink()  # interrupted after an early checkpoint ...
+    ckpts = mlp / "checkpoints" / "train"
+    run_dir = next(ckpts.iterdir())
+    steps = sorted(int(p.name) for p in run_dir.iterdir() if p.name.isdigit())
+    for step in steps[1:]:
+        shutil.rmtree(run_dir / str(step))  # ... keep only the oldest checkpoint
+    assert reproduce.main(["--workdir", str(job), "--config.only=mlp,l2_sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "l2_sweep (quick" in out and "not redone" in out
+    after = json.loads((mlp / "metrics.json").read_text())
+    assert after["resumed_from_epoch"] == steps[0]
+    assert after["history"] == before["history"]
+    assert after["test_accuracy"] == before["test_accuracy"]
+
+
+def test_unknown_experiment_and_profile_are_clear_errors(tmp_path, capsys):
+    assert reproduce.main(["--workdir", str(tmp_path), "--config.only=mlp,nope"]) == 2
+    assert "unknown experiments ['nope']" in capsys.readouterr().err
+    assert reproduce.main(["--workdir", str(tmp_path), "--config.profile=huge"]) == 2
+    assert "profile='huge' is not allowed" in capsys.readouterr().err
