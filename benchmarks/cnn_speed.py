@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.epochs} [{', '.join(f'{t:.2f}' for t in r['epoch_seconds'])}] | {r['step_ms']:6.1f} ms/step | "
               f"full epoch {r['full_epoch_seconds']:7.2f} s{label} | per run {r['full_epoch_seconds'] / args.runs:.2f} s")
     default = models.default_conv_impl()
-    verdict = "the fastest measured" if default_impl_ok(results) else "NOT the fastest measured here"
+    if default not in results:
+        verdict = "not measured in this call"
+    else:
+        verdict = "the fastest measured" if default_impl_ok(results) else "NOT the fastest measured here"
     print(f"default conv_impl on {jax.default_backend()}: {default} ({verdict})")
     if args.json:
         out = {"machine": machine(), "args": vars(args), "n_train": n_train, "steps": steps, "steps_full": steps_full,
