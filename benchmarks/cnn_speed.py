@@ -20,16 +20,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
 import jax
 import numpy as np
 
+from benchmarks.common import time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import models, tasks
 from mnist_jax.experiment import describe_devices, to_jsonable
-from mnist_jax.sweep import GridTrainer, grid
+from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec
 
 MODELS = {
@@ -54,23 +53,9 @@ def machine() -> str:
 
 def time_epochs(model, data: data_lib.Splits, spec: TrainSpec, hp: dict, n_runs: int, epochs: int) -> dict:
     """Compile time and per-epoch times of `epochs` steady-state epochs of `n_runs` vmapped runs."""
-    task = tasks.classifier_task(model)
     hp_grid, seeds = grid(list(range(n_runs)), **{k: [v] for k, v in hp.items()})
-    trainer = GridTrainer(task, spec)
-    hp_d, seeds_d, data_d = trainer.place(hp_grid, seeds, data)
-    state = jax.block_until_ready(trainer.init(hp_d, seeds_d, data_d))
-    t0 = time.perf_counter()
-    program = trainer.epochs_program(1, state, hp_d, seeds_d, data_d)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(epochs + 1):  # the first call also warms caches; it is not counted
-        t0 = time.perf_counter()
-        state, hist = program(state, hp_d, seeds_d, data_d)
-        jax.block_until_ready((state, hist))
-        times.append(time.perf_counter() - t0)
-    acc = float(np.mean(np.asarray(hist["val_accuracy"])))
-    return {"compile_seconds": compile_s, "epoch_seconds": times[1:], "first_call_seconds": times[0],
-            "median_epoch_seconds": statistics.median(times[1:]), "val_accuracy_after": acc}
+    timing, hist = time_grid_epochs(tasks.classifier_task(model), spec, hp_grid, seeds, data, epochs)
+    return {**timing, "val_accuracy_after": float(np.mean(np.asarray(hist["val_accuracy"])))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,17 +27,27 @@ def machine() -> str:
             f"{len(devs)} x {devs[0].platform} ({kind})")
 
 
-def time_calls(fn, repeats: int, warmup: int = 1) -> list[float]:
-    """Wall seconds of `repeats` calls of fn() after `warmup` calls, each blocked until ready."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
+def time_grid_epochs(task, spec, hp: dict, seeds, data, epochs: int) -> tuple[dict, dict]:
+    """Compile time and steady-state epoch times of the vmapped runs (hp, seeds) of `task`.
+
+    One-epoch calls of the compiled whole-run program: the first call warms caches and is
+    reported apart; `epochs` more are timed, each blocked until ready. Returns the timings and
+    the history of the last epoch.
+    """
+    from mnist_jax.sweep import GridTrainer, pad_runs
+
+    trainer = GridTrainer(task, spec)
+    hp, seeds = pad_runs((hp, seeds), trainer.n_devices)[0]
+    hp_d, seeds_d, data_d = trainer.place(hp, seeds, data)
+    state = jax.block_until_ready(trainer.init(hp_d, seeds_d, data_d))
+    start = time.perf_counter()
+    program = trainer.epochs_program(1, state, hp_d, seeds_d, data_d)
+    compile_s = time.perf_counter() - start
     times = []
-    for _ in range(repeats):
+    for _ in range(epochs + 1):
         start = time.perf_counter()
-        jax.block_until_ready(fn())
+        state, hist = program(state, hp_d, seeds_d, data_d)
+        jax.block_until_ready((state, hist))
         times.append(time.perf_counter() - start)
-    return times
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
+    return {"compile_seconds": compile_s, "epoch_seconds": times[1:], "first_call_seconds": times[0],
+            "median_epoch_seconds": statistics.median(times[1:])}, hist

@@ -37,10 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import models, noise, tasks
 from mnist_jax.experiment import describe_devices, to_jsonable
-from mnist_jax.sweep import GridTrainer, grid
+from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec, epoch_batches
 
 NOISE = {
@@ -97,21 +98,8 @@ def time_training(corrupt, data: data_lib.Splits, spec: TrainSpec, n_runs: int, 
     task = tasks.denoise_task(models.DenoisingAutoencoder(), corrupt=corrupt)
     levels = np.linspace(0.1, 0.9, n_runs).round(3).tolist()
     hp, seeds = grid([0], noise_level=levels, learning_rate=[1e-3])
-    trainer = GridTrainer(task, spec)
-    hp_d, seeds_d, data_d = trainer.place(hp, seeds, data)
-    state = jax.block_until_ready(trainer.init(hp_d, seeds_d, data_d))
-    t0 = time.perf_counter()
-    program = trainer.epochs_program(1, state, hp_d, seeds_d, data_d)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(epochs + 1):  # the first call also warms caches; it is not counted
-        t0 = time.perf_counter()
-        state, hist = program(state, hp_d, seeds_d, data_d)
-        jax.block_until_ready((state, hist))
-        times.append(time.perf_counter() - t0)
-    return {"compile_seconds": compile_s, "epoch_seconds": times[1:], "first_call_seconds": times[0],
-            "median_epoch_seconds": statistics.median(times[1:]),
-            "val_psnr_denoised_after": float(np.mean(hist["val_psnr_denoised"]))}
+    timing, hist = time_grid_epochs(task, spec, hp, seeds, data, epochs)
+    return {**timing, "val_psnr_denoised_after": float(np.mean(hist["val_psnr_denoised"]))}
 
 
 def main(argv: list[str] | None = None) -> int:

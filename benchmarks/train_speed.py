@@ -13,34 +13,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-from benchmarks.common import machine, median, time_calls  # noqa: E402
+from benchmarks.common import machine, time_grid_epochs  # noqa: E402
 from mnist_jax import data, models, sweep, tasks, train  # noqa: E402
 
 
 def bench(hidden: tuple[int, ...], runs: int, epochs: int, batch: int, optimizer: str, splits) -> dict:
     task = tasks.classifier_task(models.MLP(hidden))
     spec = train.TrainSpec(epochs=epochs + 1, batch_size=batch, optimizer=optimizer)
-    trainer = sweep.GridTrainer(task, spec)
     hp, seeds = sweep.grid(list(range(runs)), learning_rate=[0.1], l2=[0.0])
-    hp, seeds = sweep.pad_runs((hp, seeds), trainer.n_devices)[0]
-    hp_d, seeds_d, data_d = trainer.place(hp, seeds, splits)
-    state = trainer.init(hp_d, seeds_d, data_d)
-    start = time.perf_counter()
-    program = trainer.epochs_program(1, state, hp_d, seeds_d, data_d)
-    compile_s = time.perf_counter() - start
-    holder = [state]
-
-    def one_epoch():
-        holder[0], hist = program(holder[0], hp_d, seeds_d, data_d)
-        return hist
-
-    times = time_calls(one_epoch, repeats=epochs, warmup=1)
-    return {"runs": runs, "compile_s": compile_s, "epoch_s": median(times), "per_run_epoch_s": median(times) / runs}
+    timing, _ = time_grid_epochs(task, spec, hp, seeds, splits, epochs)
+    epoch = timing["median_epoch_seconds"]
+    return {"runs": runs, "compile_s": timing["compile_seconds"], "epoch_s": epoch, "per_run_epoch_s": epoch / runs}
 
 
 def main(argv=None) -> None:
