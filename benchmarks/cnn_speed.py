@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 
 import jax
 import numpy as np
 
-from benchmarks.common import time_grid_epochs
+from benchmarks.common import machine, time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import models, tasks
-from mnist_jax.experiment import describe_devices, to_jsonable
+from mnist_jax.experiment import to_jsonable
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec
 
@@ -35,20 +33,6 @@ MODELS = {
     "study": dict(filters=(32, 32), pool=(True, False), dense=32),
     "best": dict(filters=(32, 64), pool=(True, True), padding="SAME", dense=128, dense_dropout=True),
 }
-
-
-def machine() -> str:
-    """CPU model, core count, load, jax version and devices, in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}; {os.cpu_count()} logical cores (affinity {len(os.sched_getaffinity(0))}); "
-            f"load avg {load:.2f}; jax {jax.__version__} on {describe_devices()}; "
-            f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
 def time_epochs(model, data: data_lib.Splits, spec: TrainSpec, hp: dict, n_runs: int, epochs: int) -> dict:

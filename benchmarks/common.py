@@ -11,20 +11,21 @@ import jax
 
 
 def machine() -> str:
-    """CPU model, core count, JAX version and devices, for the header of a benchmark table."""
+    """CPU model, cores, load average, jax version, devices and XLA_FLAGS, for a benchmark header.
+
+    The load average matters: a timing taken while other jobs run is only an upper bound.
+    """
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     devs = jax.devices()
     kind = getattr(devs[0], "device_kind", devs[0].platform)
-    return (f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__}; "
-            f"{len(devs)} x {devs[0].platform} ({kind})")
+    return (f"{cpu}, {os.cpu_count()} cores, load avg {load:.2f}; jax {jax.__version__}; "
+            f"{len(devs)} x {devs[0].platform} ({kind}); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
 def time_grid_epochs(task, spec, hp: dict, seeds, data, epochs: int) -> tuple[dict, dict]:

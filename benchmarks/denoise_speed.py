@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
@@ -37,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import time_grid_epochs
+from benchmarks.common import machine, time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import models, noise, tasks
-from mnist_jax.experiment import describe_devices, to_jsonable
+from mnist_jax.experiment import to_jsonable
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec, epoch_batches
 
@@ -50,18 +48,6 @@ NOISE = {
     "one_draw": noise.salt_and_pepper_one_draw,
     "two_draws": noise.salt_and_pepper_two_draws,
 }
-
-
-def machine() -> str:
-    """CPU model, cores, load average, jax version and devices, in one line."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"{cpu}; {os.cpu_count()} logical cores; load avg {os.getloadavg()[0]:.2f}; "
-            f"jax {jax.__version__} on {describe_devices()}")
 
 
 def median_time(fn, args, repeats: int) -> tuple[float, list[float]]:
