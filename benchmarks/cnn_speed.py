@@ -22,7 +22,7 @@ import json
 import jax
 import numpy as np
 
-from benchmarks.common import machine, time_grid_epochs
+from benchmarks.common import load_training_subset, machine, time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import models, tasks
 from mnist_jax.experiment import to_jsonable
@@ -55,12 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
-    splits = data_lib.load_splits()
-    full = splits.train_x.shape[0]
-    n_train = args.train_images or full
-    if not 0 < n_train <= full:
-        parser.error(f"--train-images must be in 1..{full}")
-    data = splits._replace(train_x=splits.train_x[:n_train], train_y=splits.train_y[:n_train])
+    try:
+        data, full = load_training_subset(args.train_images)
+    except ValueError as err:
+        parser.error(str(err))
+    n_train = data.train_x.shape[0]
     spec = TrainSpec(epochs=1 + args.epochs, batch_size=args.batch_size, optimizer=args.optimizer)
     steps, steps_full = spec.steps_per_epoch(n_train), spec.steps_per_epoch(full)
     print(f"machine: {machine()}")

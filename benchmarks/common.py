@@ -52,3 +52,18 @@ def time_grid_epochs(task, spec, hp: dict, seeds, data, epochs: int) -> tuple[di
         times.append(time.perf_counter() - start)
     return {"compile_seconds": compile_s, "epoch_seconds": times[1:], "first_call_seconds": times[0],
             "median_epoch_seconds": statistics.median(times[1:])}, hist
+
+
+def load_training_subset(n_train: int):
+    """The MNIST splits with only the first `n_train` training images (0 = all), and the full count.
+
+    Raises ValueError when n_train is outside 0..full.
+    """
+    from mnist_jax import data as data_lib
+
+    splits = data_lib.load_splits()
+    full = splits.train_x.shape[0]
+    n_train = n_train or full
+    if not 0 < n_train <= full:
+        raise ValueError(f"--train-images must be in 1..{full}")
+    return splits._replace(train_x=splits.train_x[:n_train], train_y=splits.train_y[:n_train]), full
