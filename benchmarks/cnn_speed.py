@@ -1,6 +1,6 @@
 """Steady-state epoch time of each convolution formulation inside the whole-run `lax.scan`.
 
-    python -m benchmarks.cnn_speed                              # study CNN, im2col and lax, full epochs
+    python -m benchmarks.cnn_speed                              # study CNN, every formulation, full epochs
     python -m benchmarks.cnn_speed --impls lax --train-images 6400   # a slow formulation on a subset
     python -m benchmarks.cnn_speed --json runs/cnn_speed.json
 

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
         "dense_dropout": False,  # dropout after the hidden dense layer too
         "padding": "VALID",
         "keras_init": True,
-        "conv_impl": "auto",  # im2col on the CPU, lax (cuDNN) elsewhere: benchmarks/cnn_speed.py
+        "conv_impl": "auto",  # fused (im2col) on the CPU, lax (cuDNN) elsewhere: benchmarks/cnn_speed.py
     })
     c.seed = 0  # base seed; the runs use seed, seed + 1, ...
     c.seeds = 5  # runs trained side by side in one vmapped program

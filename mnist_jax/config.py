@@ -124,7 +124,7 @@ RULES = {
     "protocol": (lambda v: v in ("holdout", "study"), "'holdout' or 'study'"),
     "max_shift": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8, "an integer in 0..8 (0 = off)"),
     "train_images": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = the whole training split)"),
-    "conv_impl": (lambda v: v in ("auto", "im2col", "lax"), "one of 'auto', 'im2col', 'lax'"),
+    "conv_impl": (lambda v: v in ("auto", "fused", "im2col", "lax"), "one of 'auto', 'fused', 'im2col', 'lax'"),
     "dense": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (0 = none)"),
     "padding": (lambda v: v in ("VALID", "SAME"), "'VALID' or 'SAME'"),
     "denoiser_epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = the same as epochs)"),

@@ -91,10 +91,11 @@ def test_dropout_rate_is_traced_and_vmaps():
     assert np.abs(np.asarray(out[1]) - np.asarray(out[2])).max() > 1e-3
 
 
+@pytest.mark.parametrize("impl", ["fused", "im2col"])
 @pytest.mark.parametrize("fields", [STUDY, BEST, dict(filters=(8, 16, 4), pool=(False, True, True), dense=0, kernel_size=5)])
-def test_im2col_and_lax_convolutions_agree(fields):
+def test_every_convolution_formulation_agrees_with_lax(fields, impl):
     x = images(6, seed=3)
-    a_model = models.CNN(**fields, conv_impl="im2col")
+    a_model = models.CNN(**fields, conv_impl=impl)
     b_model = models.CNN(**fields, conv_impl="lax")
     params = a_model.init(jax.random.key(1), x)
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(b_model.init(jax.random.key(1), x))
@@ -106,6 +107,36 @@ def test_im2col_and_lax_convolutions_agree(fields):
     ga, gb = jax.grad(loss(a_model))(params), jax.grad(loss(b_model))(params)
     for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 8])
+def test_fused_conv_gradients_match_lax_for_input_and_kernel(channels):
+    rng = np.random.default_rng(channels)
+    x = jnp.asarray(rng.normal(size=(3, 9, 8, channels)).astype(np.float32))
+    k = jnp.asarray(rng.normal(size=(3, 3, channels, 5)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(3, 7, 6, 5)).astype(np.float32))
+    np.testing.assert_allclose(models.fused_conv(x, k), models.lax_conv(x, k), rtol=1e-4, atol=1e-4)
+    g = jax.grad(lambda x, k: jnp.sum(models.fused_conv(x, k) * w), argnums=(0, 1))(x, k)
+    g_ref = jax.grad(lambda x, k: jnp.sum(models.lax_conv(x, k) * w), argnums=(0, 1))(x, k)
+    for u, v in zip(g, g_ref, strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
+    # vmapped over runs (the sweep's case) it is still the same convolution
+    ks = jnp.stack([k, 2 * k])
+    np.testing.assert_allclose(jax.vmap(models.fused_conv, (None, 0))(x, ks)[1], 2 * models.lax_conv(x, k),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_zeroes_the_rate_and_keeps_the_mean():
+    x = jnp.ones((200, 1000))
+    for rate in (0.0, 0.2, 0.5, 0.8):
+        y = np.asarray(models.dropout(x, rate, jax.random.key(7)))
+        dropped = np.mean(y == 0)
+        assert abs(dropped - rate) < 0.005, (rate, dropped)
+        assert abs(y.mean() - 1.0) < 0.02
+        np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-6)
+    a, b = models.dropout(x, 0.5, jax.random.key(1)), models.dropout(x, 0.5, jax.random.key(2))
+    assert np.any(np.asarray(a) != np.asarray(b))
+    np.testing.assert_array_equal(a, models.dropout(x, 0.5, jax.random.key(1)))
 
 
 def test_im2col_conv_matches_a_direct_sum():
@@ -131,7 +162,7 @@ def test_max_pool_values_and_gradient():
 
 
 def test_default_conv_impl_per_backend():
-    assert models.default_conv_impl("cpu") == "im2col"
+    assert models.default_conv_impl("cpu") == "fused"
     assert models.default_conv_impl("gpu") == "lax"
     assert models.default_conv_impl() in models.CONV_IMPLS
 
