@@ -26,8 +26,10 @@ def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     (one exp and one log1p per pixel instead of two guarded log-sigmoids), which matters for
     the autoencoders, whose loss runs over every pixel of every batch.
     """
-    per_pixel = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-    return per_pixel.reshape(per_pixel.shape[0], -1).sum(axis=1)
+    # On rows (B, pixels): XLA:CPU runs elementwise code on (B, 28, 28, 1) arrays about ten
+    # times slower than on the same numbers as (B, 784) (the size-1 minor axis defeats vectorization).
+    z, t = logits.reshape(logits.shape[0], -1), targets.reshape(targets.shape[0], -1)
+    return (jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z)))).sum(axis=1)
 
 
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:

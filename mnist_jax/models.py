@@ -73,6 +73,8 @@ def default_conv_impl(backend: str | None = None) -> str:
 
 def _patches(x: jax.Array, kh: int, kw: int, ho: int, wo: int) -> jax.Array:
     """The kh * kw shifted (ho, wo) views of x (B, H, W, C) concatenated on channels, (i, j, c) order."""
+    if x.shape[-1] == 1:  # stacked without the size-1 axis, which XLA:CPU vectorizes badly
+        return jnp.stack([x[:, i:i + ho, j:j + wo, 0] for i in range(kh) for j in range(kw)], axis=-1)
     return jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
 
 
@@ -91,7 +93,10 @@ def _shift_sum_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     (elementwise products, for few input channels: XLA fuses the whole sum into one loop)."""
     kh, kw, c, f = kernel.shape
     ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    terms = [(x[:, i:i + ho, j:j + wo, :, None] * kernel[i, j]).sum(axis=-2) for i in range(kh) for j in range(kw)]
+    if c == 1:
+        terms = [x[:, i:i + ho, j:j + wo, 0, None] * kernel[i, j, 0] for i in range(kh) for j in range(kw)]
+    else:
+        terms = [(x[:, i:i + ho, j:j + wo, :, None] * kernel[i, j]).sum(axis=-2) for i in range(kh) for j in range(kw)]
     return sum(terms[1:], terms[0])
 
 
