@@ -103,3 +103,11 @@ def test_psnr():
     other = clean.at[0].set(0.1).at[1].set(1.0)  # MSE 0.01 -> 20 dB; MSE 1 -> 0 dB
     np.testing.assert_allclose(noise.psnr(clean, other), [20.0, 0.0], atol=1e-4)
     assert float(noise.psnr(clean, clean)[0]) == pytest.approx(100.0)
+
+
+def test_scalar_level_on_a_flat_view_gives_the_same_noise_as_per_image_levels():
+    # a scalar level is applied to a flat view of x (faster on XLA:CPU); per-image levels are not
+    x = jax.random.uniform(jax.random.key(4), (6, 28, 28, 1))
+    key = jax.random.key(5)
+    np.testing.assert_array_equal(noise.salt_and_pepper(key, x, 0.3),
+                                  noise.salt_and_pepper(key, x, jnp.full((6, 1, 1, 1), 0.3)))
