@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 def save(fig, path: str | os.PathLike) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a long title line stays inside the image
     plt.close(fig)
 
 
