@@ -111,3 +111,14 @@ def test_scalar_level_on_a_flat_view_gives_the_same_noise_as_per_image_levels():
     key = jax.random.key(5)
     np.testing.assert_array_equal(noise.salt_and_pepper(key, x, 0.3),
                                   noise.salt_and_pepper(key, x, jnp.full((6, 1, 1, 1), 0.3)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 12544, 12545])
+def test_unrolled_threefry_is_jax_threefry_bit_for_bit(n):
+    from jax.extend.random import threefry_2x32
+
+    keypair = jax.random.key_data(jax.random.key(n))
+    count = jnp.arange(n, dtype=jnp.uint32) * 3 + 5
+    np.testing.assert_array_equal(noise.threefry_2x32_unrolled(keypair, count), threefry_2x32(keypair, count))
+    counts2d = count[: n - n % 2].reshape(-1, 2) if n > 1 else count.reshape(1, 1)
+    np.testing.assert_array_equal(noise.threefry_2x32_unrolled(keypair, counts2d), threefry_2x32(keypair, counts2d))
