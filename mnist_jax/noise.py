@@ -11,9 +11,8 @@ corrupted when u < level * 2^16, and among those it is salt (1) when u < level *
 corruption u is uniform below the first threshold, so salt and pepper are equally likely).
 `salt_and_pepper` gives every pixel 16 bits and takes them straight from the threefry hash
 (`threefry_2x32_unrolled`, bit for bit jax's hash but fused on the CPU), so one hash serves four
-pixels: an eighth of the naive
-draw. Levels are thereby resolved to 2^-16 (a level of 0.1 corrupts with probability
-0.100006); 0 and 1 are exact. Keys of another PRNG implementation fall back to
+pixels: an eighth of the naive draw. Levels are thereby resolved to 2^-16 (a level of 0.1
+corrupts with probability 0.100006); 0 and 1 are exact. Keys of another PRNG implementation fall back to
 `jax.random.bits` (two pixels per 32-bit word). `benchmarks/denoise_speed.py` times them all.
 """
 
