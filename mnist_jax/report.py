@@ -85,6 +85,24 @@ def section_mlp(m: dict) -> str:
     ])
 
 
+def beyond_noise(per_value: list[dict], field: str, alpha: float = 0.05) -> str:
+    """Which values differ from the first one beyond seed noise (Welch p < alpha), and which way."""
+    first, others = per_value[0], per_value[1:]
+    tested = [r for r in others if r["vs_first_value_welch"].get("p_value") is not None]
+    if not tested:
+        return ""
+    real = [r for r in tested if r["vs_first_value_welch"]["p_value"] < alpha]
+    noise = [r for r in tested if r not in real]
+    parts = [f"{field} = {r[field]:g} is {'worse' if r['test_error_pct']['mean'] > first['test_error_pct']['mean'] else 'better'}"
+             f" (p = {r['vs_first_value_welch']['p_value']:.3f})" for r in real]
+    text = f"Against {field} = {first[field]:g} on the test set: "
+    text += ("; ".join(parts) + " beyond seed noise" if parts else "no value differs beyond seed noise")
+    if noise:
+        p_min = min(r["vs_first_value_welch"]["p_value"] for r in noise)
+        text += f"; the other values are within seed noise (Welch p >= {p_min:.2f})" if real else f" (Welch p >= {p_min:.2f})"
+    return text + "."
+
+
 def section_sweep(m: dict, name: str, title: str, study_note: str) -> str:
     field = m["sweep_field"]
     rows = []
@@ -108,7 +126,7 @@ def section_sweep(m: dict, name: str, title: str, study_note: str) -> str:
                  + ("a real difference" if p_value < 0.05 else "within seed noise"))
     summary = (f"Chosen on validation: **{field} = {chosen[field]:g}**, test error {mean_std(err, 1.0, 3)} % "
                f"(95 % CI {ci(err, 1.0, 3)}); {helps}. The reference, {ref['label']}, is {verdict} that interval. "
-               f"{study_note}")
+               f"{beyond_noise(m['per_value'], field)} {study_note}")
     return "\n\n".join([
         f"## {title}",
         table([field, "test error (%), mean ± std", "95 % CI (%)", "seeds", "Welch p vs first",

@@ -95,3 +95,17 @@ def test_unknown_experiment_and_profile_are_clear_errors(tmp_path, capsys):
     assert "unknown experiments ['nope']" in capsys.readouterr().err
     assert reproduce.main(["--workdir", str(tmp_path), "--config.profile=huge"]) == 2
     assert "profile='huge' is not allowed" in capsys.readouterr().err
+
+
+def test_report_says_which_sweep_values_differ_beyond_seed_noise():
+    from mnist_jax import report
+
+    def row(v, mean, p):
+        return {"l2": v, "test_error_pct": {"mean": mean}, "vs_first_value_welch": {"p_value": p}}
+
+    rows = [row(0.0, 1.9, 1.0), row(1e-5, 1.85, 0.4), row(1e-3, 2.1, 0.001)]
+    text = report.beyond_noise(rows, "l2")
+    assert "l2 = 0.001 is worse (p = 0.001) beyond seed noise" in text and "Welch p >= 0.40" in text
+    assert "no value differs beyond seed noise" in report.beyond_noise(rows[:2], "l2")
+    assert "is better" in report.beyond_noise([rows[0], row(1e-4, 1.7, 0.01)], "l2")
+    assert report.beyond_noise([rows[0], row(1e-4, 1.7, None)], "l2") == ""
