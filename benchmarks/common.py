@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 
 import jax
+
+from mnist_jax import experiment
 
 
 def machine() -> str:
@@ -15,12 +16,7 @@ def machine() -> str:
 
     The load average matters: a timing taken while other jobs run is only an upper bound.
     """
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = experiment.cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     devs = jax.devices()
     kind = getattr(devs[0], "device_kind", devs[0].platform)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import platform
 import sys
 import tempfile
 import time
@@ -157,9 +158,22 @@ def timing(data_seconds: float, result: SweepResult) -> dict:
     return {"data_seconds": data_seconds, **result.timing, "device": describe_devices()}
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (from /proc/cpuinfo where there is one)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return cpu
+
+
 def describe_devices() -> str:
-    """e.g. '1 x cpu (TFRT_CPU_0)' or '8 x gpu (NVIDIA H100 80GB HBM3)'."""
+    """e.g. '1 x cpu (Intel(R) Xeon(R) Processor, 2 cores)' or '8 x gpu (NVIDIA H100 80GB HBM3)'."""
     devs = jax.devices()
+    if devs[0].platform == "cpu":
+        return f"{len(devs)} x cpu ({cpu_model()}, {os.cpu_count()} cores)"
     return f"{len(devs)} x {devs[0].platform} ({getattr(devs[0], 'device_kind', str(devs[0]))})"
 
 
