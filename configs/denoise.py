@@ -30,5 +30,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.figure_digits = 10  # test digits per row of denoise.png (the first test image of each class)
     c.chunk_epochs = 1  # epochs per call of the compiled program (progress, checkpoints between)
     c.checkpoint_every = 1
-    c.run_chunk = 0  # runs per program (0 = all)
+    c.run_chunk = 0  # runs per program (0 = automatic: all at once; conv nets on a CPU one at a time)
     return c

@@ -32,5 +32,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.reference_label = "Hinton et al. 2012, standard backprop net: 160 errors (1.6 %)"
     c.chunk_epochs = 1
     c.checkpoint_every = 5
-    c.run_chunk = 0  # runs per compiled program (0 = all at once)
+    c.run_chunk = 0  # runs per compiled program (0 = automatic: all at once for this dense net)
     return c

@@ -50,5 +50,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.protocol = "holdout"
     c.chunk_epochs = 1
     c.checkpoint_every = 1
-    c.run_chunk = 0
+    c.run_chunk = 0  # runs per program (0 = automatic: all at once; conv nets on a CPU one at a time)
     return c

@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.protocol = "holdout"
     c.chunk_epochs = 1
     c.checkpoint_every = 1
-    c.run_chunk = 0
+    c.run_chunk = 0  # runs per program (0 = automatic: all at once; conv nets on a CPU one at a time)
 
     # Importance-weighted estimate of the test log-likelihood (IWAE bound).
     c.iwae_k = 1000  # importance samples per image

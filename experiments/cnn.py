@@ -76,7 +76,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     data, data_seconds = experiment.load_data(config)
     model, task = setup(config)
     hp, seeds = sweep.grid(seeds_of(config), learning_rate=[config.learning_rate], dropout_rate=[config.dropout_rate])
-    result = experiment.train(config, workdir, task, hp, seeds, data)
+    result = experiment.train(config, workdir, task, hp, seeds, data, convolutional=True)
     experiment.save_params(workdir, result.state.params)
     history = result.history
     test_acc = history["test_accuracy"][:, -1]

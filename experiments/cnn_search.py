@@ -55,7 +55,7 @@ def train_candidate(config, workdir, data, model_cfg, name: str, dropout_rates: 
     """Train one architecture for every seed (and dropout rate) in one vmapped program."""
     model, task = setup(config, model_cfg)
     hp, seeds = sweep.grid(seeds_of(config), learning_rate=[config.learning_rate], dropout_rate=dropout_rates)
-    result = experiment.train(config, workdir, task, hp, seeds, data, name=name)
+    result = experiment.train(config, workdir, task, hp, seeds, data, name=name, convolutional=True)
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     timing = {**result.timing, "runs": len(seeds), "program": name}
     return model, result.history, n_params, timing

@@ -100,14 +100,17 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     hp, seeds = sweep.grid(seed_list, noise_level=levels, learning_rate=[config.learning_rate],
                            dropout_rate=[config.dropout_rate])
     assert np.array_equal(hp["noise_level"], hp_ae["noise_level"])  # run r of (b) uses autoencoder r
+    conv = config.classifier.kind == "cnn"
     results = {
         "noisy": experiment.train(config, workdir, tasks.noisy_classifier_task(clf, None, config.seed), hp, seeds, data,
-                                  name="noisy"),
+                                  name="noisy", convolutional=conv),
         "denoised": experiment.train(config, workdir, tasks.noisy_classifier_task(clf, dae, config.seed),
-                                     tasks.with_frozen(hp, "denoiser", ae.state.params), seeds, data, name="denoised"),
+                                     tasks.with_frozen(hp, "denoiser", ae.state.params), seeds, data, name="denoised",
+                                     convolutional=conv),
     }
     hp_c, seeds_c = sweep.grid(seed_list, learning_rate=[config.learning_rate], dropout_rate=[config.dropout_rate])
-    results["clean"] = experiment.train(config, workdir, tasks.classifier_task(clf), hp_c, seeds_c, data, name="clean")
+    results["clean"] = experiment.train(config, workdir, tasks.classifier_task(clf), hp_c, seeds_c, data, name="clean",
+                                        convolutional=conv)
     for name, result in results.items():
         experiment.save_params(workdir, result.state.params, name=f"{name}_params")
 

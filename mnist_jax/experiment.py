@@ -106,21 +106,35 @@ class Progress:
         self.bar.close()
 
 
+def run_chunk(config: ml_collections.ConfigDict, convolutional: bool = False, backend: str | None = None) -> int | None:
+    """Runs per compiled program: `config.run_chunk`, or when it is 0 (automatic) all at once,
+    except convolutional nets on a CPU, which train one run at a time: XLA:CPU runs a vmapped
+    convolutional step about 1.7x slower per run than a single one (`benchmarks/cnn_speed.py
+    --runs 5`: 18.8 s against 10.9 s per run-epoch of the study's CNN), while dense nets gain
+    from vmapping. None means all runs at once."""
+    chunk = config.get("run_chunk", 0)
+    if chunk:
+        return chunk
+    return 1 if convolutional and (backend or jax.default_backend()) == "cpu" else None
+
+
 def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: np.ndarray,
           data: data_lib.Splits, name: str = "train", spec: TrainSpec | None = None,
-          metric: str = "val_accuracy") -> SweepResult:
+          metric: str = "val_accuracy", convolutional: bool = False) -> SweepResult:
     """`train_grid` with the config's spec, a progress bar, and checkpoints in workdir/checkpoints/name.
 
     A workdir that already holds checkpoints of this training resumes from the newest one.
-    `metric` is the history entry shown in the progress bar.
+    `metric` is the history entry shown in the progress bar; `convolutional` picks the automatic
+    `run_chunk` of conv nets.
     """
     spec = spec or TrainSpec(epochs=config.epochs, batch_size=config.batch_size,
                              optimizer=config.get("optimizer", "sgd"), schedule=config.get("schedule", "constant"))
     ckpt_dir = workdir / "checkpoints" / name
-    bar = Progress(spec.epochs * int(np.ceil(len(seeds) / (config.get("run_chunk", 0) or len(seeds)))), name, metric)
+    chunk = run_chunk(config, convolutional)
+    bar = Progress(spec.epochs * int(np.ceil(len(seeds) / (chunk or len(seeds)))), name, metric)
     try:
         result = train_grid(task, spec, hp, seeds, data, chunk_epochs=config.get("chunk_epochs", 1),
-                            run_chunk=config.get("run_chunk", 0) or None, checkpoint_dir=str(ckpt_dir),
+                            run_chunk=chunk, checkpoint_dir=str(ckpt_dir),
                             checkpoint_every=config.get("checkpoint_every", 1), progress=bar)
     finally:
         bar.close()

@@ -287,3 +287,15 @@ def test_best_config_builds_an_augmented_task_that_trains(tiny):
     spec = TrainSpec(epochs=2, batch_size=64, optimizer=config.optimizer, schedule=config.schedule)
     history = sweep.train_grid(task, spec, hp, seeds, tiny).history
     assert np.all(np.isfinite(history["loss"])) and history["loss"][0, 1] < history["loss"][0, 0]
+
+
+def test_automatic_run_chunk_trains_conv_nets_one_run_at_a_time_on_a_cpu():
+    from mnist_jax import experiment
+
+    config = load_config_file("configs/cnn.py")
+    assert config.run_chunk == 0
+    assert experiment.run_chunk(config, convolutional=True, backend="cpu") == 1
+    assert experiment.run_chunk(config, convolutional=True, backend="gpu") is None
+    assert experiment.run_chunk(config, convolutional=False, backend="cpu") is None
+    config.run_chunk = 3
+    assert experiment.run_chunk(config, convolutional=True, backend="cpu") == 3
