@@ -16,12 +16,9 @@ def machine() -> str:
 
     The load average matters: a timing taken while other jobs run is only an upper bound.
     """
-    cpu = experiment.cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    devs = jax.devices()
-    kind = getattr(devs[0], "device_kind", devs[0].platform)
-    return (f"{cpu}, {os.cpu_count()} cores, load avg {load:.2f}; jax {jax.__version__}; "
-            f"{len(devs)} x {devs[0].platform} ({kind}); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    return (f"{experiment.cpu_model()}, {os.cpu_count()} cores, load avg {load:.2f}; jax {jax.__version__}; "
+            f"{experiment.describe_devices()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
 def time_grid_epochs(task, spec, hp: dict, seeds, data, epochs: int) -> tuple[dict, dict]:

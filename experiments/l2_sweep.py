@@ -121,23 +121,35 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "resumed_from_epoch": result.resumed_from_epoch,
     }
 
-    n_params = metrics["param_count"]
+    figures(config, metrics, workdir)
+    print(f"chosen on validation: {field}={values[chosen]:g}, test error {chosen_err['mean']:.3f} % "
+          f"(95 % CI {chosen_err['ci_low']:.3f}-{chosen_err['ci_high']:.3f}); reference {ref_pct:.2f} %")
+    return metrics
+
+
+def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.Path) -> None:
+    """The sweep's three figures, from metrics.json alone (so they can be redrawn without training)."""
+    field = metrics["sweep_field"]
+    values_field, value_name = SWEEPS[field]
+    values = metrics[values_field]
+    n_values = len(values)
+    err = np.array([np.nan if r["diverged"] else 100.0 * (1.0 - r["test_accuracy"]) for r in metrics["runs"]])
+    rows = metrics["per_value"]
     widths = "-".join(str(w) for w in (784, *config.model.hidden, 10))
-    what = (f"MLP {widths} ({n_params:,} params), {config.optimizer} lr {config.learning_rate}, batch {config.batch_size}, "
-            f"{config.epochs} epochs, {config.seeds} seeds per value")
-    plots.sweep_scatter(values, err_by_v, [r["test_error_pct"] for r in rows], workdir / f"{config.experiment}.png",
+    what = (f"MLP {widths} ({metrics['param_count']:,} params), {config.optimizer} lr {config.learning_rate}, "
+            f"batch {config.batch_size}, {config.epochs} epochs, {config.seeds} seeds per value")
+    plots.sweep_scatter(values, per_value(err, n_values), [r["test_error_pct"] for r in rows],
+                        workdir / f"{config.experiment}.png",
                         f"Test error after the last epoch against {value_name}\n{what}",
-                        xlabel=value_name, ylabel="test error (%)", reference=ref_pct,
+                        xlabel=value_name, ylabel="test error (%)", reference=metrics["reference"]["test_error_pct"],
                         reference_label=config.reference_label)
     plots.sweep_std(values, [r["test_error_pct"] for r in rows], workdir / f"{config.experiment}_std.png",
                     f"Run-to-run spread of the test error\n{what}", xlabel=value_name,
                     ylabel="std of test error over seeds (% points)")
-    plots.curves_by_value(values, per_value(h["val_accuracy"], n_values), workdir / f"{config.experiment}_curves.png",
+    plots.curves_by_value(values, per_value(np.asarray(metrics["history"]["val_accuracy"]), n_values),
+                          workdir / f"{config.experiment}_curves.png",
                           f"Validation accuracy per epoch (mean ± 1 std over seeds)\n{what}",
                           name=field, ylabel="validation accuracy (%)")
-    print(f"chosen on validation: {field}={values[chosen]:g}, test error {chosen_err['mean']:.3f} % "
-          f"(95 % CI {chosen_err['ci_low']:.3f}-{chosen_err['ci_high']:.3f}); reference {ref_pct:.2f} %")
-    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
