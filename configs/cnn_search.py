@@ -7,7 +7,8 @@ seeds side by side and chosen on the validation split (the test set is only repo
 
 Round 1: filters of both conv layers in `filters_candidates`, no hidden dense layer.
 Round 2: a dense layer of `dense_candidates` units after flatten (0 = none, round 1's winner).
-Round 3: dropout rate in `dropout_rates`; rates are traced, so the whole round is one program.
+Round 3: dropout rate in `dropout_rates`; rates are traced, so the whole round is one program
+(`dropout_rate`, which rounds 1 and 2 used, is round 2's winner again and is not retrained).
 Each round builds on the previous round's choice (the highest mean validation accuracy).
 """
 

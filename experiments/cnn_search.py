@@ -3,8 +3,9 @@
     python -m experiments.cnn_search --workdir runs/cnn_search [--config.seeds=N] [--config.epochs=E]
 
 Every candidate is trained with `seeds` seeds vmapped in one program (round 3's dropout rates,
-being traced, share one program for the whole round); the choice is the highest mean
-validation accuracy after the last epoch. Writes metrics.json (a table per round: per-seed and
+being traced, share one program for the whole round). A candidate the previous round already
+trained (dense 0 in round 2, the config's dropout rate in round 3) reuses those runs instead of
+training them again. The choice is the highest mean validation accuracy after the last epoch. Writes metrics.json (a table per round: per-seed and
 mean validation and test accuracy with 95 % CIs, Welch tests against the chosen candidate,
 whether the round's choice matters beyond seed noise), round1_filters.png, round2_dense.png and
 round3_dropout.png.
@@ -72,7 +73,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     n_seeds, alpha = config.seeds, config.alpha
     setting = (f"{config.optimizer} lr {config.learning_rate:g} {config.schedule}, batch {config.batch_size}, "
                f"{config.epochs} epochs, {n_train:,} training images, {n_seeds} seeds per candidate")
-    rounds, trainings, round1 = {}, [], {}
+    rounds, trainings, round1, round2 = {}, [], {}, {}
 
     def model_cfg(**fields):
         cfg = ml_collections.ConfigDict(config.model.to_dict())
@@ -112,23 +113,32 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     for d in config.dense_candidates:
         cfg = model_cfg(filters=tuple(filters for _ in config.model.filters), dense=d)
         if d == 0:  # the same runs as round 1's winner: same architecture, seeds and program
-            model, hist, n_params, timing = round1[filters]
+            round2[d] = model, hist, n_params, timing = round1[filters]
         else:
-            model, hist, n_params, timing = train_candidate(config, workdir, data, cfg, f"round2_dense{d}",
-                                                            [config.dropout_rate])
+            round2[d] = model, hist, n_params, timing = train_candidate(config, workdir, data, cfg, f"round2_dense{d}",
+                                                                        [config.dropout_rate])
             trainings.append(timing)
         rows.append(candidate_row(f"Dense {d}" if d else "none", d, hist, slice(None), n_params, timing))
         rows[-1]["architecture"] = architecture(model)
     dense = finish("round2_dense", f"round 2: dense layer after flatten ({filters} filters)",
                    "units of the added dense layer", rows, "round2_dense.png")
 
-    # Round 3: dropout rates, traced: one program trains rates x seeds.
+    # Round 3: dropout rates, traced: one program trains the new rates x seeds. The rate rounds 1
+    # and 2 trained with is round 2's winner again (same architecture, seeds and program): reused.
     cfg = model_cfg(filters=tuple(filters for _ in config.model.filters), dense=dense)
-    model, hist, n_params, timing = train_candidate(config, workdir, data, cfg, "round3_dropout",
-                                                    list(config.dropout_rates))
-    trainings.append(timing)
-    rows = [candidate_row(f"dropout {r:g}", r, hist, slice(i * n_seeds, (i + 1) * n_seeds), n_params, timing)
-            for i, r in enumerate(config.dropout_rates)]
+    new_rates = [r for r in config.dropout_rates if r != config.dropout_rate]
+    if new_rates:
+        model, hist, n_params, timing = train_candidate(config, workdir, data, cfg, "round3_dropout", new_rates)
+        trainings.append(timing)
+    rows = []
+    for r in config.dropout_rates:
+        if r == config.dropout_rate:
+            model, r_hist, n_params, r_timing = round2[dense]
+            runs = slice(None)
+        else:
+            r_hist, r_timing, i = hist, timing, new_rates.index(r)
+            runs = slice(i * n_seeds, (i + 1) * n_seeds)
+        rows.append(candidate_row(f"dropout {r:g}", r, r_hist, runs, n_params, r_timing))
     for r in rows:
         r["architecture"] = architecture(model)
     rate = finish("round3_dropout", f"round 3: dropout rate ({architecture(model)})", "dropout rate", rows,

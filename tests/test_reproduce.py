@@ -70,6 +70,20 @@ def test_quick_profile_writes_a_report_whose_figures_and_numbers_are_real(quick_
 
 
 @pytest.mark.integration
+def test_cnn_search_reuses_runs_it_already_has_instead_of_training_them_twice(quick_job):
+    m = json.loads((quick_job / "cnn_search" / "metrics.json").read_text())
+    r1, r2, r3 = (m["rounds"][k] for k in ("round1_filters", "round2_dense", "round3_dropout"))
+    # quick profile: filters [8, 16], dense [0, 16], dropout [0.5, 0.8]; 0 units and rate 0.5
+    # are the previous round's winner, so only 2 + 1 + 1 programs train.
+    assert [t["program"] for t in m["timing"]["programs"]] == [
+        "round1_filters8", "round1_filters16", "round2_dense16", "round3_dropout"]
+    assert r2["candidates"][0]["val_accuracy"] == r1["candidates"][r1["chosen_index"]]["val_accuracy"]
+    assert [c["value"] for c in r3["candidates"]] == [0.5, 0.8]
+    assert r3["candidates"][0]["val_accuracy"] == r2["candidates"][r2["chosen_index"]]["val_accuracy"]
+    assert m["rounds"]["round3_dropout"]["candidates"][1]["timing"]["runs"] == 2
+
+
+@pytest.mark.integration
 def test_interrupted_experiment_resumes_to_identical_metrics_and_complete_ones_are_kept(quick_job, tmp_path, capsys):
     job = tmp_path / "job"
     shutil.copytree(quick_job, job)
