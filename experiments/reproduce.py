@@ -66,10 +66,10 @@ def stage_args(stage: Stage, profile: str, workdir: pathlib.Path) -> list[str]:
 
 def is_complete(args: list[str], workdir: pathlib.Path) -> bool:
     """metrics.json exists and config.json is the config these arguments resolve to."""
-    if not (workdir / "metrics.json").exists() or not (workdir / "config.json").exists():
+    if not (workdir / "metrics.json").exists():
         return False
     _, config = parse_args(args, "")
-    return experiment.read_json(workdir / "config.json") == experiment.to_jsonable(config.to_dict())
+    return experiment.config_matches(workdir, config)
 
 
 def fmt_seconds(s: float) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -191,6 +192,27 @@ def describe_devices() -> str:
     return f"{len(devs)} x {devs[0].platform} ({getattr(devs[0], 'device_kind', str(devs[0]))})"
 
 
+def config_matches(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+    """Whether workdir/config.json exists and holds exactly `config`."""
+    path = workdir / "config.json"
+    return path.exists() and read_json(path) == to_jsonable(config.to_dict())
+
+
+def discard_stale_checkpoints(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+    """Remove workdir/checkpoints when they were trained under another config than `config`.
+
+    Resuming is only right for the same config: a checkpoint of a 15-epoch cosine schedule
+    continued under `epochs=30` would silently mix two schedules. Returns whether it removed any.
+    """
+    ckpts = workdir / "checkpoints"
+    if not ckpts.exists() or config_matches(workdir, config):
+        return False
+    print(f"{workdir}: the config differs from the one its checkpoints were trained with; "
+          "discarding them and training from the start")
+    shutil.rmtree(ckpts)
+    return True
+
+
 def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
          default_config: str, description: str = "") -> int:
     """Parse, validate, prepare the workdir, run, and write config.json / metrics.json.
@@ -200,6 +222,7 @@ def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: l
     try:
         workdir, config = parse_args(argv, default_config, description)
         workdir = prepare_workdir(workdir)
+        discard_stale_checkpoints(workdir, config)
         write_json(workdir / "config.json", config.to_dict())
         start = time.perf_counter()
         metrics = run(config, workdir)

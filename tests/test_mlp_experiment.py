@@ -111,3 +111,15 @@ def test_evaluate_reports_a_corrupt_checkpoint(mlp_workdir, tmp_path, capsys):
     assert evaluate.main(["--workdir", str(broken), "--images", str(images)]) == 1
     err = capsys.readouterr().err
     assert "cannot be restored" in err and "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_a_changed_config_trains_from_the_start_instead_of_resuming_stale_checkpoints(tmp_path, capsys):
+    args = ["--config.seeds=1", "--config.schedule=cosine", "--config.n_val=1000"]
+    assert mlp.main(["--workdir", str(tmp_path / "a"), *args, "--config.epochs=2"]) == 0
+    assert mlp.main(["--workdir", str(tmp_path / "a"), *args, "--config.epochs=3"]) == 0
+    assert "discarding them and training from the start" in capsys.readouterr().out
+    assert mlp.main(["--workdir", str(tmp_path / "b"), *args, "--config.epochs=3"]) == 0
+    changed, fresh = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert changed["resumed_from_epoch"] is None
+    assert changed["history"] == fresh["history"]
