@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dense = 128
     c.model.dense_dropout = True
     c.seeds = 3
-    c.epochs = 15
+    c.epochs = 30  # at 15 epochs (99.40 % test) validation accuracy was still rising at the end
     c.schedule = "warmup_cosine"  # 1 epoch linear warm-up, then cosine decay to 0
     c.learning_rate = 2e-3
     c.dropout_rate = 0.3
