@@ -86,8 +86,6 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     summary = stats.summary(test_acc)
     timing = experiment.timing(data_seconds, result)
     timing["train_minutes"] = timing["train_seconds"] / 60
-    timing["runs_per_program"] = len(seeds)
-    timing["steady_epoch_seconds_per_run"] = timing["steady_epoch_seconds"] / len(seeds)
     timing["conv_impl"] = models.default_conv_impl() if model.conv_impl == "auto" else model.conv_impl
     metrics = {
         "experiment": config.experiment,

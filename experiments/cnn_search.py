@@ -5,10 +5,10 @@
 Every candidate is trained with `seeds` seeds vmapped in one program (round 3's dropout rates,
 being traced, share one program for the whole round). A candidate the previous round already
 trained (dense 0 in round 2, the config's dropout rate in round 3) reuses those runs instead of
-training them again. The choice is the highest mean validation accuracy after the last epoch. Writes metrics.json (a table per round: per-seed and
-mean validation and test accuracy with 95 % CIs, Welch tests against the chosen candidate,
-whether the round's choice matters beyond seed noise), round1_filters.png, round2_dense.png and
-round3_dropout.png.
+training them again. The choice is the highest mean validation accuracy after the last epoch.
+Writes metrics.json (a table per round: per-seed and mean validation and test accuracy with 95 %
+CIs, Welch tests against the chosen candidate, whether the round's choice matters beyond seed
+noise), round1_filters.png, round2_dense.png and round3_dropout.png.
 """
 
 from __future__ import annotations

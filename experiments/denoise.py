@@ -149,8 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "figure_digits": idx,
         "history": experiment.history_summary(result.history),
         "diverged_runs": [int(i) for i in np.flatnonzero(result.history["diverged"][:, -1])],
-        "timing": {**experiment.timing(data_seconds, result),
-                   "steady_epoch_seconds_per_run": result.timing["steady_epoch_seconds"] / len(seeds)},
+        "timing": experiment.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
 

@@ -51,7 +51,12 @@ def ci(s: dict, scale: float = 100.0, digits: int = 2) -> str:
 def timing_line(m: dict) -> str:
     t = m.get("timing", {})
     line = f"Wall time {t.get('wall_seconds', 0):.1f} s on {t.get('device', 'an unknown device')}"
-    if "compile_seconds" in t:
+    if "runs_per_call" in t:
+        n = t["runs_per_call"]
+        line += (f" (compile {t['compile_seconds']:.1f} s; one epoch of the {n} run{'s' * (n > 1)} one program "
+                 f"call trains, steady state: {t['steady_epoch_seconds']:.3f} s, "
+                 f"{t['steady_run_epoch_seconds']:.3f} s per run-epoch)")
+    elif "compile_seconds" in t:
         line += (f" (compile {t['compile_seconds']:.1f} s; one epoch of all runs together, "
                  f"steady state: {t.get('steady_epoch_seconds', 0):.3f} s)")
     return line + "."

@@ -188,5 +188,8 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: np
         "train_seconds": train_seconds,
         "epochs_timed": len(epoch_times),
         "steady_epoch_seconds": statistics.median(epoch_times[1:] or epoch_times) if epoch_times else 0.0,
+        "runs_per_call": per_call,  # runs one call of the program trains (padding included)
     }
+    # steady_epoch_seconds is one call's epoch: per_call runs, however many calls there were.
+    timing["steady_run_epoch_seconds"] = timing["steady_epoch_seconds"] / per_call
     return SweepResult(state, history, timing, resumed)

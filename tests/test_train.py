@@ -210,3 +210,13 @@ def test_traced_dropout_rate_reaches_the_model(tiny):
     result = sweep.train_grid(task, SPEC, hp, seeds, tiny)
     assert not np.array_equal(result.history["loss"][0], result.history["loss"][1])
     assert tasks.model_kwargs(models.MLP((4,), dropout=True), {"dropout_rate": 0.5, "noise": 1.0}) == {"dropout_rate": 0.5}
+
+
+def test_timing_counts_the_runs_each_program_call_trains(tiny):
+    hp, seeds = sweep.grid([0, 1, 2, 3], learning_rate=[0.1])
+    together = sweep.train_grid(mlp_task(), SPEC, hp, seeds, tiny).timing
+    one_by_one = sweep.train_grid(mlp_task(), SPEC, hp, seeds, tiny, run_chunk=1).timing
+    assert (together["runs_per_call"], one_by_one["runs_per_call"]) == (4, 1)
+    assert together["steady_run_epoch_seconds"] == together["steady_epoch_seconds"] / 4
+    assert one_by_one["steady_run_epoch_seconds"] == one_by_one["steady_epoch_seconds"]
+    assert one_by_one["epochs_timed"] == 4 * SPEC.epochs
