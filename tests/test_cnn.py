@@ -301,3 +301,19 @@ def test_automatic_run_chunk_trains_conv_nets_one_run_at_a_time_on_a_cpu():
     assert experiment.run_chunk(config, convolutional=False, backend="cpu") is None
     config.run_chunk = 3
     assert experiment.run_chunk(config, convolutional=True, backend="cpu") == 3
+
+
+def test_accuracy_figure_zooms_past_a_far_first_epoch_and_says_so():
+    import matplotlib.pyplot as plt
+
+    from mnist_jax.plots import _zoom_past_first_epoch
+
+    far = {"training": np.array([75.3, 95.0, 98.0, 99.1]), "validation": np.array([97.0, 98.5, 99.2, 99.5])}
+    fig, ax = plt.subplots()
+    note = _zoom_past_first_epoch(ax, far)
+    assert "training 75.3 %" in note and "validation" not in note
+    lo, hi = ax.get_ylim()
+    assert 94 < lo < 95 and 99.5 < hi < 100
+    near = {"training": np.array([92.7, 97.6, 99.5]), "validation": np.array([97.5, 98.3, 99.0])}
+    assert _zoom_past_first_epoch(ax, near) == ""
+    plt.close(fig)
