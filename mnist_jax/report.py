@@ -275,8 +275,20 @@ def section_cnn_search(m: dict) -> str:
         parts += [f"**{rnd['title']}**: {verdict}.",
                   table(["candidate", "parameters", "validation accuracy (%), mean ± std", "95 % CI (%)"], rows),
                   figure("cnn_search", f"{key}.png", rnd["title"])]
+    fc, last = m.get("final_choice"), list(m["rounds"].values())[-1]
+    if fc:
+        chosen = last["candidates"][last["chosen_index"]]
+        matters = ", ".join(k.split("_", 1)[1] for k in m.get("choices_that_matter_beyond_seed_noise", [])) or "none"
+        parts.append(f"Final choice: {fc['architecture']} ({fc['filters']} filters, dense {fc['dense'] or 'none'}, "
+                     f"dropout {fc['dropout_rate']:g}); its test accuracy, reported and not used to choose: "
+                     f"{mean_std(chosen['test_accuracy'])} %. Choices that matter beyond seed noise: {matters}.")
     parts.append("The study: filters made no difference (32 kept), the added dense layer helped a lot (32 kept), "
                  "dropout had no effect (0.5 kept).")
+    t = m.get("timing", {})
+    if "programs" in t:
+        parts.append(f"Wall time {t.get('wall_seconds', 0):.1f} s on {t.get('device', 'an unknown device')}: "
+                     f"{len(t['programs'])} training programs, {t['train_seconds']:.0f} s of training and "
+                     f"{t['compile_seconds']:.0f} s of compiling; reused candidates are not trained again.")
     return "\n\n".join(parts)
 
 
