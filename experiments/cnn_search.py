@@ -126,21 +126,21 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     # Round 3: dropout rates, traced: one program trains the new rates x seeds. The rate rounds 1
     # and 2 trained with is round 2's winner again (same architecture, seeds and program): reused.
     cfg = model_cfg(filters=tuple(filters for _ in config.model.filters), dense=dense)
+    winner = round2[dense]
+    model, _, n_params, _ = winner
     new_rates = [r for r in config.dropout_rates if r != config.dropout_rate]
     if new_rates:
-        model, hist, n_params, timing = train_candidate(config, workdir, data, cfg, "round3_dropout", new_rates)
+        _, hist, _, timing = train_candidate(config, workdir, data, cfg, "round3_dropout", new_rates)
         trainings.append(timing)
     rows = []
     for r in config.dropout_rates:
         if r == config.dropout_rate:
-            model, r_hist, n_params, r_timing = round2[dense]
-            runs = slice(None)
+            rows.append(candidate_row(f"dropout {r:g}", r, winner[1], slice(None), n_params, winner[3]))
         else:
-            r_hist, r_timing, i = hist, timing, new_rates.index(r)
-            runs = slice(i * n_seeds, (i + 1) * n_seeds)
-        rows.append(candidate_row(f"dropout {r:g}", r, r_hist, runs, n_params, r_timing))
-    for r in rows:
-        r["architecture"] = architecture(model)
+            i = new_rates.index(r)
+            rows.append(candidate_row(f"dropout {r:g}", r, hist, slice(i * n_seeds, (i + 1) * n_seeds), n_params,
+                                      timing))
+        rows[-1]["architecture"] = architecture(model)
     rate = finish("round3_dropout", f"round 3: dropout rate ({architecture(model)})", "dropout rate", rows,
                   "round3_dropout.png")
 
