@@ -8,7 +8,7 @@ import time
 
 import jax
 
-from mnist_jax import experiment
+from mnist_jax import provenance
 
 
 def machine() -> str:
@@ -17,8 +17,8 @@ def machine() -> str:
     The load average matters: a timing taken while other jobs run is only an upper bound.
     """
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{experiment.cpu_model()}, {os.cpu_count()} cores, load avg {load:.2f}; jax {jax.__version__}; "
-            f"{experiment.describe_devices()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    return (f"{provenance.cpu_model()}, {os.cpu_count()} cores, load avg {load:.2f}; jax {jax.__version__}; "
+            f"{provenance.describe_devices()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
 def time_grid_epochs(task, spec, hp: dict, seeds, data, epochs: int) -> tuple[dict, dict]:

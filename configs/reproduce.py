@@ -14,4 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.profile = "quick"  # quick: small grids, few epochs (says so in the report); full: the real study
     c.force = False  # redo experiments that are already complete
     c.only = ""  # comma-separated experiment names; empty = all
+    # same_code: keep a complete stage only if the code that made it is the code running now
+    # (its provenance.code_id); any: keep complete stages whatever code made them (REPORT.md says so)
+    c.reuse = "same_code"
     return c

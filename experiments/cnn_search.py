@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from experiments.cnn import architecture, seeds_of, setup
-from mnist_jax import experiment, models, plots, stats, sweep
+from mnist_jax import experiment, models, plots, provenance, stats, sweep
 from mnist_jax.config import ConfigError
 
 
@@ -154,7 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "final_choice": {"filters": filters, "dense": dense, "dropout_rate": rate,
                          "architecture": architecture(models.from_config(final))},
         "choices_that_matter_beyond_seed_noise": matters,
-        "timing": {"data_seconds": data_seconds, "device": experiment.describe_devices(),
+        "timing": {"data_seconds": data_seconds, "device": provenance.describe_devices(),
                    "programs": trainings,
                    "train_seconds": sum(t["train_seconds"] for t in trainings),
                    "compile_seconds": sum(t["compile_seconds"] for t in trainings)},

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from experiments import denoise
-from mnist_jax import experiment, models, plots, stats, sweep, tasks
+from mnist_jax import experiment, models, plots, provenance, stats, sweep, tasks
 from mnist_jax.config import ConfigError
 from mnist_jax.train import TrainSpec
 
@@ -177,7 +177,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "val_accuracy_last_epoch": {k: results[k].history["val_accuracy"][:, -1] for k in results},
         "eval_noise": f"fixed per test image: tasks.eval_noise_key({config.seed}, 'test') folded with the image index",
         "diverged_runs": {k: [int(i) for i in np.flatnonzero(r.history["diverged"][:, -1])] for k, r in results.items()},
-        "timing": {"data_seconds": data_seconds, "device": experiment.describe_devices(),
+        "timing": {"data_seconds": data_seconds, "device": provenance.describe_devices(),
                    "denoiser": ae.timing, **{k: r.timing for k, r in results.items()}},
         "resumed_from_epoch": {"denoiser": ae.resumed_from_epoch, **{k: r.resumed_from_epoch for k, r in results.items()}},
     }

@@ -2,9 +2,12 @@
 
     python -m experiments.reproduce --workdir runs/quick [--config.profile=quick|full] [--config.force=True]
 
-An experiment whose sub-workdir is complete (metrics.json written for the same resolved config)
-is not redone; an interrupted one continues from its last checkpoint and ends with the same
-numbers as an uninterrupted run. `--config.force=True` redoes everything.
+An experiment whose sub-workdir is complete (metrics.json written for the same resolved config
+by the same code: the same commit, and the same uncommitted changes if any) is not redone; one
+made by other code is redone from the start. `--config.reuse=any` keeps complete stages whatever
+code made them, and REPORT.md then says loudly which stage comes from which commit. An
+interrupted experiment continues from its last checkpoint and ends with the same numbers as an
+uninterrupted run. `--config.force=True` redoes everything.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 
 import ml_collections
 
-from mnist_jax import experiment, report
+from mnist_jax import experiment, provenance, report
 from mnist_jax.config import REPO_ROOT, ConfigError, parse_args
 
 
@@ -47,7 +50,8 @@ STAGES = [
     Stage("denoise", "experiments.denoise", "configs/denoise.py",
           quick=("--config.noise_levels=[0.2, 0.4, 0.7]", "--config.seeds=2", "--config.epochs=2")),
     Stage("noise_accuracy", "experiments.noise_accuracy", "configs/noise_accuracy.py",
-          quick=("--config.noise_levels=[0.0, 0.4, 0.8]", "--config.seeds=2", "--config.epochs=1")),
+          quick=("--config.noise_levels=[0.0, 0.4, 0.8]", "--config.seeds=2", "--config.epochs=1",
+                 "--config.denoiser_epochs=0")),
     Stage("vae", "experiments.vae", "configs/vae.py",
           quick=("--config.seeds=2", "--config.epochs=2", "--config.iwae_images=100", "--config.iwae_k=100",
                  "--config.n_samples=1000", "--config.map_epochs=1", "--config.classifier.epochs=1",
@@ -64,12 +68,25 @@ def stage_args(stage: Stage, profile: str, workdir: pathlib.Path) -> list[str]:
     return ["--workdir", str(workdir), "--config", str(REPO_ROOT / stage_config(stage, profile)), *overrides]
 
 
-def is_complete(args: list[str], workdir: pathlib.Path) -> bool:
-    """metrics.json exists and config.json is the config these arguments resolve to."""
+def stage_code_id(workdir: pathlib.Path) -> str | None:
+    """The code that made workdir/metrics.json: its provenance's code_id, or None when unknown
+    (no metrics, written before provenance, or resumed from checkpoints that other code wrote)."""
+    try:
+        prov = experiment.read_json(workdir / "metrics.json").get("provenance", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if "checkpoints_from" in prov else prov.get("code_id")
+
+
+def is_complete(args: list[str], workdir: pathlib.Path, reuse: str = "same_code") -> bool:
+    """metrics.json exists, config.json is the config these arguments resolve to, and (unless
+    `reuse="any"`) the stage was made by the code that runs now (`provenance.code_id`)."""
     if not (workdir / "metrics.json").exists():
         return False
     _, config = parse_args(args, "")
-    return experiment.config_matches(workdir, config)
+    if not experiment.config_matches(workdir, config):
+        return False
+    return reuse == "any" or stage_code_id(workdir) == provenance.code_id()
 
 
 def fmt_seconds(s: float) -> str:
@@ -97,17 +114,21 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         header = f"[{i}/{len(stages)}] {stage.name} ({config.profile}; job elapsed {fmt_seconds(elapsed)})"
         if config.force and sub.exists():
             shutil.rmtree(sub)
-        if is_complete(args, sub):
+        if is_complete(args, sub, config.reuse):
             print(f"{header}: complete in {sub}, not redone", flush=True)
-            done[stage.name] = {"status": "complete", "seconds": 0.0}
+            done[stage.name] = {"status": "complete", "seconds": 0.0, "code_id": stage_code_id(sub)}
             continue
+        if (sub / "metrics.json").exists() and is_complete(args, sub, "any"):
+            print(f"{header}: complete in {sub} but made by other code ({stage_code_id(sub) or 'unknown'}); "
+                  "training it again from the start (--config.reuse=any keeps it)", flush=True)
+            shutil.rmtree(sub / "checkpoints", ignore_errors=True)  # no resuming other code's runs
         print(f"{header}: running into {sub}", flush=True)
         t0 = time.perf_counter()
         code = importlib.import_module(stage.module).main(args)
         if code != 0:
             raise ConfigError(f"experiment {stage.name} stopped with exit code {code}; fix it and run again "
                               "(finished experiments are kept)")
-        done[stage.name] = {"status": "ran", "seconds": time.perf_counter() - t0}
+        done[stage.name] = {"status": "ran", "seconds": time.perf_counter() - t0, "code_id": stage_code_id(sub)}
         remaining = [s.name for s in stages[i:]]
         if remaining:
             print(f"    done in {fmt_seconds(done[stage.name]['seconds'])}; still to run: {', '.join(remaining)}",
@@ -115,7 +136,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     path = report.write_report(workdir, [s.name for s in stages], config.profile)
     print(f"wrote {path}")
     return {"experiment": "reproduce", "profile": config.profile, "stages": done, "references": report.REFERENCES,
-            "timing": {"device": experiment.describe_devices()}}
+            "mixed_code": len({d["code_id"] for d in done.values()}) > 1,
+            "timing": {"device": provenance.describe_devices()}}
 
 
 def main(argv: list[str] | None = None) -> int:

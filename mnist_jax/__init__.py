@@ -1,3 +1,11 @@
-"""mnist-jax: a functional JAX/Flax research codebase for MNIST."""
+"""mnist-jax: a functional JAX/Flax research codebase for MNIST.
+
+Importing it turns on deterministic GPU ops for the JAX backend this process starts (unless
+MNIST_JAX_DETERMINISTIC=0): see `mnist_jax.provenance`.
+"""
+
+from mnist_jax.provenance import enable_deterministic_ops as _enable_deterministic_ops
 
 __version__ = "0.1.0"
+
+_enable_deterministic_ops()

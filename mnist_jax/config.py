@@ -123,6 +123,7 @@ RULES = {
     "optimizer": (lambda v: v in ("sgd", "momentum", "adam"), "one of 'sgd', 'momentum', 'adam'"),
     "schedule": (lambda v: v in ("constant", "cosine", "warmup_cosine"), "one of 'constant', 'cosine', 'warmup_cosine'"),
     "protocol": (lambda v: v in ("holdout", "study"), "'holdout' or 'study'"),
+    "reuse": (lambda v: v in ("same_code", "any"), "'same_code' or 'any'"),
     "max_shift": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8, "an integer in 0..8 (0 = off)"),
     "train_images": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = the whole training split)"),
     "conv_impl": (lambda v: v in ("auto", "fused", "im2col", "lax"), "one of 'auto', 'fused', 'im2col', 'lax'"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import shutil
 import sys
 import tempfile
@@ -25,8 +24,10 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import data as data_lib
+from mnist_jax import provenance
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError, parse_args
+from mnist_jax.provenance import describe_devices
 from mnist_jax.sweep import SweepResult, train_grid
 from mnist_jax.train import Task, TrainSpec
 
@@ -131,6 +132,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, 
     spec = spec or TrainSpec(epochs=config.epochs, batch_size=config.batch_size,
                              optimizer=config.get("optimizer", "sgd"), schedule=config.get("schedule", "constant"))
     ckpt_dir = workdir / "checkpoints" / name
+    mark_checkpoints_code(workdir)
     chunk = run_chunk(config, convolutional)
     bar = Progress(spec.epochs * int(np.ceil(len(seeds) / (chunk or len(seeds)))), name, metric)
     try:
@@ -173,25 +175,6 @@ def timing(data_seconds: float, result: SweepResult) -> dict:
     return {"data_seconds": data_seconds, **result.timing, "device": describe_devices()}
 
 
-def cpu_model() -> str:
-    """The host CPU's model name (from /proc/cpuinfo where there is one)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return cpu
-
-
-def describe_devices() -> str:
-    """e.g. '1 x cpu (Intel(R) Xeon(R) Processor, 2 cores)' or '8 x gpu (NVIDIA H100 80GB HBM3)'."""
-    devs = jax.devices()
-    if devs[0].platform == "cpu":
-        return f"{len(devs)} x cpu ({cpu_model()}, {os.cpu_count()} cores)"
-    return f"{len(devs)} x {devs[0].platform} ({getattr(devs[0], 'device_kind', str(devs[0]))})"
-
-
 def config_matches(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
     """Whether workdir/config.json exists and holds exactly `config`."""
     path = workdir / "config.json"
@@ -213,6 +196,41 @@ def discard_stale_checkpoints(workdir: pathlib.Path, config: ml_collections.Conf
     return True
 
 
+CHECKPOINTS_CODE_FILE = "code_id.json"
+
+
+def checkpoints_code_id(workdir: pathlib.Path) -> str | None:
+    """The code_id of the code that started workdir/checkpoints (None: no checkpoints, or unknown)."""
+    try:
+        return read_json(workdir / "checkpoints" / CHECKPOINTS_CODE_FILE)["code_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def foreign_checkpoints(workdir: pathlib.Path) -> str | None:
+    """The code_id of checkpoints in workdir that other code wrote ("unknown" when unrecorded),
+    which a run may resume from; None when there are none or the current code wrote them."""
+    ckpts = workdir / "checkpoints"
+    if not ckpts.is_dir() or not any(ckpts.iterdir()):
+        return None
+    before = checkpoints_code_id(workdir)
+    return None if before == provenance.code_id() else (before or "unknown")
+
+
+def mark_checkpoints_code(workdir: pathlib.Path) -> None:
+    """Record the current code as the writer of workdir/checkpoints when it starts them."""
+    ckpts = workdir / "checkpoints"
+    if not ckpts.is_dir() or not any(ckpts.iterdir()):
+        ckpts.mkdir(parents=True, exist_ok=True)
+        write_json(ckpts / CHECKPOINTS_CODE_FILE, {"code_id": provenance.code_id()})
+
+
+def with_provenance(metrics: dict, prov: dict) -> dict:
+    """metrics with `schema_version` and `provenance` first, as every metrics.json has them."""
+    return {"schema_version": provenance.SCHEMA_VERSION, "provenance": prov,
+            **{k: v for k, v in metrics.items() if k not in ("schema_version", "provenance")}}
+
+
 def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
          default_config: str, description: str = "") -> int:
     """Parse, validate, prepare the workdir, run, and write config.json / metrics.json.
@@ -224,10 +242,17 @@ def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: l
         workdir = prepare_workdir(workdir)
         discard_stale_checkpoints(workdir, config)
         write_json(workdir / "config.json", config.to_dict())
-        start = time.perf_counter()
+        other_code = foreign_checkpoints(workdir)
+        if other_code:
+            print(f"{workdir}: its checkpoints were written by other code ({other_code}); a resumed run says so "
+                  "in its provenance")
+        started, start = provenance.now(), time.perf_counter()
         metrics = run(config, workdir)
         metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
-        write_json(workdir / "metrics.json", metrics)
+        prov = provenance.collect(provenance.command_line(argv, run.__module__), started)
+        if other_code:
+            prov["checkpoints_from"] = other_code
+        write_json(workdir / "metrics.json", with_provenance(metrics, prov))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

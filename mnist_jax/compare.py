@@ -1,0 +1,81 @@
+"""Do two workdirs hold the same numbers? A refactor must not move them.
+
+    python -m mnist_jax.compare runs/before runs/after
+
+Compares every metrics.json under the first folder with the one at the same relative path under
+the second, leaving out what legitimately differs between two identical runs (timings, start and
+end times: `provenance.comparable`) and what names the code (the provenance block, code ids),
+which is what changes. Prints each difference (path and JSON location) and exits 1 if there is any,
+0 if every number is identical.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any
+
+from mnist_jax.provenance import comparable
+
+IGNORED = frozenset({"provenance", "schema_version", "code_id", "mixed_code"})  # which code, not what it computed
+
+
+def _without(tree: Any, keys: frozenset) -> Any:
+    if isinstance(tree, dict):
+        return {k: _without(v, keys) for k, v in tree.items() if k not in keys}
+    if isinstance(tree, list):
+        return [_without(v, keys) for v in tree]
+    return tree
+
+
+def numbers(path: pathlib.Path) -> Any:
+    """The comparable part of one metrics.json."""
+    return comparable(_without(json.loads(path.read_text()), IGNORED))
+
+
+def differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """JSON locations where trees a and b differ (the first few of each list)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{where}.{k}: only in the {'first' if k in a else 'second'}" for k in sorted(set(a) ^ set(b))]
+        for k in sorted(set(a) & set(b)):
+            out += differences(a[k], b[k], f"{where}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            out += differences(x, y, f"{where}[{i}]")
+        return out
+    return [] if a == b else [f"{where}: {json.dumps(a)[:80]} != {json.dumps(b)[:80]}"]
+
+
+def compare_workdirs(first: pathlib.Path, second: pathlib.Path) -> list[str]:
+    """Every difference between the metrics.json files of two workdirs ([] when the numbers agree)."""
+    first, second = pathlib.Path(first), pathlib.Path(second)
+    found = sorted(p.relative_to(first) for p in first.rglob("metrics.json"))
+    if not found:
+        return [f"{first}: no metrics.json"]
+    out = []
+    for rel in found:
+        if not (second / rel).exists():
+            out.append(f"{rel}: missing in {second}")
+            continue
+        out += [f"{rel}{d}" for d in differences(numbers(first / rel), numbers(second / rel))]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m mnist_jax.compare WORKDIR_A WORKDIR_B", file=sys.stderr)
+        return 2
+    diffs = compare_workdirs(*map(pathlib.Path, args))
+    for line in diffs[:50]:
+        print(line)
+    n = len(list(pathlib.Path(args[0]).rglob("metrics.json")))
+    print(f"{len(diffs)} differences in {n} metrics.json files" if diffs else f"identical numbers in {n} metrics.json files")
+    return 1 if diffs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
