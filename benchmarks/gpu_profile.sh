@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The full profile on one GPU machine under a deadline, with a determinism check of the GPU runs.
+#
+#   here (project root, a clean commit):   bash benchmarks/gpu_profile.sh prepare
+#     writes .gpu/ (git-ignored): a compressed MNIST cache, the ml-collections wheel (GPU images
+#     often lack it), the manifest of the commit (so provenance names it on a copy without .git).
+#   there (project root, .gpu/ copied along):   OUT=folder BUDGET=560 bash benchmarks/gpu_profile.sh
+#     1. the full profile, stage by stage (`reproduce --config.only=STAGE`) into runs/gpu, skipping a
+#        stage when less time is left than it needs (NEED below, seconds measured on an H100);
+#     2. right after dropout_sweep: the same experiment in a second process (deterministic GPU ops,
+#        the default) and in a third with MNIST_JAX_DETERMINISTIC=0; `mnist_jax.compare` says
+#        whether the numbers are identical, and the timings give the cost of determinism;
+#     OUT/log.txt and OUT/runs.tgz (metrics, configs, REPORT.md, figures; no checkpoints) come back.
+# Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full).
+set -u
+if [ "${1:-}" = prepare ]; then
+  PY=${PY:-python}
+  [ -z "$(git status --porcelain)" ] || echo "warning: the tree has uncommitted changes; the run names no clean commit"
+  mkdir -p .gpu && { grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude; }
+  $PY -c "
+import numpy as np
+from mnist_jax import data, provenance
+np.savez_compressed('.gpu/mnist_uint8_v1.npz', **data.load_mnist())
+m = provenance.write_manifest('.gpu/manifest.json')
+print('commit', m['commit'][:7], 'dirty' if m['dirty'] else 'clean', len(m['files']), 'files')" || exit 1
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 -d .gpu/whl ml-collections || exit 1
+  du -sh .gpu && exit 0
+fi
+T0=$(date +%s); BUDGET=${BUDGET:-560}; PY=${PY:-python3}; PROFILE=${PROFILE:-full}
+STAGES=${STAGES:-"mlp dropout_sweep l2_sweep cnn denoise cnn_best noise_accuracy vae cnn_search"}
+declare -A NEED=([mlp]=20 [dropout_sweep]=35 [l2_sweep]=40 [cnn]=30 [denoise]=40 [cnn_best]=45 [noise_accuracy]=90
+                 [vae]=100 [cnn_search]=120)
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; LOG=$OUT/log.txt; RUNS=runs/gpu; rm -rf "$RUNS" runs/det_*
+export PYTHONUNBUFFERED=1 MNIST_JAX_CACHE=/tmp/gpu_cache MNIST_JAX_CODE_MANIFEST=$PWD/.gpu/manifest.json
+mkdir -p $MNIST_JAX_CACHE && cp .gpu/mnist_uint8_v1.npz $MNIST_JAX_CACHE/
+$PY -c "import ml_collections" 2>/dev/null || { $PY -m pip install -q --no-index --no-deps --no-compile \
+  --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site; }
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tail -1
+  $PY -c "import jax, flax, optax, numpy; from mnist_jax import provenance as p; print('jax', jax.__version__, 'flax', \
+flax.__version__, 'optax', optax.__version__, 'numpy', numpy.__version__, jax.devices(), p.code_id())"; } >>"$LOG" 2>&1
+stage() {  # name, workdir, extra environment assignments...
+  local s=$1 w=$2; shift 2; local t=$(date +%s)
+  env "$@" timeout "$(left)" $PY -m experiments.reproduce --workdir "$w" --config.profile=$PROFILE --config.only=$s \
+    >/tmp/stage.log 2>&1
+  local rc=$?; echo "== $s into $w $* rc=$rc wall=$(( $(date +%s) - t )) s" >>"$LOG"
+  tr '\r' '\n' </tmp/stage.log | grep -v '%|' | tail -n 14 >>"$LOG"; return $rc
+}
+done_list=""
+for s in $STAGES; do
+  [ "$(left)" -gt "${NEED[$s]:-30}" ] || { echo "== $s skipped: $(left) s left, it needs about ${NEED[$s]:-30}" >>"$LOG"; continue; }
+  stage "$s" "$RUNS" && done_list="$done_list,$s"
+  if [ "$s" = dropout_sweep ]; then
+    stage dropout_sweep runs/det_b
+    stage dropout_sweep runs/det_off MNIST_JAX_DETERMINISTIC=0
+    { echo "== determinism: the profile's dropout_sweep against a second process, deterministic ops on (default)"
+      $PY -m mnist_jax.compare "$RUNS/dropout_sweep" runs/det_b/dropout_sweep
+      echo "== the same against a process with MNIST_JAX_DETERMINISTIC=0"
+      $PY -m mnist_jax.compare "$RUNS/dropout_sweep" runs/det_off/dropout_sweep | tail -n 3
+      $PY -c "
+import json
+for w in ('$RUNS', 'runs/det_b', 'runs/det_off'):
+    m = json.load(open(w + '/dropout_sweep/metrics.json')); t = m['timing']; p = m['provenance']
+    errs = [r['test_errors'] for r in m['runs']]
+    print(w, 'deterministic_gpu_ops', p['deterministic_gpu_ops'], 'train %.2f s steady epoch %.4f s' % (t['train_seconds'],
+          t['steady_epoch_seconds']), 'test errors', errs)"; } >>"$LOG" 2>&1
+  fi
+done
+[ -n "$done_list" ] && timeout 60 $PY -m experiments.reproduce --workdir "$RUNS" --config.profile=$PROFILE \
+  --config.only=${done_list#,} >>"$LOG" 2>&1
+echo "== total $(( $(date +%s) - T0 )) s" >>"$LOG"
+find runs/gpu runs/det_b runs/det_off \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*checkpoint*' -not -path '*params*' \
+  | tar -czf "$OUT/runs.tgz" -T - 2>>"$LOG"
+tail -c 11000 "$LOG"
