@@ -1,8 +1,7 @@
 """The study's L2-regularization sweep (section 2D), done with 10 seeds per factor.
 
 784-500-300-10, SGD lr 0.1, batch 128, 40 epochs; every (factor, seed) run of the grid is
-trained by ONE vmapped program (70 runs by default; 58.6 min measured on a 2-core CPU,
-a few minutes on one GPU).
+trained by ONE vmapped program (70 runs by default; wall times in the README's results table).
 
     python -m experiments.l2_sweep --workdir runs/l2_sweep
     python -m experiments.l2_sweep --workdir runs/l2_quick --config configs/l2_sweep_quick.py

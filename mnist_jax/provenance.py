@@ -106,9 +106,9 @@ def code_version(root: pathlib.Path = REPO_ROOT) -> dict:
     """The code that runs: {source: "git", commit, dirty, changes_sha256} in a git checkout
     (changes_sha256 hashes the uncommitted diff and the untracked Python files),
     else {source: "package", version}. Cached: the code of a process does not change."""
-    commit = _git("rev-parse", "HEAD", root=root) if (root / ".git").exists() else None
-    if not commit and os.environ.get(MANIFEST_ENV):
+    if os.environ.get(MANIFEST_ENV):  # a copy of a commit's files, checked file by file
         return _manifest_version(pathlib.Path(os.environ[MANIFEST_ENV]), root)
+    commit = _git("rev-parse", "HEAD", root=root) if (root / ".git").exists() else None
     if not commit:
         try:
             version = importlib.metadata.version("mnist-jax")
@@ -156,6 +156,28 @@ def _manifest_version(path: pathlib.Path, root: pathlib.Path) -> dict:
         digest = hashlib.sha256(f"{manifest.get('changes_sha256')}{sorted(changed)}{sorted(extra)}".encode())
         info["changes_sha256"] = digest.hexdigest()
     return info
+
+
+def copy_code_id(base: str, commit: str, root: pathlib.Path = REPO_ROOT) -> str:
+    """The code_id that `code_version` reports in a copy of `commit`'s files whose .git is at
+    `base` (a machine that got the files but a stale .git), computed from git's objects alone.
+
+    If it equals the code_id a result recorded, the result was made by exactly `commit`'s code.
+    """
+    def git_bytes(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=60, check=True).stdout
+
+    base, commit = (git_bytes("rev-parse", c).decode().strip() for c in (base, commit))
+    tracked = git_bytes("ls-tree", "-r", "--name-only", base).decode().splitlines()
+    diff = git_bytes("diff", "--binary", base, commit, "--", *tracked)  # what `git diff HEAD` shows there
+    new = sorted(set(git_bytes("ls-tree", "-r", "--name-only", commit).decode().splitlines()) - set(tracked))
+    if not diff and not new:
+        return f"git:{base}"
+    digest = hashlib.sha256(diff.decode("utf-8", "replace").encode())
+    for name in new:  # untracked there; the Python ones count as code
+        if name.endswith(".py"):
+            digest.update(name.encode() + b"\0" + git_bytes("show", f"{commit}:{name}"))
+    return f"git:{base}+dirty:{digest.hexdigest()[:12]}"
 
 
 def code_id(code: dict | None = None) -> str:

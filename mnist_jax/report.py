@@ -92,6 +92,11 @@ def section_mlp(m: dict) -> str:
     ])
 
 
+def p_text(p: float) -> str:
+    """'p = 0.012', or 'p < 0.001' where three decimals would print 0.000."""
+    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
+
+
 def beyond_noise(per_value: list[dict], field: str, alpha: float = 0.05) -> str:
     """Which values differ from the first one beyond seed noise (Welch p < alpha), and which way."""
     first, others = per_value[0], per_value[1:]
@@ -101,7 +106,7 @@ def beyond_noise(per_value: list[dict], field: str, alpha: float = 0.05) -> str:
     real = [r for r in tested if r["vs_first_value_welch"]["p_value"] < alpha]
     noise = [r for r in tested if r not in real]
     parts = [f"{field} = {r[field]:g} is {'worse' if r['test_error_pct']['mean'] > first['test_error_pct']['mean'] else 'better'}"
-             f" (p = {r['vs_first_value_welch']['p_value']:.3f})" for r in real]
+             f" ({p_text(r['vs_first_value_welch']['p_value'])})" for r in real]
     text = f"Against {field} = {first[field]:g} on the test set: "
     text += ("; ".join(parts) + " beyond seed noise" if parts else "no value differs beyond seed noise")
     if noise:
@@ -449,8 +454,8 @@ def row_vae(m: dict, c: dict) -> list[str]:
     lo, hi = REFERENCES["vae_literature_nll_nats"]
     hidden = "-".join(map(str, m["model"]["hidden"]))
     return [f"VAE, dense 784-{hidden}-{m['model']['latent']}, {c['epochs']} epochs ({_seeds(c)})",
-            f"test negative ELBO **{mean_std(m['test_neg_elbo'], 1.0, 1)} nats**; IWAE (k = {iwae['k']}) NLL "
-            f"**{mean_std(iwae['nll'], 1.0, 1)} nats**; {mean_std(q['confident_share'], 100.0, 1)} % of prior samples "
+            f"test negative ELBO **{mean_std(m['test_neg_elbo'], 1.0)} nats**; IWAE (k = {iwae['k']}) NLL "
+            f"**{mean_std(iwae['nll'], 1.0)} nats**; {mean_std(q['confident_share'], 100.0, 1)} % of prior samples "
             f"classified with confidence >= 0.9 by a {q['classifier']['kind']} trained alongside",
             "failed: \"nothing like digits\"", f"{lo}-{hi} nats NLL for such models"]
 

@@ -3,6 +3,7 @@
     python -m mnist_jax.results_table docs/results/h100                     # print the block
     python -m mnist_jax.results_table docs/results/h100 --write README.md   # replace its block in README.md
     python -m mnist_jax.results_table --check README.md                     # every block is what its folder gives
+    python -m mnist_jax.results_table docs/results/h100 --identify COMMIT   # the run was COMMIT's files (code.json)
 
 A folder is a `reproduce` workdir (or a copy of its metrics.json, config.json, REPORT.md and
 figures, as under docs/results/): one sub-folder per experiment. Every experiment in it must
@@ -51,6 +52,61 @@ def one_code(found: dict[str, tuple[dict, dict]]) -> dict:
     return next(iter(provs.values()))
 
 
+IDENTITY_FILE = "code.json"
+
+
+def identify(folder: str | pathlib.Path, commit: str) -> dict:
+    """Check that the run in `folder`, which recorded a dirty tree on top of some commit, was made by
+    exactly `commit`'s files (`provenance.copy_code_id`), and write that to folder/code.json.
+
+    That is the case of a machine that received a commit's files but a stale .git (as the GPU
+    machines here do): its code_id names the stale commit plus a hash of the difference.
+    """
+    folder = pathlib.Path(folder)
+    prov = one_code(stages(folder))
+    base = prov["code"].get("commit")
+    if not base:
+        raise ValueError(f"{folder}: the run recorded no commit to start from")
+    full = provenance.copy_code_id(commit, commit)[4:]
+    if provenance.copy_code_id(base, full) != prov["code_id"]:
+        raise ValueError(f"{folder} was not made by commit {commit}'s files (its code_id is {prov['code_id']})")
+    identity = {"recorded_code_id": prov["code_id"], "commit": full,
+                "checked_by": f"provenance.copy_code_id({base[:7]!r}, {full[:7]!r}) == recorded_code_id"}
+    (folder / IDENTITY_FILE).write_text(json.dumps(identity, indent=1) + "\n")
+    return identity
+
+
+def code_of(folder: pathlib.Path, prov: dict) -> str:
+    """'commit abc1234' for the run's code, verified through folder/code.json when the run saw a dirty tree."""
+    path = folder / IDENTITY_FILE
+    if not prov["code"].get("dirty") or not path.exists():
+        return provenance.short_code(prov["code"])
+    identity = _load(path)
+    if identity["recorded_code_id"] != prov["code_id"] or \
+            provenance.copy_code_id(prov["code"]["commit"], identity["commit"]) != prov["code_id"]:
+        raise ValueError(f"{path} does not match the run's code ({prov['code_id']})")
+    return f"commit {identity['commit'][:7]}"
+
+
+def determinism_line(folder: pathlib.Path) -> str:
+    """What folder/determinism shows: the dropout sweep again in a second process, and without
+    deterministic ops; '' when the folder has no such runs."""
+    first, second, off = (folder / "dropout_sweep", folder / "determinism" / "second_process",
+                          folder / "determinism" / "deterministic_off")
+    if not (second / "metrics.json").exists() or not (off / "metrics.json").exists():
+        return ""
+    from mnist_jax import compare
+
+    same = not compare.compare_workdirs(first, second)
+    a, b = _load(first / "metrics.json")["timing"], _load(off / "metrics.json")["timing"]
+    off_same = not compare.compare_workdirs(first, off)
+    return (f"Determinism, measured in this run: the dropout sweep trained again in a second process gave "
+            f"{'identical numbers (every metric, every epoch)' if same else 'different numbers'}; "
+            f"with `MNIST_JAX_DETERMINISTIC=0` it gave {'the same' if off_same else 'different'} numbers and trained in "
+            f"{b['train_seconds']:.2f} s against {a['train_seconds']:.2f} s with deterministic ops "
+            f"({100 * (a['train_seconds'] / b['train_seconds'] - 1):+.0f} %).")
+
+
 def render(folder: str | pathlib.Path, label: str | None = None) -> str:
     """The README block of `folder` (named `label` in the README, its path by default): which code
     and machine, then one row per experiment."""
@@ -64,17 +120,18 @@ def render(folder: str | pathlib.Path, label: str | None = None) -> str:
     first = min(m["provenance"]["started"] for m, _ in found.values())
     last = max(m["provenance"]["ended"] for m, _ in found.values())
     head = (f"One {profile}-profile run (`python -m experiments.reproduce --config.profile={profile}`) of "
-            f"**{provenance.short_code(prov['code'])}** on **{prov['devices']}**, jax {pk['jax']}, flax {pk['flax']}, "
+            f"**{code_of(folder, prov)}** on **{prov['devices']}**, jax {pk['jax']}, flax {pk['flax']}, "
             f"optax {pk['optax']}; deterministic: {prov['deterministic']}; {first[:16]} to {last[:16]} UTC. "
             f"Full report with figures: [{label}/REPORT.md]({label}/REPORT.md).")
-    if prov["code"].get("dirty"):
+    if prov["code"].get("dirty") and not (folder / IDENTITY_FILE).exists():
         head += " **The tree had uncommitted changes**: these numbers belong to no commit."
+    det = determinism_line(folder)
     rows = []
     for name, (m, c) in found.items():
         wall = m.get("timing", {}).get("wall_seconds")
         rows.append([*report.ROWS[name](m, c), "-" if wall is None else f"{wall:.0f} s"])
     table = report.table(["experiment", "this codebase", "the study", "published reference", "wall time"], rows)
-    return "\n".join([BEGIN.format(folder=label), head, "", table, END.format(folder=label)])
+    return "\n".join([BEGIN.format(folder=label), head, "", table, *(["", det] if det else []), END.format(folder=label)])
 
 
 BLOCK = re.compile(r"<!-- results (\S+): generated by .*?-->\n.*?<!-- end of results \1 -->", re.S)
@@ -112,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             for folder in stale:
                 print(f"{args[1]}: the results block of {folder} is not what its metrics give; regenerate it")
             return 1 if stale else 0
+        if len(args) == 3 and args[1] == "--identify":
+            print(identify(args[0], args[2]))
+            return 0
         if len(args) == 3 and args[1] == "--write":
             write(args[0], args[2])
             print(f"wrote the results of {args[0]} into {args[2]}")
@@ -122,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print("usage: python -m mnist_jax.results_table FOLDER [--write README.md] | --check README.md", file=sys.stderr)
+    print("usage: python -m mnist_jax.results_table FOLDER [--write README.md | --identify COMMIT] | --check README.md",
+          file=sys.stderr)
     return 2
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from experiments import reproduce
-from mnist_jax import compare, experiment, provenance
+from mnist_jax import compare, experiment, provenance, results_table
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMALL = ["--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[16]"]
@@ -147,3 +147,29 @@ def test_two_processes_write_byte_identical_metrics_apart_from_timings_and_times
     assert prov["packages"]["jax"] and prov["started"] <= prov["ended"]
     assert json.dumps(provenance.comparable(a)) == json.dumps(provenance.comparable(b))
     assert compare.compare_workdirs(tmp_path, tmp_path) == [f"{tmp_path}: no metrics.json"]
+def test_results_table_refuses_mixed_code_and_names_the_commit(tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(ROOT / "docs" / "results" / "h100", folder)
+    block = results_table.render(folder, "docs/results/x")
+    prov = json.loads((folder / "mlp" / "metrics.json").read_text())["provenance"]
+    identity = json.loads((folder / "code.json").read_text())  # the run saw a stale .git: checked by git
+    assert f"**commit {identity['commit'][:7]}** on **{prov['devices']}**" in block
+    assert "identical numbers" in block  # the determinism runs beside it
+    (folder / "code.json").write_text(json.dumps({**identity, "commit": "9953d09"}))
+    with pytest.raises(ValueError, match="does not match"):
+        results_table.render(folder)
+    (folder / "code.json").unlink()
+    assert "belong to no commit" in results_table.render(folder)
+    assert block.count("\n| ") == 2 + len(results_table.stages(folder))  # header, rule, a row per experiment
+    m = json.loads((folder / "mlp" / "metrics.json").read_text())
+    m["provenance"]["code_id"] = "git:other"
+    (folder / "mlp" / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="different code"):
+        results_table.render(folder)
+
+
+def test_readme_results_are_generated_from_committed_metrics():
+    readme = ROOT / "README.md"
+    blocks = results_table.BLOCK.findall(readme.read_text())
+    assert blocks, "README.md has no generated results block"
+    assert results_table.check(readme, ROOT) == []

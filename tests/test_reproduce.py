@@ -123,3 +123,43 @@ def test_report_says_which_sweep_values_differ_beyond_seed_noise():
     assert "no value differs beyond seed noise" in report.beyond_noise(rows[:2], "l2")
     assert "is better" in report.beyond_noise([rows[0], row(1e-4, 1.7, 0.01)], "l2")
     assert report.beyond_noise([rows[0], row(1e-4, 1.7, None)], "l2") == ""
+
+
+@pytest.mark.integration
+def test_every_report_section_names_the_code_that_made_it(quick_job):
+    from mnist_jax import provenance
+
+    report = (quick_job / "REPORT.md").read_text()
+    code = provenance.short_code(provenance.code_version())
+    assert report.count(f"Made by {code} on ") == len(reproduce.STAGES)
+    assert f"Every result below was made by {code}." in report and "Mixed code" not in report
+    for stage in reproduce.STAGES:
+        m = json.loads((quick_job / stage.name / "metrics.json").read_text())
+        assert m["schema_version"] == provenance.SCHEMA_VERSION
+        assert m["provenance"]["code_id"] == provenance.code_id(), stage.name
+
+
+@pytest.mark.integration
+def test_a_stage_made_by_other_code_is_trained_again_unless_reuse_any(quick_job, tmp_path, capsys):
+    job = tmp_path / "job"
+    shutil.copytree(quick_job, job)
+    path = job / "mlp" / "metrics.json"
+
+    def made_by_other_code():
+        m = json.loads(path.read_text())
+        m["provenance"]["code_id"] = "git:0000000000000000000000000000000000000000"
+        m["provenance"]["code"] = {"source": "git", "commit": "0" * 40, "dirty": False}
+        path.write_text(json.dumps(m))
+        return m
+
+    old = made_by_other_code()
+    assert reproduce.main(["--workdir", str(job), "--config.only=mlp"]) == 0
+    assert "made by other code (git:0000000" in capsys.readouterr().out
+    new = json.loads(path.read_text())
+    assert new["resumed_from_epoch"] is None  # from the start, not from the other code's checkpoints
+    assert new["history"] == old["history"]  # same numbers: the code that changed moved none
+    made_by_other_code()
+    assert reproduce.main(["--workdir", str(job), "--config.only=mlp,cnn", "--config.reuse=any"]) == 0
+    assert "not redone" in capsys.readouterr().out
+    report = (job / "REPORT.md").read_text()
+    assert "> **Mixed code**" in report and "commit 0000000: mlp" in report
