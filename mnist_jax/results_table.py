@@ -123,6 +123,9 @@ def render(folder: str | pathlib.Path, label: str | None = None) -> str:
             f"**{code_of(folder, prov)}** on **{prov['devices']}**, jax {pk['jax']}, flax {pk['flax']}, "
             f"optax {pk['optax']}; deterministic: {prov['deterministic']}; {first[:16]} to {last[:16]} UTC. "
             f"Full report with figures: [{label}/REPORT.md]({label}/REPORT.md).")
+    missing = [name for name in report.ROWS if name not in found]
+    if missing:
+        head += f" Not in this run (not finished on this machine): {', '.join(missing)}."
     if prov["code"].get("dirty") and not (folder / IDENTITY_FILE).exists():
         head += " **The tree had uncommitted changes**: these numbers belong to no commit."
     det = determinism_line(folder)
