@@ -151,6 +151,7 @@ def test_results_table_refuses_mixed_code_and_names_the_commit(tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(ROOT / "docs" / "results" / "h100", folder)
     block = results_table.render(folder, "docs/results/x")
+    assert block.count("\n| ") == 2 + len(results_table.stages(folder))  # header, rule, a row per experiment
     prov = json.loads((folder / "mlp" / "metrics.json").read_text())["provenance"]
     identity = json.loads((folder / "code.json").read_text())  # the run saw a stale .git: checked by git
     assert f"**commit {identity['commit'][:7]}** on **{prov['devices']}**" in block
@@ -162,7 +163,6 @@ def test_results_table_refuses_mixed_code_and_names_the_commit(tmp_path):
     assert "belong to no commit" in results_table.render(folder)
     shutil.rmtree(folder / "cnn_search")  # a run that did not finish every experiment says which are missing
     assert "Not in this run (not finished on this machine): cnn_search." in results_table.render(folder)
-    assert block.count("\n| ") == 2 + len(results_table.stages(folder))  # header, rule, a row per experiment
     m = json.loads((folder / "mlp" / "metrics.json").read_text())
     m["provenance"]["code_id"] = "git:other"
     (folder / "mlp" / "metrics.json").write_text(json.dumps(m))
