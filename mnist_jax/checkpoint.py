@@ -6,7 +6,11 @@ killed at any moment leaves either the previous checkpoint or the new one, never
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -18,6 +22,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored (corrupt, or from another config)."""
 
 
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Silence the tracebacks orbax and asyncio log for a failing restore (the error says it in one line)."""
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 class Checkpointer:
     """Saves and restores `{"state": ..., "history": ...}` pytrees keyed by epoch."""
 
@@ -26,7 +44,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False),
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
+                cleanup_tmp_directories=True),  # what a kill left mid-save is removed, never read
         )
 
     def latest_epoch(self) -> int | None:
@@ -49,12 +68,28 @@ class Checkpointer:
             lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
             if not isinstance(a, jax.ShapeDtypeStruct) else a, like)
         try:
-            return self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+            with _quiet_logs():
+                return self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # orbax/tensorstore raise many types
+            first = str(err).splitlines()[0][:160] if str(err) else ""
             raise CheckpointError(
-                f"checkpoint {epoch} in {self.directory} cannot be restored "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                "delete it or run with a fresh --workdir") from err
+                f"checkpoint {epoch} in {self.directory} cannot be restored ({type(err).__name__}: {first}); "
+                "delete it or run with a fresh --workdir") from None
+
+    def restore_newest(self, like_of: Callable[[int], Any]) -> tuple[int, Any]:
+        """(epoch, tree) of the newest checkpoint that restores, trying older ones when the newest
+        is damaged; `like_of(epoch)` gives the structure of that epoch's tree."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        first_error = None
+        for epoch in steps:
+            try:
+                return epoch, self.restore(like_of(epoch), epoch)
+            except CheckpointError as err:
+                first_error = first_error or err
+                warnings.warn(f"{err}; trying an older checkpoint", RuntimeWarning, stacklevel=2)
+        raise first_error
 
     def close(self) -> None:
         self._manager.close()

@@ -12,9 +12,7 @@ import json
 import os
 import pathlib
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import data as data_lib
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError, parse_args
 from mnist_jax.sweep import SweepResult, train_grid
@@ -49,30 +48,14 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    path = pathlib.Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(to_jsonable(obj), tmp, indent=1, allow_nan=False)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
+    """Write JSON atomically: a fixed temporary name in the same folder (`.NAME.tmp`, so a kill
+    leaves at most that one file, overwritten by the next write), fsync, then a rename."""
+    workdir_lib.write_text_atomic(pathlib.Path(path), json.dumps(to_jsonable(obj), indent=1, allow_nan=False))
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def prepare_workdir(workdir: pathlib.Path) -> pathlib.Path:
-    """Create the workdir and check it is writable, or raise ConfigError."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir):
-            pass
-    except OSError as err:
-        raise ConfigError(f"--workdir {str(workdir)!r} is not a writable folder ({err.strerror or err})") from None
-    return workdir.resolve()
+    """JSON of `path`; a truncated or unreadable file is a ConfigError naming it."""
+    return workdir_lib.read_json_file(pathlib.Path(path), "the file")
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Splits, float]:
@@ -193,48 +176,65 @@ def describe_devices() -> str:
 
 
 def config_matches(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
-    """Whether workdir/config.json exists and holds exactly `config`."""
-    path = workdir / "config.json"
+    """Whether the workdir's committed run (config.json, written only together with its results)
+    had exactly `config`."""
+    path = pathlib.Path(workdir) / "config.json"
     return path.exists() and read_json(path) == to_jsonable(config.to_dict())
 
 
-def discard_stale_checkpoints(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
-    """Remove workdir/checkpoints when they were trained under another config than `config`.
+def experiment_name(config: ml_collections.ConfigDict, default_config: str) -> str:
+    """The experiment a config runs: its `experiment` field, else the default config's name."""
+    return config.get("experiment", None) or pathlib.Path(default_config).stem
 
-    Resuming is only right for the same config: a checkpoint of a 15-epoch cosine schedule
-    continued under `epochs=30` would silently mix two schedules. Returns whether it removed any.
+
+def run_in_workdir(workdir: workdir_lib.Workdir, run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict],
+                   config: ml_collections.ConfigDict) -> dict:
+    """Run `config` in the workdir's run directory and commit its outputs with its metrics.
+
+    The run resumes the unfinished run of the same config, if any; the committed config.json,
+    metrics.json and everything else change only at the commit, all together. A ConfigError
+    raised by `run` before it trained leaves the workdir as it was.
     """
-    ckpts = workdir / "checkpoints"
-    if not ckpts.exists() or config_matches(workdir, config):
-        return False
-    print(f"{workdir}: the config differs from the one its checkpoints were trained with; "
-          "discarding them and training from the start")
-    shutil.rmtree(ckpts)
-    return True
+    run_dir = workdir.begin(to_jsonable(config.to_dict()))
+    start = time.perf_counter()
+    try:
+        metrics = run(config, run_dir)
+    except ConfigError:
+        if workdir_lib.checkpoint_epoch(run_dir) == 0:
+            workdir.abandon()
+        raise
+    metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
+    workdir.commit(lambda d: write_json(d / "metrics.json", metrics))
+    return metrics
 
 
 def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
          default_config: str, description: str = "") -> int:
-    """Parse, validate, prepare the workdir, run, and write config.json / metrics.json.
+    """Parse, validate, open and lock the workdir, run, and commit config.json / metrics.json.
 
-    User errors print one line and return 2; missing data or a bad checkpoint return 1.
+    User errors print one line and return 2; missing data or a bad checkpoint return 1; Ctrl-C
+    returns 130 with the epoch a rerun resumes from.
     """
+    workdir = None
     try:
-        workdir, config = parse_args(argv, default_config, description)
-        workdir = prepare_workdir(workdir)
-        discard_stale_checkpoints(workdir, config)
-        write_json(workdir / "config.json", config.to_dict())
-        start = time.perf_counter()
-        metrics = run(config, workdir)
-        metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
-        write_json(workdir / "metrics.json", metrics)
+        path, config = parse_args(argv, default_config, description)
+        workdir = workdir_lib.Workdir.open(path, experiment_name(config, default_config))
+        run_in_workdir(workdir, run, config)
+    except KeyboardInterrupt:
+        epoch = workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None else 0
+        print(f"interrupted; run again to resume from epoch {epoch}", file=sys.stderr)
+        return 130
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (data_lib.DataUnavailableError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {workdir / 'metrics.json'}")
+    finally:
+        if workdir is not None:
+            workdir.close()
+            workdir.remove_if_unused()
+    print(f"wrote {workdir.root / 'metrics.json'}")
     return 0
 
 
