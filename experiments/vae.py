@@ -34,6 +34,9 @@ def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
     return [config.seed + i for i in range(config.seeds)]
 
 
+CLASSIFIER_KINDS = ("mlp", "cnn")
+
+
 def build(block: ml_collections.ConfigDict, where: str):
     """models.from_config with user errors as ConfigError."""
     try:
@@ -53,7 +56,16 @@ def check(config: ml_collections.ConfigDict) -> None:
         if not (path / "config.json").is_file() or not (path / classifier_params_dir(path)).is_dir():
             raise ConfigError(f"config.classifier.workdir={cls.workdir!r} is neither a finished classifier workdir "
                               "(config.json, params/) nor a vae workdir that trained one (config.json, classifier_params/)")
+        cls_config = experiment.read_json(path / "config.json")
+        block = cls_config.get("classifier", {}) if cls_config.get("experiment") == "vae" else cls_config
+        kind = block.get("model", {}).get("kind") if isinstance(block, dict) else None
+        if kind not in CLASSIFIER_KINDS:
+            raise ConfigError(f"config.classifier.workdir={cls.workdir!r} holds a {kind!r} model of experiment "
+                              f"{cls_config.get('experiment')!r}, not a classifier ({' or '.join(CLASSIFIER_KINDS)})")
     else:
+        if cls.model.kind not in CLASSIFIER_KINDS:
+            raise ConfigError(f"config.classifier.model.kind={cls.model.kind!r} is not allowed: the samples are judged "
+                              f"by a classifier ({' or '.join(CLASSIFIER_KINDS)})")
         build(cls.model, "classifier.model")
 
 

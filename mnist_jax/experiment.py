@@ -19,13 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mnist_jax import data as data_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
-from mnist_jax.config import ConfigError, parse_args
+from mnist_jax.config import REPO_ROOT, ConfigError, load_config_file, parse_args
 from mnist_jax.sweep import SweepResult, train_grid
 from mnist_jax.train import Task, TrainSpec
 
@@ -208,16 +209,29 @@ def run_in_workdir(workdir: workdir_lib.Workdir, run: Callable[[ml_collections.C
     return metrics
 
 
+def check_experiment(config: ml_collections.ConfigDict, default_config: str, accepts: tuple[str, ...]) -> str:
+    """The config's experiment name; ConfigError when it is another command's config file."""
+    name = experiment_name(config, default_config)
+    expected = {experiment_name(load_config_file(REPO_ROOT / default_config), default_config), *accepts}
+    if name not in expected:
+        raise ConfigError(f"--config is a config of experiment {name!r}; this command runs "
+                          f"{' or '.join(repr(e) for e in sorted(expected))}")
+    return name
+
+
 def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
-         default_config: str, description: str = "") -> int:
+         default_config: str, description: str = "", accepts: tuple[str, ...] = ()) -> int:
     """Parse, validate, open and lock the workdir, run, and commit config.json / metrics.json.
 
-    User errors print one line and return 2; missing data or a bad checkpoint return 1; Ctrl-C
-    returns 130 with the epoch a rerun resumes from.
+    `accepts` names experiments besides the default config's that this command runs (their
+    config files). User errors print one line and return 2; missing data or a bad checkpoint
+    return 1; Ctrl-C returns 130 with the epoch a rerun resumes from.
     """
     workdir = None
     try:
         path, config = parse_args(argv, default_config, description)
+        check_experiment(config, default_config, accepts)
+        preflight(config)
         workdir = workdir_lib.Workdir.open(path, experiment_name(config, default_config))
         run_in_workdir(workdir, run, config)
     except KeyboardInterrupt:
@@ -258,3 +272,72 @@ def divergence(history: dict[str, np.ndarray], seeds: np.ndarray, hp: dict[str, 
 def final_of_finite(history: dict[str, np.ndarray], key: str) -> np.ndarray:
     """The last epoch's `key` per run, NaN for runs that diverged (so stats.summary skips them)."""
     return np.where(np.asarray(history["diverged"])[:, -1], np.nan, np.asarray(history[key])[:, -1])
+
+
+def model_blocks(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(dotted name, block) of every model block (a sub-config with a `kind`) of a config."""
+    out = []
+    for name, value in config.items():
+        if not isinstance(value, ml_collections.ConfigDict):
+            continue
+        kind = value.get("kind")
+        if name == "model" and "kind" in value:
+            out.append((f"{prefix}{name}", value))
+        elif isinstance(kind, str) and isinstance(value.get(kind), ml_collections.ConfigDict):  # {kind, mlp: {...}, cnn: {...}}
+            out.append((f"{prefix}{name}.{kind}", ml_collections.ConfigDict({"kind": kind, **value[kind].to_dict()})))
+        else:
+            out.extend(model_blocks(value, f"{prefix}{name}."))
+    return out
+
+
+def param_count_of(block: ml_collections.ConfigDict, where: str) -> int:
+    """Parameters of the model a block describes, from shapes alone (nothing is allocated);
+    ConfigError when the block does not make a model that takes 28x28 images."""
+    from mnist_jax import models
+
+    try:
+        model = models.from_config(block)
+        rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1), "sample": jax.random.key(2),
+                "noise": jax.random.key(3)}
+        x = jnp.zeros((1, *data_lib.IMAGE_SHAPE))
+        extra = (jax.random.key(4), jnp.zeros((1,), jnp.int32)) if isinstance(model, models.VAE) else ()
+        shapes = jax.eval_shape(lambda: model.init(rngs, x, *extra))
+    except Exception as err:  # a model config is user input: any failure to build it is its error
+        message = str(err).splitlines()[0][:200] if str(err) else ""
+        if isinstance(err, ZeroDivisionError):
+            message = "the image shrinks to nothing: too many conv or pooling layers for 28x28"
+        raise ConfigError(f"config.{where}: this model cannot be built for 28x28 images ({type(err).__name__}: "
+                          f"{message})") from None
+    return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(shapes)))
+
+
+def available_memory() -> int:
+    """Bytes of memory the process can still use (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def runs_at_once(config: ml_collections.ConfigDict) -> int:
+    """An upper bound on the runs one program trains: seeds x the longest list of swept values."""
+    lists = [len(v) for k, v in config.items() if isinstance(v, (list, tuple)) and k.endswith(("_factors", "_rates", "_levels"))]
+    runs = config.get("seeds", 1) * max(lists, default=1)
+    return min(runs, config.get("run_chunk", 0) or runs)
+
+
+def preflight(config: ml_collections.ConfigDict) -> None:
+    """What can be checked before data is loaded or anything compiles: every model builds, and
+    the trained state (params, gradients, optimizer moments: about 4 copies in float32, plus the
+    training set on the device) fits in the memory the machine has free."""
+    params = max((param_count_of(block, name) for name, block in model_blocks(config)), default=0)
+    needed = 16 * params * runs_at_once(config) + 60_000 * 784
+    free = available_memory()
+    if needed > free:
+        raise ConfigError(f"this config needs about {needed / 2**30:.1f} GiB ({params:,} params x "
+                          f"{runs_at_once(config)} runs at once) but {free / 2**30:.1f} GiB is free: use fewer seeds, "
+                          "a smaller model or config.run_chunk")
