@@ -241,7 +241,7 @@ def test_stats_describe_has_no_spread_for_one_run_and_a_note_when_all_diverged()
 def test_l2_sweep_where_every_run_diverges_writes_metrics_and_reruns(tmp_path):
     args = ["--workdir", str(tmp_path / "w"), "--config", "configs/l2_sweep_quick.py", "--config.seeds=1",
             "--config.epochs=1", "--config.model.hidden=[8]", "--config.l2_factors=[0, 0.001]",
-            "--config.learning_rate=1e10"]
+            "--config.learning_rate=1e30"]
     with pytest.warns(RuntimeWarning, match="diverged"):
         assert l2_sweep.main(args) == 0
         assert l2_sweep.main(args) == 0
@@ -503,31 +503,70 @@ def tree_shape(root: pathlib.Path) -> set[str]:
     return out
 
 
+def newest_checkpoint(w: pathlib.Path) -> int:
+    runs = w / ".mnist_jax" / "run" / "checkpoints" / "train" / "runs_0-2"
+    try:
+        return max((int(n) for n in os.listdir(runs) if n.isdigit()), default=0)
+    except OSError:
+        return 0
+
+
+def checkpoint_in_flight(w: pathlib.Path) -> bool:
+    runs = w / ".mnist_jax" / "run" / "checkpoints" / "train" / "runs_0-2"
+    try:
+        return any("tmp" in n for n in os.listdir(runs))
+    except OSError:
+        return False
+
+
+def committing(w: pathlib.Path) -> bool:
+    try:
+        return '"committing"' in (w / ".mnist_jax" / "workdir.json").read_text()
+    except OSError:
+        return False
+
+
+# The moments of the chaos test: (what to wait for, the most seconds to wait after it).
+MOMENTS = {
+    "startup": lambda w, start: True,
+    "training": lambda w, start: newest_checkpoint(w) > start,
+    "checkpointing": lambda w, start: checkpoint_in_flight(w),
+    "params": lambda w, start: (w / ".mnist_jax" / "run" / "params").exists(),
+    "figures": lambda w, start: (w / ".mnist_jax" / "run" / "accuracy.png").exists(),
+    "metrics write": lambda w, start: any((w / ".mnist_jax" / "run" / n).exists() for n in (".metrics.json.tmp", "metrics.json")),
+    "commit": lambda w, start: committing(w),
+}
+
+
 @pytest.mark.integration
 def test_chaos_sigkill_at_random_moments_ends_like_an_uninterrupted_run(tmp_path):
     box = tmp_path / "box"
     box.mkdir()
     (box / "neighbour.txt").write_text("untouched")
     straight = tmp_path / "straight"
-    t0 = time.time()
     subprocess.run(mlp_cmd(straight), check=True, capture_output=True)
-    duration = time.time() - t0
 
     w = box / "w"
     rng = random.Random(14)
-    kills = 0
-    for _ in range(10):
+    plan = ["startup", "training", "checkpointing", "training", "checkpointing", "params", "figures", "metrics write",
+            "commit", rng.choice(list(MOMENTS))]
+    killed = []
+    for moment in plan:
+        start = newest_checkpoint(w)
         proc = subprocess.Popen(mlp_cmd(w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, duration))
+        while proc.poll() is None and not MOMENTS[moment](w, start):
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 3.0 if moment == "startup" else 0.3 if moment == "training" else 0.005))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
+            killed.append(moment)
         proc.wait()
         # whatever the moment, the committed state is consistent: config.json only beside its metrics
         if (w / "config.json").exists():
             config, metrics = committed(w)
             assert config["epochs"] == 6 and len(metrics["history"]["loss"][0]) == 6
-    assert kills >= 5
+    print("killed at:", killed)
+    assert len(killed) >= 7, killed
     subprocess.run(mlp_cmd(w), check=True, capture_output=True)
 
     assert json.loads((w / "metrics.json").read_text())["history"] == json.loads(
@@ -536,3 +575,34 @@ def test_chaos_sigkill_at_random_moments_ends_like_an_uninterrupted_run(tmp_path
     assert (box / "neighbour.txt").read_text() == "untouched"
     assert tree_shape(w) == tree_shape(straight)  # no stray file, temporary or half-written
     assert sorted(p.name for p in (w / ".mnist_jax").iterdir()) == ["lock", "workdir.json"]
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs, not even `except Exception` handlers."""
+
+
+@pytest.mark.parametrize("crash_after", range(18))
+def test_a_commit_killed_at_any_rename_is_finished_by_the_next_process(tmp_path, monkeypatch, crash_after):
+    w = tmp_path / "w"
+    assert main(fake_run, w, *S) == 0
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        if pathlib.Path(w) in pathlib.Path(dst).parents or pathlib.Path(dst) == w:
+            calls.append(dst)
+            if len(calls) > crash_after:
+                raise Killed
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(workdir_lib.os, "replace", replace)
+    try:
+        main(fake_run, w, *S, "--config.learning_rate=0.2")
+    except Killed:
+        pass
+    monkeypatch.setattr(workdir_lib.os, "replace", real_replace)
+    workdir_lib.Workdir.open(w, "mlp").close()  # the next process recovers
+    config, metrics = committed(w)
+    assert config["learning_rate"] == metrics["learning_rate"] == float((w / "params" / "p").read_text())
+    assert float((w / "accuracy.png").read_text()) == config["learning_rate"]
+    assert sorted(p.name for p in (w / ".mnist_jax").iterdir()) in (["lock", "run", "workdir.json"],
+                                                                     ["lock", "workdir.json"])
