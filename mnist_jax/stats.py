@@ -22,6 +22,13 @@ def summary(values, confidence: float = 0.95) -> dict:
     return {"n": int(n), "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def fmt(value, spec: str = ".2f", scale: float = 1.0) -> str:
+    """`value * scale` formatted with `spec`, or 'n/a' for a missing (None or NaN) value."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return format(scale * value, spec)
+
+
 def describe(summary: dict, scale: float = 100.0, unit: str = " %") -> str:
     """'97.02 % ± 0.21' (mean ± std of a `summary`), '97.02 % (one run: no spread)', or a note
     that every run diverged."""

@@ -619,3 +619,33 @@ def test_a_commit_killed_at_any_rename_is_finished_by_the_next_process(tmp_path,
     assert float((w / "accuracy.png").read_text()) == config["learning_rate"]
     assert sorted(p.name for p in (w / ".mnist_jax").iterdir()) in (["lock", "run", "workdir.json"],
                                                                      ["lock", "workdir.json"])
+
+
+DIVERGING = {  # tiny configs whose every run diverges (learning rate 1e30), per experiment that summarizes runs
+    "denoise": ["--config.seeds=1", "--config.epochs=1", "--config.noise_levels=[0.3]", "--config.learning_rate=1e30",
+                "--config.model.hidden=[8]", "--config.model.latent=4"],
+    "noise_accuracy": ["--config.seeds=1", "--config.epochs=1", "--config.noise_levels=[0.0, 0.5]",
+                       "--config.learning_rate=1e30", "--config.denoiser.learning_rate=1e30"],
+    "cnn_search": ["--config.seeds=2", "--config.epochs=1", "--config.train_images=500", "--config.filters_candidates=[2]",
+                   "--config.dense_candidates=[0]", "--config.dropout_rates=[0.5]", "--config.learning_rate=1e30"],
+    "vae": ["--config.seeds=1", "--config.epochs=1", "--config.iwae_images=10", "--config.iwae_k=2",
+            "--config.n_samples=100", "--config.map_epochs=0", "--config.classifier.epochs=1",
+            "--config.classifier.model.kind=mlp", "--config.learning_rate=1e30"],
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(DIVERGING))
+def test_an_experiment_where_every_run_diverges_finishes_with_empty_statistics(tmp_path, name):
+    import importlib
+
+    module = importlib.import_module(f"experiments.{name}")
+    assert module.main(["--workdir", str(tmp_path / "w"), *DIVERGING[name]]) == 0
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    summaries = {
+        "denoise": lambda: m["per_level"]["test_psnr_denoised"]["0.3"],
+        "noise_accuracy": lambda: m["test_accuracy"]["noisy"]["per_level"]["0.5"],
+        "cnn_search": lambda: m["rounds"]["round1_filters"]["candidates"][0]["val_accuracy"],
+        "vae": lambda: m["test_neg_elbo"],
+    }
+    assert summaries[name]()["n"] == 0
