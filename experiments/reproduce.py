@@ -107,6 +107,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         print(f"{header}: running into {sub}", flush=True)
         t0 = time.perf_counter()
         code = importlib.import_module(stage.module).main(args)
+        if code == 130:  # Ctrl-C: the stage has said where a rerun resumes
+            raise experiment.Interrupted
         if code != 0:
             raise ConfigError(f"experiment {stage.name} stopped with exit code {code}; fix it and run again "
                               "(finished experiments are kept)")

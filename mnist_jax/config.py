@@ -220,6 +220,12 @@ def check_together(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.seed={seed} with config.seeds={seeds} is not allowed: the last seed "
                           f"{seed + seeds - 1} must be below 2**31 = {SEED_LIMIT}")
     n_val, batch = config.get("n_val", 5000), config.get("batch_size")
-    if config.get("protocol", "holdout") == "holdout" and _is_int(batch) and _is_int(n_val) and batch > 60_000 - n_val:
+    n_train = 60_000 - n_val if config.get("protocol", "holdout") == "holdout" and _is_int(n_val) else 60_000
+    if _is_int(batch) and batch > n_train:
         raise ConfigError(f"config.batch_size={batch} is larger than the training set "
-                          f"({60_000 - n_val} images with n_val={n_val})")
+                          f"({n_train} images with n_val={n_val})")
+    images = config.get("train_images", 0)
+    if _is_int(images) and images > n_train:
+        raise ConfigError(f"config.train_images={images} is larger than the training split ({n_train})")
+    if _is_int(images) and images and _is_int(batch) and batch > images:
+        raise ConfigError(f"config.batch_size={batch} is larger than config.train_images={images}")

@@ -209,6 +209,10 @@ def run_in_workdir(workdir: workdir_lib.Workdir, run: Callable[[ml_collections.C
     return metrics
 
 
+class Interrupted(Exception):
+    """A nested experiment was interrupted and has said so: exit 130 without another message."""
+
+
 def check_experiment(config: ml_collections.ConfigDict, default_config: str, accepts: tuple[str, ...]) -> str:
     """The config's experiment name; ConfigError when it is another command's config file."""
     name = experiment_name(config, default_config)
@@ -237,6 +241,8 @@ def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: l
     except KeyboardInterrupt:
         epoch = workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None else 0
         print(f"interrupted; run again to resume from epoch {epoch}", file=sys.stderr)
+        return 130
+    except Interrupted:
         return 130
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -649,3 +649,41 @@ def test_an_experiment_where_every_run_diverges_finishes_with_empty_statistics(t
         "vae": lambda: m["test_neg_elbo"],
     }
     assert summaries[name]()["n"] == 0
+
+
+def test_evaluate_after_an_interrupted_run_uses_the_finished_run_and_says_so(tmp_path, capsys):
+    from mnist_jax.config import load_config_file
+
+    model = models.from_config(load_config_file("configs/mlp.py").model)
+
+    def real_params_run(config, run_dir):
+        params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 2))
+        experiment.save_params(run_dir, params)
+        return {"seeds": [0, 1]}
+
+    w = tmp_path / "w"
+    assert main(real_params_run, w) == 0
+    assert main(interrupted_run, w, "--config.learning_rate=0.01") == 130
+    capsys.readouterr()
+    np.save(tmp_path / "x.npy", np.zeros((3, 28, 28), np.uint8))
+    assert evaluate.main(["--workdir", str(w), "--images", str(tmp_path / "x.npy")]) == 0
+    assert "also holds an unfinished run" in capsys.readouterr().err
+    assert json.loads((w / "config.json").read_text())["learning_rate"] == 0.1  # the config of these params
+
+
+def test_ctrl_c_in_a_reproduce_stage_exits_130_with_the_stages_line_only(tmp_path, monkeypatch, capsys):
+    class Stage:
+        @staticmethod
+        def main(args):
+            print("interrupted; run again to resume from epoch 3", file=sys.stderr)
+            return 130
+
+    monkeypatch.setattr(reproduce, "STAGES", [reproduce.Stage("mlp", "fake", "configs/mlp.py")])
+    monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: Stage)
+    assert reproduce.main(["--workdir", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; run again to resume from epoch 3"
+
+
+def test_train_images_are_checked_before_data_is_loaded(tmp_path):
+    with pytest.raises(ConfigError, match="train_images=60000 is larger than the training split"):
+        parse_args(["--workdir", str(tmp_path), "--config.train_images=60000"], "configs/cnn_search.py")
