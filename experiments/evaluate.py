@@ -29,7 +29,7 @@ import numpy as np
 from mnist_jax import experiment, models
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
-from mnist_jax.config import ConfigError
+from mnist_jax.config import ArgumentParser, ConfigError
 from mnist_jax.data import IMAGE_SHAPE, preprocess_images
 
 BATCH = 2048
@@ -162,15 +162,15 @@ def save_npy(out: pathlib.Path, array: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--images", required=True, help=".npy file of images")
     parser.add_argument("--out", help=".npy file for the result (default: print a summary only)")
     parser.add_argument("--seed", type=int, default=0, help="index of the trained run to use")
     parser.add_argument("--level", type=float, help="denoising workdirs: the noise level the autoencoder was trained at")
-    args = parser.parse_args(argv)
-    workdir = pathlib.Path(args.workdir)
     try:
+        args = parser.parse_args(argv)
+        workdir = pathlib.Path(args.workdir)
         out = check_out(args.out) if args.out else None
         state = workdir_lib.committed_state(workdir)  # finishes a commit a kill interrupted
         if state is not None and state["unfinished_run"]:
@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             save_npy(out, result)
         counts = np.bincount(result, minlength=10)
         print(f"{len(result)} images; predicted label counts 0-9: {counts.tolist()}")
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -96,10 +96,17 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
         node[leaf] = _parse_value(dotted, text, node[leaf])
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (a missing --workdir, say) are a ConfigError: one line, exit code 2."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
 def parse_args(argv: list[str] | None, default_config: str,
                description: str = "") -> tuple[pathlib.Path, ml_collections.ConfigDict]:
     """(--workdir, config with overrides) from a command line; raises ConfigError."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--workdir", required=True, help="folder for config, metrics, figures, checkpoints")
     parser.add_argument("--config", default=str(REPO_ROOT / default_config), help="config file (get_config())")
     args, rest = parser.parse_known_args(argv)

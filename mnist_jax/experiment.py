@@ -318,7 +318,13 @@ def param_count_of(block: ml_collections.ConfigDict, where: str) -> int:
 
 
 def available_memory() -> int:
-    """Bytes of memory the process can still use (MemAvailable on Linux)."""
+    """Bytes of memory the runs can still use: free memory of the first accelerator where its
+    runtime reports it, else the host's (MemAvailable on Linux)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -687,3 +687,10 @@ def test_ctrl_c_in_a_reproduce_stage_exits_130_with_the_stages_line_only(tmp_pat
 def test_train_images_are_checked_before_data_is_loaded(tmp_path):
     with pytest.raises(ConfigError, match="train_images=60000 is larger than the training split"):
         parse_args(["--workdir", str(tmp_path), "--config.train_images=60000"], "configs/cnn_search.py")
+
+
+@pytest.mark.parametrize("command", [mlp.main, evaluate.main])
+def test_command_line_errors_are_one_line(command, capsys):
+    assert command(["--images", "x.npy"]) == 2  # no --workdir
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--workdir" in err and err.count("\n") == 1
