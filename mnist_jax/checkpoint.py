@@ -7,8 +7,11 @@ killed at any moment leaves either the previous checkpoint or the new one, never
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,14 +27,29 @@ class CheckpointError(RuntimeError):
 
 @contextlib.contextmanager
 def _quiet_logs() -> Iterator[None]:
-    """Silence the tracebacks orbax and asyncio log for a failing restore (the error says it in one line)."""
+    """Silence what a failing restore prints besides its error: orbax's and asyncio's logged
+    tracebacks and the 'Event loop is closed' tracebacks tensorstore's threads print straight to
+    file descriptor 2 (the CheckpointError says it all in one line)."""
     loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    failed = True
     try:
         yield
+        failed = False
     finally:
+        if failed:  # the failed reads' callbacks and unretrieved tasks report a moment later
+            time.sleep(0.2)
+            gc.collect()
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
@@ -82,14 +100,14 @@ class Checkpointer:
         steps = sorted(self._manager.all_steps(), reverse=True)
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        first_error = None
-        for epoch in steps:
+        for i, epoch in enumerate(steps):
             try:
                 return epoch, self.restore(like_of(epoch), epoch)
             except CheckpointError as err:
-                first_error = first_error or err
+                if i + 1 == len(steps):
+                    raise CheckpointError(f"no checkpoint in {self.directory} can be restored (tried epochs "
+                                          f"{', '.join(map(str, steps))}); delete it or run with a fresh --workdir") from None
                 warnings.warn(f"{err}; trying an older checkpoint", RuntimeWarning, stacklevel=2)
-        raise first_error
 
     def close(self) -> None:
         self._manager.close()

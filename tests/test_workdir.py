@@ -397,7 +397,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_older_one(tmp_path, tiny):
     np.testing.assert_array_equal(resumed.history["loss"], straight.history["loss"])
 
 
-def test_a_corrupt_checkpoint_message_is_short(tmp_path, tiny):
+def test_a_corrupt_checkpoint_message_is_short(tmp_path):
     ckpt = Checkpointer(tmp_path / "c")
     ckpt.save(1, {"a": np.zeros(3, np.float32)})
     for f in (tmp_path / "c" / "1").rglob("*"):
@@ -694,3 +694,22 @@ def test_command_line_errors_are_one_line(command, capsys):
     assert command(["--images", "x.npy"]) == 2  # no --workdir
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--workdir" in err and err.count("\n") == 1
+
+
+@pytest.mark.integration
+def test_a_workdir_whose_checkpoints_are_all_corrupt_stops_with_one_line(tmp_path):
+    w = tmp_path / "w"
+    small = ["--config.seeds=1", "--config.epochs=2", "--config.model.hidden=[8]"]
+    cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), *small]
+    subprocess.run(cmd, check=True, capture_output=True)
+    for f in (w / "checkpoints").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name.lower() and "commit" not in f.name:
+            f.write_bytes(b"garbage")
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 1
+    err = rerun.stderr
+    assert "Traceback" not in err and "asyncio" not in err, err[-2000:]
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: no checkpoint in {w.resolve()}/.mnist_jax/run/checkpoints/train/runs_0-1 can be restored (tried epochs 2, 1); "
+        "delete it or run with a fresh --workdir"]
+    assert len(err) < 2000
