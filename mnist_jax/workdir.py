@@ -340,6 +340,9 @@ def check_adoptable(root: pathlib.Path, experiment: str) -> None:
         raise WorkdirError(f"--workdir {str(root)!r} cannot be read ({err.strerror or err})") from None
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        if "config.json" in entries:
+            raise WorkdirError(f"--workdir {str(root)!r} has no {META}/ marker (made by an older mnist-jax, or not by "
+                               f"mnist-jax: {shown}); it is left as it is: use a new or empty folder")
         raise WorkdirError(f"--workdir {str(root)!r} holds files mnist-jax did not make ({shown}); "
                            "use a new or empty folder")
 
