@@ -51,7 +51,8 @@ def _quiet_logs() -> Iterator[None]:
         os.close(saved)
         os.close(devnull)
         for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+            if not (failed and lg.name == "asyncio"):  # its 'Task exception was never retrieved' may come at exit
+                lg.setLevel(level)
 
 
 class Checkpointer:
@@ -59,12 +60,23 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
         self.directory = os.path.abspath(os.fspath(directory))
-        self._manager = ocp.CheckpointManager(
+        self.max_to_keep = max_to_keep
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False,
+                max_to_keep=self.max_to_keep, create=True, enable_async_checkpointing=False,
                 cleanup_tmp_directories=True),  # what a kill left mid-save is removed, never read
         )
+
+    def _reopen(self) -> None:
+        try:
+            self._manager.close()
+        except Exception:  # closing after a failed read may report that failure again
+            pass
+        self._manager = self._open()
 
     def latest_epoch(self) -> int | None:
         """The newest complete checkpoint's epoch, or None."""
@@ -87,7 +99,11 @@ class Checkpointer:
             if not isinstance(a, jax.ShapeDtypeStruct) else a, like)
         try:
             with _quiet_logs():
-                return self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+                try:
+                    return self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+                except Exception:
+                    self._reopen()  # the failed read's pending work ends here, while stderr is silenced
+                    raise
         except Exception as err:  # orbax/tensorstore raise many types
             first = str(err).splitlines()[0][:160] if str(err) else ""
             raise CheckpointError(
