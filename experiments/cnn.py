@@ -58,18 +58,17 @@ def confusion(model, params_runs, x: jax.Array, y: jax.Array) -> np.ndarray:
 def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.Path) -> None:
     """accuracy.png and confusion.png of a finished run, from its metrics (so they can be redrawn)."""
     history = {k: np.asarray(v) for k, v in metrics["history"].items()}
-    n_seeds, mean, std = len(metrics["seeds"]), metrics["test_accuracy"]["mean"], metrics["test_accuracy"]["std"]
+    n_seeds, acc = len(metrics["seeds"]), stats.describe(metrics["test_accuracy"])
     aug = f", random shifts ±{config.max_shift} px" if config.get("max_shift", 0) else ""
     model = f"CNN {metrics['architecture']} ({metrics['param_count']:,} params)"
     setting = (f"{config.optimizer} lr {config.learning_rate:g} {config.schedule}, dropout {config.dropout_rate:g}{aug}, "
                f"batch {config.batch_size}, {config.epochs} epochs")
     val_name = "validation = test set (study protocol)" if config.protocol == "study" else f"validation = {config.n_val} held-out"
     plots.accuracy_curves(history, workdir / "accuracy.png",
-                          f"{model}\n{setting}\n{n_seeds} seeds; {val_name}; final test accuracy {100 * mean:.2f} % "
-                          f"± {100 * std:.2f} (std)")
+                          f"{model}\n{setting}\n{n_seeds} seeds; {val_name}; final test accuracy {acc}")
     plots.confusion_matrix(np.asarray(metrics["confusion_matrix"]["sum_over_seeds"]), workdir / "confusion.png",
-                           f"Test-set confusion matrix, {model}\n{setting}\n{n_seeds} seeds, mean test accuracy "
-                           f"{100 * mean:.2f} %", n_runs=n_seeds)
+                           f"Test-set confusion matrix, {model}\n{setting}\n{n_seeds} seeds, mean test accuracy {acc}",
+                           n_runs=n_seeds)
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -79,8 +78,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     result = experiment.train(config, workdir, task, hp, seeds, data, convolutional=True)
     experiment.save_params(workdir, result.state.params)
     history = result.history
-    test_acc = history["test_accuracy"][:, -1]
-    val_acc = history["val_accuracy"][:, -1]
+    diverged = experiment.divergence(history, seeds, hp)
+    test_acc = experiment.final_of_finite(history, "test_accuracy")  # NaN for diverged runs: left out
+    val_acc = experiment.final_of_finite(history, "val_accuracy")
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     cm = confusion(model, result.state.params, data.test_x, data.test_y)
     summary = stats.summary(test_acc)
@@ -98,23 +98,24 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "test_errors": history["test_errors"][:, -1],
         "val_accuracy": {"per_seed": val_acc, **stats.summary(val_acc)},
         "target": {"mean_test_accuracy_at_least": config.target_accuracy,
-                   "met": bool(summary["mean"] >= config.target_accuracy)},
+                   "met": bool(summary["n"] and summary["mean"] >= config.target_accuracy)},
         "confusion_matrix": {"rows": "true digit", "columns": "predicted digit", "sum_over_seeds": cm.sum(0),
                              "per_seed": cm},
-        "diverged_seeds": [int(s) for s, d in zip(seeds, history["diverged"][:, -1], strict=True) if d],
+        "diverged_seeds": [d["seed"] for d in diverged],
+        "diverged": diverged,
         "timing": timing,
         "resumed_from_epoch": result.resumed_from_epoch,
     }
     figures(config, metrics, workdir)
     met = "met" if metrics["target"]["met"] else "NOT met"
-    print(f"test accuracy {100 * summary['mean']:.2f} % ± {100 * summary['std']:.2f} over {len(seeds)} seeds "
+    print(f"test accuracy {stats.describe(summary)} over {len(seeds)} seeds "
           f"(per seed {', '.join(f'{100 * a:.2f}' for a in test_acc)}); target {100 * config.target_accuracy:.1f} % {met}; "
           f"training {timing['train_seconds']:.0f} s + compile {timing['compile_seconds']:.0f} s")
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/cnn.py", __doc__)
+    return experiment.main(run, argv, "configs/cnn.py", __doc__, accepts=("cnn_best",))
 
 
 if __name__ == "__main__":

@@ -27,25 +27,28 @@ from mnist_jax.config import ConfigError
 
 def candidate_row(label: str, value, hist: dict, rows: slice, n_params: int, timing: dict) -> dict:
     """One row of a round's table from the runs `rows` of a history."""
-    val = hist["val_accuracy"][rows, -1]
-    test = hist["test_accuracy"][rows, -1]
+    ok = ~np.asarray(hist["diverged"], bool)[rows, -1]  # diverged runs are left out (NaN)
+    val = np.where(ok, hist["val_accuracy"][rows, -1], np.nan)
+    test = np.where(ok, hist["test_accuracy"][rows, -1], np.nan)
+    curves = np.asarray(hist["val_accuracy"])[rows][ok]
+    curve = curves.mean(0) if len(curves) else np.full(np.shape(hist["val_accuracy"])[1], np.nan)
     return {"label": label, "value": value, "param_count": n_params,
             "val_accuracy": {"per_seed": val, **stats.summary(val)},
             "test_accuracy": {"per_seed": test, **stats.summary(test)},
-            "val_curve_mean": hist["val_accuracy"][rows].mean(0), "timing": timing}
+            "val_curve_mean": curve, "diverged_runs": int((~ok).sum()), "timing": timing}
 
 
 def judge(rows: list[dict], alpha: float) -> dict:
     """The chosen row (highest mean validation accuracy) and Welch tests of every other row against it."""
-    means = [r["val_accuracy"]["mean"] for r in rows]
-    best = int(np.argmax(means))
+    means = [r["val_accuracy"]["mean"] if r["val_accuracy"]["mean"] is not None else -np.inf for r in rows]
+    best = int(np.argmax(means))  # every run of every row diverged: the first row, with no test beating it
     tests = []
     for i, r in enumerate(rows):
         if i == best:
             continue
         w = stats.welch(rows[best]["val_accuracy"]["per_seed"], r["val_accuracy"]["per_seed"])
         tests.append({"chosen": rows[best]["label"], "other": r["label"],
-                      "difference": means[best] - means[i], **w,
+                      "difference": means[best] - means[i] if np.isfinite(means[best] - means[i]) else None, **w,
                       "significant": w["p_value"] is not None and w["p_value"] < alpha})
     matters = any(t["significant"] for t in tests)
     return {"chosen_index": best, "chosen": rows[best]["label"], "chosen_value": rows[best]["value"],
@@ -93,7 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             f"seed noise (Welch, p < {alpha:g})",
             xlabel=xlabel, ylabel="validation accuracy after the last epoch (%)", chosen=verdict["chosen_index"])
         print(f"{title}: chosen {verdict['chosen']}; " + "; ".join(
-            f"{r['label']} {100 * r['val_accuracy']['mean']:.2f} %" for r in rows))
+            f"{r['label']} {stats.fmt(r['val_accuracy']['mean'], '.2f', 100)} %" for r in rows))
         return verdict["chosen_value"]
 
     # Round 1: conv filters (both layers), no hidden dense layer.

@@ -95,11 +95,14 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     experiment.save_params(workdir, params)
     run_levels = hp["noise_level"]
     test = test_metrics(model, params, run_levels, data, config.seed)
+    diverged = np.asarray(result.history["diverged"], bool)[:, -1]
+    test = {k: np.where(diverged, np.nan, np.asarray(v)) for k, v in test.items()}  # left out of the statistics
     gain = test["test_psnr_denoised"] - test["test_psnr_noisy"]
 
     summary = {name: per_level(test[name], run_levels, levels) for name in TEST_METRICS}
     summary["psnr_gain_db"] = per_level(gain, run_levels, levels)
-    summary["val_psnr_denoised"] = per_level(result.history["val_psnr_denoised"][:, -1], run_levels, levels)
+    summary["val_psnr_denoised"] = per_level(np.where(diverged, np.nan, result.history["val_psnr_denoised"][:, -1]),
+                                             run_levels, levels)
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], params))
 
     # Figure: the same test digits at every level, denoised by the first seed's autoencoder.
@@ -116,8 +119,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     noisy, den = tasks.over_runs(block, (first_params, np.asarray(levels, np.float32)), (clean, idx))
     clean_f = np.broadcast_to(clean[None, ..., 0] / 255.0, (len(levels), *clean.shape[:3]))
     blocks = np.stack([clean_f, np.asarray(noisy)[..., 0], np.asarray(den)[..., 0]], axis=1)
-    titles = [f"level {lv:g}: noisy {summary['test_psnr_noisy'][f'{lv:g}']['mean']:.1f} dB -> denoised "
-              f"{summary['test_psnr_denoised'][f'{lv:g}']['mean']:.1f} dB" for lv in levels]
+    titles = [f"level {lv:g}: noisy {stats.fmt(summary['test_psnr_noisy'][f'{lv:g}']['mean'], '.1f')} dB -> denoised "
+              f"{stats.fmt(summary['test_psnr_denoised'][f'{lv:g}']['mean'], '.1f')} dB" for lv in levels]
     plots.image_blocks(
         blocks, workdir / "denoise.png",
         f"Denoising autoencoder {layer_widths(model)} ({n_params:,} params), one per salt-and-pepper level; "
@@ -132,9 +135,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     for lv in levels:
         k = f"{lv:g}"
         g = summary["psnr_gain_db"][k]
-        lines.append(f"{lv:5.2f} {summary['test_bce'][k]['mean']:9.4f} {summary['test_psnr_noisy'][k]['mean']:9.2f}  "
-                     f"{summary['test_psnr_denoised'][k]['mean']:12.2f}  {g['mean']:+6.2f} dB [{g['ci_low']:+.2f}, "
-                     f"{g['ci_high']:+.2f}]")
+        lines.append(f"{lv:5.2f} {stats.fmt(summary['test_bce'][k]['mean'], '9.4f')} "
+                     f"{stats.fmt(summary['test_psnr_noisy'][k]['mean'], '9.2f')}  "
+                     f"{stats.fmt(summary['test_psnr_denoised'][k]['mean'], '12.2f')}  {stats.fmt(g['mean'], '+6.2f')} dB "
+                     f"[{stats.fmt(g['ci_low'], '+.2f')}, {stats.fmt(g['ci_high'], '+.2f')}]")
     print("\n".join(lines))
     return {
         "experiment": "denoise",

@@ -18,6 +18,7 @@ It writes the denoised images, float32 in [0, 1], in the layout of the input.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -26,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import experiment, models
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
-from mnist_jax.config import ConfigError
+from mnist_jax.config import ArgumentParser, ConfigError
 from mnist_jax.data import IMAGE_SHAPE, preprocess_images
 
 BATCH = 2048
@@ -66,16 +68,20 @@ def load_images(path: str) -> np.ndarray:
     return x
 
 
-def in_batches(fn, x: np.ndarray, batch: int = BATCH) -> np.ndarray:
-    """fn over x in fixed-size batches (the last one padded): one compile, bounded memory."""
-    out = []
+def in_batches(fn, x: np.ndarray, batch: int = BATCH, dtype=None) -> np.ndarray:
+    """fn over x in fixed-size batches (the last one padded): one compile, bounded memory (the
+    result is filled in place, so the output is held once)."""
+    out = None
     for start in range(0, x.shape[0], batch):
         chunk = x[start:start + batch]
         n = chunk.shape[0]
         if n < batch:
             chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(fn(chunk))[:n])
-    return np.concatenate(out)
+        y = np.asarray(fn(chunk))[:n]
+        if out is None:
+            out = np.empty((x.shape[0], *y.shape[1:]), dtype or y.dtype)
+        out[start:start + n] = y
+    return out
 
 
 def restore_run(workdir: pathlib.Path, config, run_index: int):
@@ -89,14 +95,25 @@ def restore_run(workdir: pathlib.Path, config, run_index: int):
         raise ConfigError(f"--seed {run_index}: this workdir has runs 0..{n_runs - 1}")
     one = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE))))
     like = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n_runs, *a.shape), a.dtype), one)
-    params = experiment.load_params(workdir, like)
-    return model, jax.tree_util.tree_map(lambda a: a[run_index], params)
+    params = jax.tree_util.tree_map(lambda a: a[run_index], experiment.load_params(workdir, like))
+    check_not_diverged(experiment.read_json(metrics_path), params, run_index)
+    return model, params
+
+
+def check_not_diverged(metrics: dict, params, run_index: int) -> None:
+    """CheckpointError when run `run_index` diverged (its history says so or its params are not finite)."""
+    flags = metrics.get("history", {}).get("diverged")
+    by_history = flags is not None and bool(np.asarray(flags, bool)[run_index].any())
+    finite = all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree_util.tree_leaves(params))
+    if by_history or not finite:
+        raise CheckpointError(f"run {run_index} of this workdir diverged (its loss or parameters are not finite): "
+                              "its predictions mean nothing; pick another run with --seed or retrain")
 
 
 def predict_labels(model, params, x: np.ndarray) -> np.ndarray:
     """Predicted classes (N,) int64 of images x, batched."""
     fn = jax.jit(lambda xb: jnp.argmax(model.apply(params, preprocess_images(xb)), axis=-1))
-    return in_batches(fn, x).astype(np.int64)
+    return in_batches(fn, x, dtype=np.int64)
 
 
 def denoiser_run(workdir: pathlib.Path, level: float | None, k: int) -> int:
@@ -118,19 +135,47 @@ def denoiser_run(workdir: pathlib.Path, level: float | None, k: int) -> int:
 def denoise_images(model, params, x: np.ndarray) -> np.ndarray:
     """Images x denoised by the autoencoder, float32 (N, 28, 28, 1) in [0, 1], batched."""
     fn = jax.jit(lambda xb: jax.nn.sigmoid(model.apply(params, preprocess_images(xb))))
-    return in_batches(fn, x).astype(np.float32)
+    return in_batches(fn, x, dtype=np.float32)
+
+
+def check_out(text: str) -> pathlib.Path:
+    """The --out path, checked before any compute: a .npy file name in an existing, writable folder."""
+    out = pathlib.Path(text)
+    if out.suffix != ".npy":
+        raise ConfigError(f"--out {text!r}: the file name must end in .npy")
+    if out.is_dir():
+        raise ConfigError(f"--out {text!r} is a folder; name a .npy file")
+    folder = out.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--out {text!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"--out {text!r}: cannot write there (permission denied)")
+    return out
+
+
+def save_npy(out: pathlib.Path, array: np.ndarray) -> None:
+    """np.save to exactly `out`, through a temporary name and a rename (never a half-written file)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--images", required=True, help=".npy file of images")
     parser.add_argument("--out", help=".npy file for the result (default: print a summary only)")
     parser.add_argument("--seed", type=int, default=0, help="index of the trained run to use")
     parser.add_argument("--level", type=float, help="denoising workdirs: the noise level the autoencoder was trained at")
-    args = parser.parse_args(argv)
-    workdir = pathlib.Path(args.workdir)
     try:
+        args = parser.parse_args(argv)
+        workdir = pathlib.Path(args.workdir)
+        out = check_out(args.out) if args.out else None
+        state = workdir_lib.committed_state(workdir)  # finishes a commit a kill interrupted
+        if state is not None and state["unfinished_run"]:
+            print(f"note: {args.workdir} also holds an unfinished run; these are the results of the last finished one",
+                  file=sys.stderr)
         if not (workdir / "config.json").exists():
             raise ConfigError(f"--workdir {args.workdir!r} holds no config.json: not an experiment workdir")
         config = experiment.read_json(workdir / "config.json")
@@ -141,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         if config["model"]["kind"] == "dae":
             model, params = restore_run(workdir, config, denoiser_run(workdir, args.level, args.seed))
             result = denoise_images(model, params, x).reshape(np.load(args.images, mmap_mode="r").shape)
-            if args.out:
-                np.save(args.out, result)
+            if out:
+                save_npy(out, result)
             print(f"{len(result)} images denoised by the autoencoder trained at noise level {args.level:g} "
                   f"(seed index {args.seed}); mean intensity {result.mean():.4f}")
             return 0
@@ -150,10 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--level applies to denoising autoencoder workdirs (experiments.denoise) only")
         model, params = restore_run(workdir, config, args.seed)
         result = predict_labels(model, params, x)
-        if args.out:
-            np.save(args.out, result)
+        if out:
+            save_npy(out, result)
         counts = np.bincount(result, minlength=10)
         print(f"{len(result)} images; predicted label counts 0-9: {counts.tolist()}")
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

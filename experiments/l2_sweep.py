@@ -47,9 +47,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     if field not in SWEEPS:
         raise ConfigError(f"config.sweep_field={field!r} is not allowed: expected one of {sorted(SWEEPS)}")
     values_field, value_name = SWEEPS[field]
-    values = [float(v) for v in config[values_field]]
+    if values_field not in config:
+        raise ConfigError(f"config.sweep_field={field!r}: this config has no config.{values_field} to sweep")
     if field not in base_hparams(config):
         raise ConfigError(f"config.sweep_field={field!r}: this model takes no such hyperparameter")
+    values = [float(v) for v in config[values_field]]
     seeds_list = [config.seed + i for i in range(config.seeds)]
 
     data, data_seconds = experiment.load_data(config)
@@ -122,8 +124,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     }
 
     figures(config, metrics, workdir)
-    print(f"chosen on validation: {field}={values[chosen]:g}, test error {chosen_err['mean']:.3f} % "
-          f"(95 % CI {chosen_err['ci_low']:.3f}-{chosen_err['ci_high']:.3f}); reference {ref_pct:.2f} %")
+    if chosen_err["n"]:
+        print(f"chosen on validation: {field}={values[chosen]:g}, test error {chosen_err['mean']:.3f} % "
+              f"(95 % CI {chosen_err['ci_low']:.3f}-{chosen_err['ci_high']:.3f}); reference {ref_pct:.2f} %")
+    else:
+        print(f"every run diverged: no {value_name} can be chosen; reference {ref_pct:.2f} %")
     return metrics
 
 
@@ -153,7 +158,7 @@ def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.P
 
 
 def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/l2_sweep.py", __doc__)
+    return experiment.main(run, argv, "configs/l2_sweep.py", __doc__, accepts=("dropout_sweep",))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
 
 def describe(summary: dict) -> str:
     """'97.02 % ± 0.21' (mean ± std over the finite runs), or a note that every run diverged."""
-    if summary["n"] == 0:
-        return "n/a (every run diverged)"
-    return f"{100 * summary['mean']:.2f} % ± {100 * summary['std']:.2f}"
+    return stats.describe(summary)
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:

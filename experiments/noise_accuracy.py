@@ -65,9 +65,10 @@ def describe(block: dict) -> str:
 
 def conclusion(levels: list[float], diff: dict, welch: dict) -> dict:
     """Where denoising helps: levels where (b) beats (a) with p < 0.05, where it is worse, and one sentence."""
-    helps = [lv for lv in levels if diff[f"{lv:g}"]["mean"] > 0 and (welch[f"{lv:g}"]["p_value"] or 1.0) < 0.05]
-    hurts = [lv for lv in levels if diff[f"{lv:g}"]["mean"] < 0 and (welch[f"{lv:g}"]["p_value"] or 1.0) < 0.05]
-    best = max(levels, key=lambda lv: diff[f"{lv:g}"]["mean"])
+    mean = {lv: diff[f"{lv:g}"]["mean"] if diff[f"{lv:g}"]["mean"] is not None else float("nan") for lv in levels}
+    helps = [lv for lv in levels if mean[lv] > 0 and (welch[f"{lv:g}"]["p_value"] or 1.0) < 0.05]
+    hurts = [lv for lv in levels if mean[lv] < 0 and (welch[f"{lv:g}"]["p_value"] or 1.0) < 0.05]
+    best = max(levels, key=lambda lv: mean[lv] if np.isfinite(mean[lv]) else -np.inf)
     if helps:
         above = [lv for lv in levels if lv > max(helps)]
         text = (f"Denoising first raises test accuracy significantly (Welch p < 0.05) at noise levels "
@@ -133,7 +134,12 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                                     test_set),
         "clean": tasks.over_runs(accuracy, (clean_per_run, levels_r), test_set),
     }
-    acc = {k: np.asarray(v).reshape(n_levels, n_seeds) for k, v in acc.items()}  # grid is seed-fastest
+    # A run that diverged, or whose autoencoder did, is left out of the statistics (NaN).
+    diverged = {k: np.asarray(r.history["diverged"], bool)[:, -1] for k, r in results.items()}
+    diverged["denoised"] = diverged["denoised"] | np.asarray(ae.history["diverged"], bool)[:, -1]
+    diverged["clean"] = np.tile(diverged["clean"], n_levels)
+    acc = {k: np.where(diverged[k], np.nan, np.asarray(v)).reshape(n_levels, n_seeds)  # grid is seed-fastest
+           for k, v in acc.items()}
     psnr = denoise.test_metrics(dae, ae.state.params, levels_r, data, config.seed)
 
     def by_level(a):  # (L, S) -> {level: summary}
@@ -160,9 +166,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         k = f"{lv:g}"
         gain = psnr["test_psnr_denoised"][levels_r == np.float32(lv)] - psnr["test_psnr_noisy"][levels_r == np.float32(lv)]
         p = welch[k]["p_value"]
-        print(f"{lv:5.2f} " + " ".join(f"{100 * summaries[c][k]['mean']:7.2f} ± {100 * (summaries[c][k]['std'] or 0):5.2f}"
-                                       for c in CURVES)
-              + f" {100 * diff[k]['mean']:+9.2f} {p if p is not None else float('nan'):7.3f} {gain.mean():+8.2f}dB")
+        print(f"{lv:5.2f} " + " ".join(f"{stats.fmt(summaries[c][k]['mean'], '7.2f', 100)} ± "
+                                       f"{stats.fmt(summaries[c][k]['std'] or 0, '5.2f', 100)}" for c in CURVES)
+              + f" {stats.fmt(diff[k]['mean'], '+9.2f', 100)} {p if p is not None else float('nan'):7.3f} "
+              f"{np.nanmean(gain) if np.isfinite(gain).any() else float('nan'):+8.2f}dB")
     print(verdict["text"])
     return {
         "experiment": "noise_accuracy",

@@ -15,13 +15,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pathlib
-import shutil
 import sys
 import time
 
 import ml_collections
 
 from mnist_jax import experiment, provenance, report
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.config import REPO_ROOT, ConfigError, parse_args
 
 
@@ -97,11 +97,14 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     if config.profile not in ("quick", "full"):
         raise ConfigError(f"config.profile={config.profile!r} is not allowed: expected 'quick' or 'full'")
     names = [n.strip() for n in config.only.split(",") if n.strip()] or [s.name for s in STAGES]
+    if config.only.strip() and not any(n.strip() for n in config.only.split(",")):
+        raise ConfigError(f"config.only={config.only!r} names no experiment (leave it empty for all)")
     unknown = sorted(set(names) - {s.name for s in STAGES})
     if unknown:
         raise ConfigError(f"config.only={config.only!r}: unknown experiments {unknown} "
                           f"(known: {', '.join(s.name for s in STAGES)})")
     stages = [s for s in STAGES if s.name in names]
+    run_dir, workdir = workdir, workdir_lib.root_of(workdir)  # stages are sub-workdirs of the job's workdir
     for stage in stages:  # check every config before anything trains
         parse_args(stage_args(stage, config.profile, workdir / stage.name), "")
 
@@ -112,8 +115,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         args = stage_args(stage, config.profile, sub)
         elapsed = time.perf_counter() - start
         header = f"[{i}/{len(stages)}] {stage.name} ({config.profile}; job elapsed {fmt_seconds(elapsed)})"
-        if config.force and sub.exists():
-            shutil.rmtree(sub)
+        if config.force:
+            workdir_lib.discard(sub, parse_args(args, "")[1].experiment)  # only what mnist-jax made there
         if is_complete(args, sub, config.reuse):
             print(f"{header}: complete in {sub}, not redone", flush=True)
             done[stage.name] = {"status": "complete", "seconds": 0.0, "code_id": stage_code_id(sub)}
@@ -121,10 +124,12 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         if (sub / "metrics.json").exists() and is_complete(args, sub, "any"):
             print(f"{header}: complete in {sub} but made by other code ({stage_code_id(sub) or 'unknown'}); "
                   "training it again from the start (--config.reuse=any keeps it)", flush=True)
-            shutil.rmtree(sub / "checkpoints", ignore_errors=True)  # no resuming other code's runs
+            workdir_lib.discard(sub, parse_args(args, "")[1].experiment)  # no resuming other code's runs
         print(f"{header}: running into {sub}", flush=True)
         t0 = time.perf_counter()
         code = importlib.import_module(stage.module).main(args)
+        if code == 130:  # Ctrl-C: the stage has said where a rerun resumes
+            raise experiment.Interrupted
         if code != 0:
             raise ConfigError(f"experiment {stage.name} stopped with exit code {code}; fix it and run again "
                               "(finished experiments are kept)")
@@ -133,8 +138,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         if remaining:
             print(f"    done in {fmt_seconds(done[stage.name]['seconds'])}; still to run: {', '.join(remaining)}",
                   flush=True)
-    path = report.write_report(workdir, [s.name for s in stages], config.profile)
-    print(f"wrote {path}")
+    report.write_report(workdir, [s.name for s in stages], config.profile, out=run_dir / "REPORT.md")
+    print(f"wrote {workdir / 'REPORT.md'}")
     return {"experiment": "reproduce", "profile": config.profile, "stages": done, "references": report.REFERENCES,
             "mixed_code": len({d["code_id"] for d in done.values()}) > 1,
             "timing": {"device": provenance.describe_devices()}}

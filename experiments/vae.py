@@ -34,6 +34,9 @@ def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
     return [config.seed + i for i in range(config.seeds)]
 
 
+CLASSIFIER_KINDS = ("mlp", "cnn")
+
+
 def build(block: ml_collections.ConfigDict, where: str):
     """models.from_config with user errors as ConfigError."""
     try:
@@ -53,7 +56,16 @@ def check(config: ml_collections.ConfigDict) -> None:
         if not (path / "config.json").is_file() or not (path / classifier_params_dir(path)).is_dir():
             raise ConfigError(f"config.classifier.workdir={cls.workdir!r} is neither a finished classifier workdir "
                               "(config.json, params/) nor a vae workdir that trained one (config.json, classifier_params/)")
+        cls_config = experiment.read_json(path / "config.json")
+        block = cls_config.get("classifier", {}) if cls_config.get("experiment") == "vae" else cls_config
+        kind = block.get("model", {}).get("kind") if isinstance(block, dict) else None
+        if kind not in CLASSIFIER_KINDS:
+            raise ConfigError(f"config.classifier.workdir={cls.workdir!r} holds a {kind!r} model of experiment "
+                              f"{cls_config.get('experiment')!r}, not a classifier ({' or '.join(CLASSIFIER_KINDS)})")
     else:
+        if cls.model.kind not in CLASSIFIER_KINDS:
+            raise ConfigError(f"config.classifier.model.kind={cls.model.kind!r} is not allowed: the samples are judged "
+                              f"by a classifier ({' or '.join(CLASSIFIER_KINDS)})")
         build(cls.model, "classifier.model")
 
 
@@ -70,7 +82,8 @@ def run_params(params, i: int):
 
 
 def final(history: dict, key: str) -> dict:
-    values = np.asarray(history[key])[:, -1]
+    """The last epoch's `key` per run (NaN for a diverged run) and their summary."""
+    values = np.where(np.asarray(history["diverged"], bool)[:, -1], np.nan, np.asarray(history[key])[:, -1])
     return {"per_seed": values, **stats.summary(values)}
 
 
@@ -199,8 +212,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "history": history,
     }
     plots.elbo_curves(history, workdir / "vae_elbo.png", f"{name}\n{run_desc}; test: fixed binarization")
-    print(f"test negative ELBO {metrics['test_neg_elbo']['mean']:.2f} ± {metrics['test_neg_elbo']['std']:.2f} nats "
-          f"over {len(seeds)} seeds")
+    print(f"test negative ELBO {stats.describe(metrics['test_neg_elbo'], 1.0, ' nats')} over {len(seeds)} seeds")
 
     # Importance-weighted log-likelihood on the first iwae_images test images.
     n_iwae = config.iwae_images
@@ -221,7 +233,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     _, train_feats = generative.classify(cls_model, cls_params, data.train_x[: data.test_x.shape[0]])
     cls_info["test_accuracy"] = float(np.mean(test_probs.argmax(-1) == np.asarray(data.test_y)))
     per_seed = []
-    for s in samples:
+    diverged = np.asarray(history["diverged"], bool)[:, -1]
+    for i, s in enumerate(samples):
+        if diverged[i]:  # NaN samples: no quality to measure, left out of the statistics
+            per_seed.append(None)
+            continue
         probs, feats = generative.classify(cls_model, cls_params, s)
         q = generative.sample_quality(probs, feats, test_feats)
         if cond:
@@ -236,8 +252,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "classifier": cls_info,
         "features": "penultimate activations of the classifier (input of its last Dense layer)",
         "frechet_reference": "features of the test digits",
-        **{k: stats.summary([q[k] for q in per_seed]) for k in summary_keys},
-        "label_histogram_run0": per_seed[0]["label_histogram"],
+        **{k: stats.summary([q[k] for q in per_seed if q is not None]) for k in summary_keys},
+        "label_histogram_run0": per_seed[0]["label_histogram"] if per_seed[0] is not None else None,
         "max_entropy_bits": float(np.log2(10)),
         "per_seed": per_seed,
         "real_digits": {
@@ -247,8 +263,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         },
     }
     q0 = metrics["sample_quality"]
-    print(f"samples: {100 * q0['confident_share']['mean']:.1f} % with confidence >= 0.9, label entropy "
-          f"{q0['label_entropy_bits']['mean']:.3f} bits, Frechet distance {q0['frechet_distance']['mean']:.2f} "
+    print(f"samples: {stats.fmt(q0['confident_share']['mean'], '.1f', 100)} % with confidence >= 0.9, label entropy "
+          f"{stats.fmt(q0['label_entropy_bits']['mean'], '.3f')} bits, Frechet distance "
+          f"{stats.fmt(q0['frechet_distance']['mean'], '.2f')} "
           f"(real digits {reference['frechet_distance']:.2f}); classifier {cls_info['kind']}, "
           f"test accuracy {100 * cls_info['test_accuracy']:.2f} %")
 

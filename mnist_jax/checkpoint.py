@@ -6,7 +6,14 @@ killed at any moment leaves either the previous checkpoint or the new one, never
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -18,16 +25,58 @@ class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored (corrupt, or from another config)."""
 
 
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Silence what a failing restore prints besides its error: orbax's and asyncio's logged
+    tracebacks and the 'Event loop is closed' tracebacks tensorstore's threads print straight to
+    file descriptor 2 (the CheckpointError says it all in one line)."""
+    loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if failed:  # the failed reads' callbacks and unretrieved tasks report a moment later
+            time.sleep(0.2)
+            gc.collect()
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+        for lg, level in zip(loggers, levels, strict=True):
+            if not (failed and lg.name == "asyncio"):  # its 'Task exception was never retrieved' may come at exit
+                lg.setLevel(level)
+
+
 class Checkpointer:
     """Saves and restores `{"state": ..., "history": ...}` pytrees keyed by epoch."""
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
         self.directory = os.path.abspath(os.fspath(directory))
-        self._manager = ocp.CheckpointManager(
+        self.max_to_keep = max_to_keep
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False),
+                max_to_keep=self.max_to_keep, create=True, enable_async_checkpointing=False,
+                cleanup_tmp_directories=True),  # what a kill left mid-save is removed, never read
         )
+
+    def _reopen(self) -> None:
+        try:
+            self._manager.close()
+        except Exception:  # closing after a failed read may report that failure again
+            pass
+        self._manager = self._open()
 
     def latest_epoch(self) -> int | None:
         """The newest complete checkpoint's epoch, or None."""
@@ -49,12 +98,32 @@ class Checkpointer:
             lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
             if not isinstance(a, jax.ShapeDtypeStruct) else a, like)
         try:
-            return self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+            with _quiet_logs():
+                try:
+                    return self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+                except Exception:
+                    self._reopen()  # the failed read's pending work ends here, while stderr is silenced
+                    raise
         except Exception as err:  # orbax/tensorstore raise many types
+            first = str(err).splitlines()[0][:160] if str(err) else ""
             raise CheckpointError(
-                f"checkpoint {epoch} in {self.directory} cannot be restored "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                "delete it or run with a fresh --workdir") from err
+                f"checkpoint {epoch} in {self.directory} cannot be restored ({type(err).__name__}: {first}); "
+                "delete it or run with a fresh --workdir") from None
+
+    def restore_newest(self, like_of: Callable[[int], Any]) -> tuple[int, Any]:
+        """(epoch, tree) of the newest checkpoint that restores, trying older ones when the newest
+        is damaged; `like_of(epoch)` gives the structure of that epoch's tree."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        for i, epoch in enumerate(steps):
+            try:
+                return epoch, self.restore(like_of(epoch), epoch)
+            except CheckpointError as err:
+                if i + 1 == len(steps):
+                    raise CheckpointError(f"no checkpoint in {self.directory} can be restored (tried epochs "
+                                          f"{', '.join(map(str, steps))}); delete it or run with a fresh --workdir") from None
+                warnings.warn(f"{err}; trying an older checkpoint", RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
         self._manager.close()

@@ -13,8 +13,10 @@ import importlib.util
 import math
 import os
 import pathlib
+import re
 
 import ml_collections
+import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -29,11 +31,25 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise ConfigError(f"--config: no such file {str(path)!r}")
     spec = importlib.util.spec_from_file_location(f"_mnist_jax_config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--config: {str(path)!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        raise ConfigError(f"--config: {str(path)!r} line {err.lineno}: {err.msg}") from None
+    except Exception as err:  # a config file is user code: any error in it is the user's to fix
+        raise ConfigError(f"--config: {str(path)!r} cannot be loaded ({type(err).__name__}: {err})") from None
+    if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"--config: {str(path)!r} has no get_config()")
-    return module.get_config()
+    try:
+        config = module.get_config()
+    except Exception as err:
+        raise ConfigError(f"--config: get_config() of {str(path)!r} raised {type(err).__name__}: {err}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"--config: get_config() of {str(path)!r} returned a {type(config).__name__}, "
+                          "not an ml_collections.ConfigDict")
+    return config
 
 
 def _parse_value(field: str, text: str, default):
@@ -50,6 +66,8 @@ def _parse_value(field: str, text: str, default):
         if not isinstance(value, bool):
             raise ConfigError(f"--config.{field}={text}: expected True or False")
         return value
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
+        raise ConfigError(f"--config.{field}={text}: expected int, got bool")
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, (list, tuple)):
@@ -78,13 +96,22 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
         node[leaf] = _parse_value(dotted, text, node[leaf])
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (a missing --workdir, say) are a ConfigError: one line, exit code 2."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
 def parse_args(argv: list[str] | None, default_config: str,
                description: str = "") -> tuple[pathlib.Path, ml_collections.ConfigDict]:
     """(--workdir, config with overrides) from a command line; raises ConfigError."""
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--workdir", required=True, help="folder for config, metrics, figures, checkpoints")
     parser.add_argument("--config", default=str(REPO_ROOT / default_config), help="config file (get_config())")
     args, rest = parser.parse_known_args(argv)
+    if not args.workdir.strip():
+        raise ConfigError("--workdir is empty: name a folder for the run")
     overrides = []
     for arg in rest:
         if not arg.startswith("--config.") or "=" not in arg:
@@ -99,58 +126,77 @@ def parse_args(argv: list[str] | None, default_config: str,
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite number that stays finite as float32 (the dtype hyperparameters are traced in)."""
+    return (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            and abs(x) <= float(np.finfo(np.float32).max))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_rate(x) -> bool:
+    """A number in [0, 1) also as float32: 0.99999999999 rounds to 1.0 there and would drop every unit."""
+    return _is_number(x) and x >= 0 and float(np.float32(x)) < 1
+
+
+SEED_LIMIT = 2**31  # seeds are int32 inside the compiled program
+
+
+def _is_plain_name(x) -> bool:
+    return isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", x) is not None and x not in (".", "..")
 
 
 # field name -> (test, what is allowed)
 RULES = {
-    "seed": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-    "seeds": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "batch_size": (lambda v: isinstance(v, int) and 1 <= v <= 55_000, "an integer in 1..55000 (the training set)"),
-    "n_val": (lambda v: isinstance(v, int) and 1 <= v <= 59_000, "an integer in 1..59000"),
+    "experiment": (_is_plain_name, "a plain name (letters, digits, '_', '-', '.'; no folder)"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < SEED_LIMIT, f"an integer in 0..{SEED_LIMIT - 1}"),
+    "seeds": (lambda v: _is_int(v) and 1 <= v <= 100_000, "an integer in 1..100000"),
+    "epochs": (lambda v: _is_int(v) and 1 <= v <= 100_000, "an integer in 1..100000"),
+    "batch_size": (lambda v: _is_int(v) and 1 <= v <= 55_000, "an integer in 1..55000 (the training set)"),
+    "n_val": (lambda v: _is_int(v) and 1 <= v <= 59_000, "an integer in 1..59000"),
     "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "momentum": (_is_rate, "a number in [0, 1) (as float32)"),
     "l2": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "max_norm": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 = off)"),
-    "dropout_rate": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "input_dropout_rate": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "dropout_rate": (_is_rate, "a number in [0, 1) (as float32)"),
+    "input_dropout_rate": (_is_rate, "a number in [0, 1) (as float32)"),
     "noise_level": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "chunk_epochs": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "checkpoint_every": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "run_chunk": (lambda v: isinstance(v, int) and v >= 0,
+    "chunk_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "checkpoint_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "run_chunk": (lambda v: _is_int(v) and v >= 0,
                   "an integer >= 0 (0 = automatic: all runs at once, conv nets on a CPU one at a time)"),
     "optimizer": (lambda v: v in ("sgd", "momentum", "adam"), "one of 'sgd', 'momentum', 'adam'"),
     "schedule": (lambda v: v in ("constant", "cosine", "warmup_cosine"), "one of 'constant', 'cosine', 'warmup_cosine'"),
     "protocol": (lambda v: v in ("holdout", "study"), "'holdout' or 'study'"),
     "reuse": (lambda v: v in ("same_code", "any"), "'same_code' or 'any'"),
-    "max_shift": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8, "an integer in 0..8 (0 = off)"),
-    "train_images": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = the whole training split)"),
+    "max_shift": (lambda v: _is_int(v) and 0 <= v <= 8, "an integer in 0..8 (0 = off)"),
+    "train_images": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = the whole training split)"),
     "conv_impl": (lambda v: v in ("auto", "fused", "im2col", "lax"), "one of 'auto', 'fused', 'im2col', 'lax'"),
-    "dense": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0 (0 = none)"),
+    "dense": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = none)"),
     "padding": (lambda v: v in ("VALID", "SAME"), "'VALID' or 'SAME'"),
-    "denoiser_epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = the same as epochs)"),
-    "figure_digits": (lambda v: isinstance(v, int) and 1 <= v <= 30, "an integer in 1..30"),
-    "latent": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "iwae_k": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "iwae_images": (lambda v: isinstance(v, int) and 1 <= v <= 10_000, "an integer in 1..10000 (the test set)"),
-    "iwae_batch": (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "n_samples": (lambda v: isinstance(v, int) and v >= 100, "an integer >= 100 (the 10x10 sample grid)"),
-    "map_epochs": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = no 2-D model)"),
+    "denoiser_epochs": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = the same as epochs)"),
+    "figure_digits": (lambda v: _is_int(v) and 1 <= v <= 30, "an integer in 1..30"),
+    "latent": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "iwae_k": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "iwae_images": (lambda v: _is_int(v) and 1 <= v <= 10_000, "an integer in 1..10000 (the test set)"),
+    "iwae_batch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "n_samples": (lambda v: _is_int(v) and v >= 100, "an integer >= 100 (the 10x10 sample grid)"),
+    "map_epochs": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = no 2-D model)"),
 }
 
 # list-valued field -> rule for each element (and the list must not be empty)
 LIST_RULES = {
-    "hidden": (lambda v: isinstance(v, int) and v >= 1, "integers >= 1"),
+    "hidden": (lambda v: _is_int(v) and v >= 1, "integers >= 1"),
     "l2_factors": RULES["l2"],
     "learning_rates": RULES["learning_rate"],
     "dropout_rates": RULES["dropout_rate"],
     "noise_levels": RULES["noise_level"],
-    "filters": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "integers >= 1"),
+    "filters": (lambda v: _is_int(v) and v >= 1, "integers >= 1"),
     "pool": (lambda v: isinstance(v, bool), "True or False per conv layer"),
-    "filters_candidates": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "integers >= 1"),
+    "filters_candidates": (lambda v: _is_int(v) and v >= 1, "integers >= 1"),
     "dense_candidates": RULES["dense"],
-    "digits": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 9, "digits 0..9"),
+    "digits": (lambda v: _is_int(v) and 0 <= v <= 9, "digits 0..9"),
 }
 
 
@@ -171,3 +217,23 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
             for item in value:
                 if not ok(item):
                     raise ConfigError(f"config.{path}={value!r} is not allowed: item {item!r}, expected {allowed}")
+    if not prefix:
+        check_together(config)
+
+
+def check_together(config: ml_collections.ConfigDict) -> None:
+    """Rules across fields: the seed range fits int32, the batch fits the training split."""
+    seed, seeds = config.get("seed"), config.get("seeds")
+    if _is_int(seed) and _is_int(seeds) and seed + seeds - 1 >= SEED_LIMIT:
+        raise ConfigError(f"config.seed={seed} with config.seeds={seeds} is not allowed: the last seed "
+                          f"{seed + seeds - 1} must be below 2**31 = {SEED_LIMIT}")
+    n_val, batch = config.get("n_val", 5000), config.get("batch_size")
+    n_train = 60_000 - n_val if config.get("protocol", "holdout") == "holdout" and _is_int(n_val) else 60_000
+    if _is_int(batch) and batch > n_train:
+        raise ConfigError(f"config.batch_size={batch} is larger than the training set "
+                          f"({n_train} images with n_val={n_val})")
+    images = config.get("train_images", 0)
+    if _is_int(images) and images > n_train:
+        raise ConfigError(f"config.train_images={images} is larger than the training split ({n_train})")
+    if _is_int(images) and images and _is_int(batch) and batch > images:
+        raise ConfigError(f"config.batch_size={batch} is larger than config.train_images={images}")

@@ -11,22 +11,22 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from mnist_jax import data as data_lib
 from mnist_jax import provenance
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
-from mnist_jax.config import ConfigError, parse_args
+from mnist_jax.config import REPO_ROOT, ConfigError, load_config_file, parse_args
 from mnist_jax.provenance import describe_devices
 from mnist_jax.sweep import SweepResult, train_grid
 from mnist_jax.train import Task, TrainSpec
@@ -50,30 +50,14 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    path = pathlib.Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(to_jsonable(obj), tmp, indent=1, allow_nan=False)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
+    """Write JSON atomically: a fixed temporary name in the same folder (`.NAME.tmp`, so a kill
+    leaves at most that one file, overwritten by the next write), fsync, then a rename."""
+    workdir_lib.write_text_atomic(pathlib.Path(path), json.dumps(to_jsonable(obj), indent=1, allow_nan=False))
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def prepare_workdir(workdir: pathlib.Path) -> pathlib.Path:
-    """Create the workdir and check it is writable, or raise ConfigError."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir):
-            pass
-    except OSError as err:
-        raise ConfigError(f"--workdir {str(workdir)!r} is not a writable folder ({err.strerror or err})") from None
-    return workdir.resolve()
+    """JSON of `path`; a truncated or unreadable file is a ConfigError naming it."""
+    return workdir_lib.read_json_file(pathlib.Path(path), "the file")
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Splits, float]:
@@ -176,24 +160,59 @@ def timing(data_seconds: float, result: SweepResult) -> dict:
 
 
 def config_matches(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
-    """Whether workdir/config.json exists and holds exactly `config`."""
-    path = workdir / "config.json"
+    """Whether the workdir's committed run (config.json, written only together with its results)
+    had exactly `config`."""
+    path = pathlib.Path(workdir) / "config.json"
     return path.exists() and read_json(path) == to_jsonable(config.to_dict())
 
 
-def discard_stale_checkpoints(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
-    """Remove workdir/checkpoints when they were trained under another config than `config`.
+def experiment_name(config: ml_collections.ConfigDict, default_config: str) -> str:
+    """The experiment a config runs: its `experiment` field, else the default config's name."""
+    return config.get("experiment", None) or pathlib.Path(default_config).stem
 
-    Resuming is only right for the same config: a checkpoint of a 15-epoch cosine schedule
-    continued under `epochs=30` would silently mix two schedules. Returns whether it removed any.
+
+def run_in_workdir(workdir: workdir_lib.Workdir, run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict],
+                   config: ml_collections.ConfigDict, command: str) -> dict:
+    """Run `config` in the workdir's run directory and commit its outputs with its metrics, whose
+    provenance names `command` and the code (and the code that wrote any checkpoints it resumed).
+
+    The run resumes the unfinished run of the same config, if any; the committed config.json,
+    metrics.json and everything else change only at the commit, all together. A ConfigError
+    raised by `run` before it trained leaves the workdir as it was.
     """
-    ckpts = workdir / "checkpoints"
-    if not ckpts.exists() or config_matches(workdir, config):
-        return False
-    print(f"{workdir}: the config differs from the one its checkpoints were trained with; "
-          "discarding them and training from the start")
-    shutil.rmtree(ckpts)
-    return True
+    run_dir = workdir.begin(to_jsonable(config.to_dict()))
+    other_code = foreign_checkpoints(run_dir)
+    if other_code:
+        print(f"{workdir.root}: its checkpoints were written by other code ({other_code}); a resumed run says so "
+              "in its provenance")
+    started, start = provenance.now(), time.perf_counter()
+    try:
+        metrics = run(config, run_dir)
+    except ConfigError:
+        if workdir_lib.checkpoint_epoch(run_dir) == 0:
+            workdir.abandon()
+        raise
+    metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
+    prov = provenance.collect(command, started)
+    if other_code:
+        prov["checkpoints_from"] = other_code
+    metrics = with_provenance(metrics, prov)
+    workdir.commit(lambda d: write_json(d / "metrics.json", metrics))
+    return metrics
+
+
+class Interrupted(Exception):
+    """A nested experiment was interrupted and has said so: exit 130 without another message."""
+
+
+def check_experiment(config: ml_collections.ConfigDict, default_config: str, accepts: tuple[str, ...]) -> str:
+    """The config's experiment name; ConfigError when it is another command's config file."""
+    name = experiment_name(config, default_config)
+    expected = {experiment_name(load_config_file(REPO_ROOT / default_config), default_config), *accepts}
+    if name not in expected:
+        raise ConfigError(f"--config is a config of experiment {name!r}; this command runs "
+                          f"{' or '.join(repr(e) for e in sorted(expected))}")
+    return name
 
 
 CHECKPOINTS_CODE_FILE = "code_id.json"
@@ -232,34 +251,37 @@ def with_provenance(metrics: dict, prov: dict) -> dict:
 
 
 def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
-         default_config: str, description: str = "") -> int:
-    """Parse, validate, prepare the workdir, run, and write config.json / metrics.json.
+         default_config: str, description: str = "", accepts: tuple[str, ...] = ()) -> int:
+    """Parse, validate, open and lock the workdir, run, and commit config.json / metrics.json.
 
-    User errors print one line and return 2; missing data or a bad checkpoint return 1.
+    `accepts` names experiments besides the default config's that this command runs (their
+    config files). User errors print one line and return 2; missing data or a bad checkpoint
+    return 1; Ctrl-C returns 130 with the epoch a rerun resumes from.
     """
+    workdir = None
     try:
-        workdir, config = parse_args(argv, default_config, description)
-        workdir = prepare_workdir(workdir)
-        discard_stale_checkpoints(workdir, config)
-        write_json(workdir / "config.json", config.to_dict())
-        other_code = foreign_checkpoints(workdir)
-        if other_code:
-            print(f"{workdir}: its checkpoints were written by other code ({other_code}); a resumed run says so "
-                  "in its provenance")
-        started, start = provenance.now(), time.perf_counter()
-        metrics = run(config, workdir)
-        metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
-        prov = provenance.collect(provenance.command_line(argv, run.__module__), started)
-        if other_code:
-            prov["checkpoints_from"] = other_code
-        write_json(workdir / "metrics.json", with_provenance(metrics, prov))
+        path, config = parse_args(argv, default_config, description)
+        check_experiment(config, default_config, accepts)
+        preflight(config)
+        workdir = workdir_lib.Workdir.open(path, experiment_name(config, default_config))
+        run_in_workdir(workdir, run, config, provenance.command_line(argv, run.__module__))
+    except KeyboardInterrupt:
+        epoch = workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None else 0
+        print(f"interrupted; run again to resume from epoch {epoch}", file=sys.stderr)
+        return 130
+    except Interrupted:
+        return 130
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (data_lib.DataUnavailableError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {workdir / 'metrics.json'}")
+    finally:
+        if workdir is not None:
+            workdir.close()
+            workdir.remove_if_unused()
+    print(f"wrote {workdir.root / 'metrics.json'}")
     return 0
 
 
@@ -283,3 +305,78 @@ def divergence(history: dict[str, np.ndarray], seeds: np.ndarray, hp: dict[str, 
 def final_of_finite(history: dict[str, np.ndarray], key: str) -> np.ndarray:
     """The last epoch's `key` per run, NaN for runs that diverged (so stats.summary skips them)."""
     return np.where(np.asarray(history["diverged"])[:, -1], np.nan, np.asarray(history[key])[:, -1])
+
+
+def model_blocks(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(dotted name, block) of every model block (a sub-config with a `kind`) of a config."""
+    out = []
+    for name, value in config.items():
+        if not isinstance(value, ml_collections.ConfigDict):
+            continue
+        kind = value.get("kind")
+        if name == "model" and "kind" in value:
+            out.append((f"{prefix}{name}", value))
+        elif isinstance(kind, str) and isinstance(value.get(kind), ml_collections.ConfigDict):  # {kind, mlp: {...}, cnn: {...}}
+            out.append((f"{prefix}{name}.{kind}", ml_collections.ConfigDict({"kind": kind, **value[kind].to_dict()})))
+        else:
+            out.extend(model_blocks(value, f"{prefix}{name}."))
+    return out
+
+
+def param_count_of(block: ml_collections.ConfigDict, where: str) -> int:
+    """Parameters of the model a block describes, from shapes alone (nothing is allocated);
+    ConfigError when the block does not make a model that takes 28x28 images."""
+    from mnist_jax import models
+
+    try:
+        model = models.from_config(block)
+        rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1), "sample": jax.random.key(2),
+                "noise": jax.random.key(3)}
+        x = jnp.zeros((1, *data_lib.IMAGE_SHAPE))
+        extra = (jax.random.key(4), jnp.zeros((1,), jnp.int32)) if isinstance(model, models.VAE) else ()
+        shapes = jax.eval_shape(lambda: model.init(rngs, x, *extra))
+    except Exception as err:  # a model config is user input: any failure to build it is its error
+        message = str(err).splitlines()[0][:200] if str(err) else ""
+        if isinstance(err, ZeroDivisionError):
+            message = "the image shrinks to nothing: too many conv or pooling layers for 28x28"
+        raise ConfigError(f"config.{where}: this model cannot be built for 28x28 images ({type(err).__name__}: "
+                          f"{message})") from None
+    return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(shapes)))
+
+
+def available_memory() -> int:
+    """Bytes of memory the runs can still use: free memory of the first accelerator where its
+    runtime reports it, else the host's (MemAvailable on Linux)."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def runs_at_once(config: ml_collections.ConfigDict) -> int:
+    """An upper bound on the runs one program trains: seeds x the longest list of swept values."""
+    lists = [len(v) for k, v in config.items() if isinstance(v, (list, tuple)) and k.endswith(("_factors", "_rates", "_levels"))]
+    runs = config.get("seeds", 1) * max(lists, default=1)
+    return min(runs, config.get("run_chunk", 0) or runs)
+
+
+def preflight(config: ml_collections.ConfigDict) -> None:
+    """What can be checked before data is loaded or anything compiles: every model builds, and
+    the trained state (params, gradients, optimizer moments: about 4 copies in float32, plus the
+    training set on the device) fits in the memory the machine has free."""
+    params = max((param_count_of(block, name) for name, block in model_blocks(config)), default=0)
+    needed = 16 * params * runs_at_once(config) + 60_000 * 784
+    free = available_memory()
+    if needed > free:
+        raise ConfigError(f"this config needs about {needed / 2**30:.1f} GiB ({params:,} params x "
+                          f"{runs_at_once(config)} runs at once) but {free / 2**30:.1f} GiB is free: use fewer seeds, "
+                          "a smaller model or config.run_chunk")

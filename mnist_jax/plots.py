@@ -184,7 +184,7 @@ def sweep_scatter(values, per_value_runs, summaries, path, title: str, *, xlabel
     ax.set_xscale("log")
     ax.set_xticks(pos, labels)
     ax.minorticks_off()
-    if has_zero:
+    if has_zero and (np.asarray(values) > 0).any():
         ax.axvline(pos[np.asarray(values) > 0].min() / 10 ** 0.5, color="0.8", lw=4, zorder=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -318,8 +318,8 @@ SECTIONS: dict[str, Callable[[dict], str]] = {
 }
 
 
-def write_report(workdir: pathlib.Path, names: list[str], profile: str) -> pathlib.Path:
-    """Write workdir/REPORT.md from the metrics of the experiments `names`; returns its path."""
+def write_report(workdir: pathlib.Path, names: list[str], profile: str, out: pathlib.Path | None = None) -> pathlib.Path:
+    """Write workdir/REPORT.md (or `out`) from the metrics of the experiments `names`; returns its path."""
     workdir = pathlib.Path(workdir)
     parts = [f"# mnist-jax: the study reproduced ({profile} profile)"]
     if profile == "quick":
@@ -344,8 +344,8 @@ def write_report(workdir: pathlib.Path, names: list[str], profile: str) -> pathl
     elif made_by:
         head.append(f"Every result below was made by {next(iter(made_by))}.")
     parts[2 if profile == "quick" else 1:2 if profile == "quick" else 1] = head
-    path = workdir / "REPORT.md"
-    tmp = path.with_suffix(".md.tmp")
+    path = pathlib.Path(out) if out is not None else workdir / "REPORT.md"
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n\n".join(parts) + "\n")
     tmp.replace(path)
     return path

@@ -22,6 +22,23 @@ def summary(values, confidence: float = 0.95) -> dict:
     return {"n": int(n), "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def fmt(value, spec: str = ".2f", scale: float = 1.0) -> str:
+    """`value * scale` formatted with `spec`, or 'n/a' for a missing (None or NaN) value."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return format(scale * value, spec)
+
+
+def describe(summary: dict, scale: float = 100.0, unit: str = " %") -> str:
+    """'97.02 % ± 0.21' (mean ± std of a `summary`), '97.02 % (one run: no spread)', or a note
+    that every run diverged."""
+    if not summary["n"]:
+        return "n/a (every run diverged)"
+    if summary["n"] == 1:
+        return f"{scale * summary['mean']:.2f}{unit} (one run: no spread)"
+    return f"{scale * summary['mean']:.2f}{unit} ± {scale * summary['std']:.2f}"
+
+
 def welch(a, b) -> dict:
     """Welch's unequal-variance t-test of mean(a) == mean(b): {t, dof, p_value}."""
     a = np.asarray(a, np.float64)

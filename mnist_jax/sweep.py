@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mnist_jax.checkpoint import Checkpointer
+from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.data import Splits
 from mnist_jax.train import RunState, Task, TrainSpec, init_state, train_epochs
 
@@ -155,8 +155,10 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: np
             ckpt = Checkpointer(os.path.join(checkpoint_dir, f"runs_{start}-{stop}"))
         done, chunks = 0, []
         if ckpt is not None and ckpt.latest_epoch() is not None:
-            done = ckpt.latest_epoch()
-            tree = ckpt.restore(trainer.abstract(hp_d, seeds_d, data_d, done))
+            if ckpt.latest_epoch() > spec.epochs:
+                raise CheckpointError(f"{ckpt.directory} holds a checkpoint of epoch {ckpt.latest_epoch()}, past this "
+                                      f"training's {spec.epochs} epochs: it belongs to another config")
+            done, tree = ckpt.restore_newest(lambda e, a=(hp_d, seeds_d, data_d): trainer.abstract(*a, e))
             state = jax.device_put(tree["state"], trainer.run_sharding)
             chunks = [tree["history"]] if done else []
             resumed = done if resumed is None else min(resumed, done)

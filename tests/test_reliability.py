@@ -34,7 +34,7 @@ def history(workdir):
 def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(mlp_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = killed / "checkpoints" / "train" / "runs_0-2"
+    ckpts = killed / ".mnist_jax" / "run" / "checkpoints" / "train" / "runs_0-2"  # the run in progress
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 2 for p in ckpts.iterdir()):
@@ -44,7 +44,8 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_pa
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "metrics.json").exists()  # the workdir holds no half-written result
-    assert json.loads((killed / "config.json").read_text())["epochs"] == 8  # complete, valid JSON
+    assert not (killed / "config.json").exists()  # committed only with the results it made
+    assert json.loads((killed / ".mnist_jax" / "run" / "config.json").read_text())["epochs"] == 8  # complete, valid
 
     resumed = subprocess.run(mlp_cmd(killed), capture_output=True, text=True, check=True)
     metrics = json.loads((killed / "metrics.json").read_text())
