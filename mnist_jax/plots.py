@@ -344,3 +344,43 @@ def candidate_scatter(labels, per_candidate_runs, summaries, path: str | os.Path
 def _wrap(title: str, width: int = 100) -> str:
     """Each line of a title wrapped at `width` characters, so it stays inside the figure."""
     return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
+
+
+def variance_sources(labels, stds, disagreements, path, title: str, *, all_label: str = "all",
+                     sampling_std: float | None = None) -> None:
+    """Two panels per source of randomness: the std of test accuracy over runs with its 95 % CI
+    (chi-square), the CI of `all_label` as a band, one model's test-set sampling std as a line;
+    and the mean pairwise disagreement of test predictions with its 95 % CI (jackknife).
+    `stds` and `disagreements` hold {std or mean, ci_low, ci_high} in % points / %."""
+    x = np.arange(len(labels))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.4))
+
+    def bars(ax, rows, key, color, label):
+        mid = np.array([r[key] if r[key] is not None else np.nan for r in rows], np.float64)
+        lo = np.array([r["ci_low"] if r["ci_low"] is not None else np.nan for r in rows], np.float64)
+        hi = np.array([r["ci_high"] if r["ci_high"] is not None else np.nan for r in rows], np.float64)
+        ax.bar(x, np.nan_to_num(mid), color=[("C1" if lab == all_label else color) for lab in labels], alpha=0.85,
+               label=label)
+        ax.errorbar(x, mid, yerr=[np.nan_to_num(mid - lo), np.nan_to_num(hi - mid)], fmt="none", color="k", capsize=4,
+                    lw=1.2, label="95 % CI")
+        if all_label in labels:
+            i = labels.index(all_label)
+            if rows[i]["ci_low"] is not None:
+                ax.axhspan(rows[i]["ci_low"], rows[i]["ci_high"], color="C1", alpha=0.15, zorder=0,
+                           label=f"95 % CI of '{all_label}'")
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("source of randomness varied (the others held fixed)")
+        ax.grid(alpha=0.3, axis="y")
+
+    bars(left, stds, "std", "C0", "std over runs")
+    if sampling_std is not None:
+        left.axhline(sampling_std, color="C3", ls="--", lw=1.2, label="test-set sampling std of one model (bootstrap)")
+    left.set_ylabel("std of test accuracy over runs (% points)")
+    left.set_title("Spread of test accuracy", fontsize=9)
+    left.legend(fontsize=7)
+    bars(right, disagreements, "mean", "C2", "mean over pairs of runs")
+    right.set_ylabel("test images two runs label differently (%)")
+    right.set_title("Disagreement between the predictions of two runs", fontsize=9)
+    right.legend(fontsize=7)
+    fig.suptitle(_wrap(title, 130), fontsize=9)
+    save(fig, path)
