@@ -99,21 +99,33 @@ def power_table(sigma: dict, config: ml_collections.ConfigDict) -> dict:
 def verdict(per_source: dict) -> dict:
     """Whether each source alone spreads test accuracy as much as all together (its std inside the
     95 % CI of the std of `all`), the reading of Summers & Dinneen (2021)."""
-    all_ci = per_source["all"]["std_pct"]
-    inside, outside, unused = [], [], []
+    all_ci, all_dis = per_source["all"]["std_pct"], per_source["all"]["disagreement"]
+    inside, outside, unused, dis_outside = [], [], [], []
     for source, row in per_source.items():
         if source == "all" or row["std_pct"]["std"] is None:
             continue
         if row["identical_runs"]:
             unused.append(source)
-        elif all_ci["ci_low"] <= row["std_pct"]["std"] <= all_ci["ci_high"]:
+            continue
+        if all_ci["ci_low"] <= row["std_pct"]["std"] <= all_ci["ci_high"]:
             inside.append(source)
         else:
             outside.append(source)
+        d = row["disagreement"]
+        if None not in (d["ci_high"], all_dis["ci_low"]):
+            if d["ci_high"] < all_dis["ci_low"] or d["ci_low"] > all_dis["ci_high"]:
+                dis_outside.append(source)
     tested = [s for s in inside + outside if s in NONDETERMINISM]
     agrees = bool(tested) and all(s in inside for s in tested)
-    text = (f"Inside the 95 % CI of 'all' ({all_ci['ci_low']:.3f}-{all_ci['ci_high']:.3f} % points): "
-            f"{', '.join(inside) or 'none'}; outside: {', '.join(outside) or 'none'}.")
+    ratio = ", ".join(f"{s} ({per_source[s]['std_pct']['std'] / all_ci['std']:.2f} x)" for s in outside)
+    text = (f"Spread (std of test accuracy) inside the 95 % CI of 'all' ({all_ci['ci_low']:.3f}-{all_ci['ci_high']:.3f} "
+            f"% points): {', '.join(inside) or 'none'}; outside: {ratio or 'none'}.")
+    if dis_outside:
+        text += (" Disagreement whose 95 % CI misses that of 'all': "
+                 + ", ".join(f"{s} ({100 * per_source[s]['disagreement']['mean']:.2f} % against "
+                             f"{100 * all_dis['mean']:.2f} %)" for s in dis_outside) + ".")
+    if "one_bit" in outside and per_source["one_bit"]["std_pct"]["std"] < all_ci["ci_low"]:
+        text += " A one-ulp change of one initial weight has not grown into the full spread within these epochs."
     if unused:
         text += f" Not used by this model (its runs are identical): {', '.join(unused)}."
     text += (" MNIST agrees with Summers & Dinneen: each source of nondeterminism alone gives about the spread of "
@@ -121,6 +133,7 @@ def verdict(per_source: dict) -> dict:
              " MNIST does not fully agree with Summers & Dinneen: not every source of nondeterminism alone gives "
              "the spread of all of them together.")
     return {"inside_all_ci": inside, "outside_all_ci": outside, "unused": unused,
+            "disagreement_outside_all_ci": dis_outside,
             "agrees_with_summers_dinneen": agrees, "text": text}
 
 

@@ -368,6 +368,7 @@ def variance_sources(labels, stds, disagreements, path, title: str, *, all_label
             if rows[i]["ci_low"] is not None:
                 ax.axhspan(rows[i]["ci_low"], rows[i]["ci_high"], color="C1", alpha=0.15, zorder=0,
                            label=f"95 % CI of '{all_label}'")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.4)  # room for the legend above the bars
         ax.set_xticks(x, labels)
         ax.set_xlabel("source of randomness varied (the others held fixed)")
         ax.grid(alpha=0.3, axis="y")
@@ -377,10 +378,10 @@ def variance_sources(labels, stds, disagreements, path, title: str, *, all_label
         left.axhline(sampling_std, color="C3", ls="--", lw=1.2, label="test-set sampling std of one model (bootstrap)")
     left.set_ylabel("std of test accuracy over runs (% points)")
     left.set_title("Spread of test accuracy", fontsize=9)
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper left", ncol=2)
     bars(right, disagreements, "mean", "C2", "mean over pairs of runs")
     right.set_ylabel("test images two runs label differently (%)")
     right.set_title("Disagreement between the predictions of two runs", fontsize=9)
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper left", ncol=2)
     fig.suptitle(_wrap(title, 130), fontsize=9)
     save(fig, path)

@@ -299,6 +299,64 @@ def section_cnn_search(m: dict) -> str:
     return "\n\n".join(parts)
 
 
+def _std_ci(s: dict, digits: int = 3) -> str:
+    if s.get("std") is None:
+        return "n/a"
+    return f"{s['std']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
+
+
+def _disagreement(d: dict) -> str:
+    if d.get("mean") is None:
+        return "n/a"
+    return f"{pct(d['mean'])}" + ("" if d.get("ci_low") is None else f" [{pct(d['ci_low'])}, {pct(d['ci_high'])}]")
+
+
+SOURCE_NAMES = {"init": "initial weights", "order": "batch order", "dropout": "dropout masks", "noise": "noise draws",
+                "augment": "augmentation draws", "one_bit": "one bit of one initial weight",
+                "bootstrap": "bootstrap of the training set", "all": "every stream: different seeds"}
+
+
+def section_variance_sources(m: dict) -> str:
+    all_ci = m["per_source"]["all"]["std_pct"]
+    rows = []
+    for source, r in m["per_source"].items():
+        within = "-" if source == "all" or r["std_pct"]["std"] is None else (
+            "unused" if r["identical_runs"] else
+            ("yes" if all_ci["ci_low"] <= r["std_pct"]["std"] <= all_ci["ci_high"] else "**no**"))
+        rows.append([f"{source} ({SOURCE_NAMES.get(source, source)})", f"{r['runs']}",
+                     mean_std(r["test_accuracy_pct"], 1.0, 2), _std_ci(r["std_pct"]), within,
+                     _disagreement(r["disagreement"])])
+    sampling = m["test_sampling_std"]
+    power = m["power"]
+    prows = [[f"{r['difference_pct']:g}", f"{r['seeds_per_arm']}", f"{r['seeds_per_arm_at_ci_high']}"] for r in power["rows"]]
+    srows = [[s["experiment"], s["arm"], f"{s['seeds_per_arm']}", num(s["detectable_difference_pct"], 3),
+              num(s["detectable_difference_pct_at_ci_high"], 3)] for s in power["sweeps"]]
+    return "\n\n".join([
+        "## Beyond the study: where run-to-run variance comes from, and how many seeds a claim needs",
+        f"{m['model']} ({m['param_count']:,} params): {m['runs_per_source']} runs per source, only that source "
+        "varied (every other random stream held at the base seed), all runs one vmapped program. Spread = std of the "
+        "final test accuracy over runs with its 95 % chi-square CI; disagreement = mean over pairs of runs of the "
+        "share of test images they label differently, 95 % CI by the jackknife over runs.",
+        table(["source varied", "runs", "test accuracy (%), mean ± std", "std (% points) [95 % CI]",
+               "inside the CI of 'all'?", "disagreement (%) [95 % CI]"], rows),
+        f"For scale: the test-set sampling std of one model (no training; {sampling['resamples']} bootstrap resamples "
+        f"of the {sampling['test_images']:,} test images) is {sampling['bootstrap_std_pct']:.3f} % points "
+        f"(binomial formula: {sampling['binomial_std_pct']:.3f}): the spread over runs of 'all' is "
+        f"{m['per_source']['all']['std_pct']['std'] / sampling['bootstrap_std_pct']:.2f} times that.",
+        f"**Against Summers & Dinneen (2021)**: {m['verdict']['text']}",
+        f"**How many seeds** (from the spread of 'all', σ = {power['sigma_pct']:.3f} % points, upper 95 % bound "
+        f"{power['sigma_ci_high_pct']:.3f}; {power['test']}, alpha {power['alpha']:g}, power {power['power']:g}):",
+        table(["difference of mean test accuracy (% points)", "seeds per arm", "seeds per arm at the upper bound of σ"],
+              prows),
+        "The smallest difference the project's sweeps can detect with the seeds they use, if their runs spread as "
+        "this model's do (each sweep's own spread gives its own number):",
+        table(["sweep", "arm", "seeds per arm", "detectable difference (% points)", "at the upper bound of σ"], srows),
+        timing_line(m),
+        figure("variance_sources", "variance_sources.png",
+               "Spread of test accuracy and disagreement of predictions per source of randomness, with 95 % CIs"),
+    ])
+
+
 SECTIONS: dict[str, Callable[[dict], str]] = {
     "mlp": section_mlp,
     "l2_sweep": lambda m: section_sweep(
@@ -315,6 +373,7 @@ SECTIONS: dict[str, Callable[[dict], str]] = {
     "denoise": section_denoise,
     "noise_accuracy": section_noise_accuracy,
     "vae": section_vae,
+    "variance_sources": section_variance_sources,
 }
 
 
@@ -460,8 +519,20 @@ def row_vae(m: dict, c: dict) -> list[str]:
             "failed: \"nothing like digits\"", f"{lo}-{hi} nats NLL for such models"]
 
 
+def row_variance_sources(m: dict, c: dict) -> list[str]:
+    rows = m["per_source"]
+    spread = "; ".join(f"{k} {_std_ci(r['std_pct'], 2)}" for k, r in rows.items() if not r["identical_runs"])
+    power = m["power"]
+    need = ", ".join(f"{r['difference_pct']:g}: {r['seeds_per_arm']}" for r in power["rows"])
+    verdict = "agrees" if m["verdict"]["agrees_with_summers_dinneen"] else "does not fully agree"
+    return [f"beyond the study: where variance comes from, {m['model']}, {_seeds(c)} per source",
+            f"std of test accuracy (% points) [95 % CI]: {spread}; MNIST **{verdict}** with Summers & Dinneen. "
+            f"Seeds per arm to detect a difference of (points): {need}",
+            "-", "Summers & Dinneen 2021: each source alone ≈ all together"]
+
+
 ROWS: dict[str, Callable[[dict, dict], list[str]]] = {
     "mlp": row_mlp, "l2_sweep": row_l2_sweep, "dropout_sweep": row_dropout_sweep, "cnn": row_cnn,
     "cnn_search": row_cnn_search, "cnn_best": row_cnn_best, "denoise": row_denoise,
-    "noise_accuracy": row_noise_accuracy, "vae": row_vae,
+    "noise_accuracy": row_noise_accuracy, "vae": row_vae, "variance_sources": row_variance_sources,
 }

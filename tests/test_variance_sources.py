@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import variance_sources
-from mnist_jax import train
+from mnist_jax import report, train
 
 
 def test_each_source_varies_its_own_seed_only():
@@ -51,3 +51,7 @@ def test_variance_sources_end_to_end(tmp_path):
     assert needed == sorted(needed, reverse=True) and needed[-1] >= 2
     assert {s["experiment"] for s in power["sweeps"]} == {"l2_sweep", "dropout_sweep", "cnn_search"}
     assert (tmp_path / "variance_sources.png").read_bytes()[:4] == b"\x89PNG"
+    text = report.SECTIONS["variance_sources"](m)
+    assert "Against Summers & Dinneen" in text and "seeds per arm" in text and "variance_sources.png" in text
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "Summers & Dinneen" in report.ROWS["variance_sources"](m, config)[1]
