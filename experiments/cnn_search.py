@@ -36,7 +36,8 @@ def candidate_row(label: str, value, hist: dict, rows: slice, n_params: int, tim
 
 
 def judge(rows: list[dict], alpha: float) -> dict:
-    """The chosen row (highest mean validation accuracy) and Welch tests of every other row against it."""
+    """The chosen row (highest mean validation accuracy), Welch tests of every other row against it,
+    and P(a run of the chosen beats a run of the other) with its CI beside each."""
     means = [r["val_accuracy"]["mean"] for r in rows]
     best = int(np.argmax(means))
     tests = []
@@ -44,8 +45,10 @@ def judge(rows: list[dict], alpha: float) -> dict:
         if i == best:
             continue
         w = stats.welch(rows[best]["val_accuracy"]["per_seed"], r["val_accuracy"]["per_seed"])
+        better = stats.prob_greater(rows[best]["val_accuracy"]["per_seed"], r["val_accuracy"]["per_seed"])
         tests.append({"chosen": rows[best]["label"], "other": r["label"],
                       "difference": means[best] - means[i], **w,
+                      "p_chosen_beats_other": better,  # P(a chosen run's val accuracy > a run of the other)
                       "significant": w["p_value"] is not None and w["p_value"] < alpha})
     matters = any(t["significant"] for t in tests)
     return {"chosen_index": best, "chosen": rows[best]["label"], "chosen_value": rows[best]["value"],

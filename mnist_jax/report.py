@@ -125,14 +125,27 @@ def dropout_target(m: dict) -> str:
             f"({mean:.3f} % after {epochs} epochs).")
 
 
+def detectable_text(m: dict) -> str:
+    """' With 10 seeds per value and runs spreading by 0.06 % points, ...' (empty for older metrics)."""
+    d = m.get("detectable", {})
+    if d.get("difference_pct") is None:
+        return ""
+    return (f" With {d['seeds_per_value']} seeds per value and runs spreading by {d['pooled_std_pct']:.3f} % points "
+            f"(pooled std), a difference of mean test error of {d['difference_pct']:.3f} % points is detected with "
+            "power 0.8 (two-sided t-test, alpha 0.05); smaller true differences are likely missed.")
+
+
 def section_sweep(m: dict, name: str, title: str, study_note: str) -> str:
     field = m["sweep_field"]
     rows = []
     for row in m["per_value"]:
         w = row["vs_first_value_welch"]
         p = "-" if w.get("p_value") is None or row is m["per_value"][0] else f"{w['p_value']:.3f}"
+        better = row.get("vs_first_value_p_better", {})
+        p_better = ("-" if better.get("p") is None or row is m["per_value"][0]
+                    else f"{better['p']:.2f} [{better['ci_low']:.2f}, {better['ci_high']:.2f}]")
         rows.append([f"{row[field]:g}", mean_std(row["test_error_pct"], 1.0, 3), ci(row["test_error_pct"], 1.0, 3),
-                     f"{row['test_error_pct']['n']}", p, mean_std(row["study_protocol_best_test_accuracy"])])
+                     f"{row['test_error_pct']['n']}", p, p_better, mean_std(row["study_protocol_best_test_accuracy"])])
     chosen = m["chosen_on_validation"]
     err = chosen["test_error_pct"]
     ref = m["reference"]
@@ -152,8 +165,9 @@ def section_sweep(m: dict, name: str, title: str, study_note: str) -> str:
     return "\n\n".join([
         f"## {title}",
         table([field, "test error (%), mean ± std", "95 % CI (%)", "seeds", "Welch p vs first",
-               "study protocol: best test accuracy over epochs (%)"], rows),
-        summary,
+               "P(a run beats a run at the first value) [95 % CI]", "study protocol: best test accuracy over epochs (%)"],
+              rows),
+        summary + detectable_text(m),
         timing_line(m),
         figure(name, f"{m['experiment']}.png", "Test error per value: every seed a dot, mean with 95 % CI"),
         figure(name, f"{m['experiment']}_std.png", "Run-to-run standard deviation per value"),
@@ -273,14 +287,20 @@ def section_cnn_search(m: dict) -> str:
     parts = ["## 3A. The CNN search: the study's three rounds, chosen on validation", m.get("setting", "")]
     for key, rnd in m["rounds"].items():
         rows = []
+        tests = {t["other"]: t for t in rnd.get("welch_vs_chosen", [])}
         for i, c in enumerate(rnd["candidates"]):
             mark = " (chosen)" if i == rnd["chosen_index"] else ""
+            t = tests.get(c["label"], {})
+            welch = "-" if t.get("p_value") is None else f"{t['p_value']:.3f}"
+            b = t.get("p_chosen_beats_other", {})
+            better = "-" if b.get("p") is None else f"{b['p']:.2f} [{b['ci_low']:.2f}, {b['ci_high']:.2f}]"
             rows.append([f"{c['label']}{mark}", f"{c['param_count']:,}", mean_std(c["val_accuracy"]),
-                         ci(c["val_accuracy"])])
+                         ci(c["val_accuracy"]), welch, better])
         verdict = ("matters beyond seed noise" if rnd["matters_beyond_seed_noise"]
                    else "no difference beyond seed noise (Welch)")
         parts += [f"**{rnd['title']}**: {verdict}.",
-                  table(["candidate", "parameters", "validation accuracy (%), mean ± std", "95 % CI (%)"], rows),
+                  table(["candidate", "parameters", "validation accuracy (%), mean ± std", "95 % CI (%)",
+                         "Welch p vs chosen", "P(a chosen run beats a run of it) [95 % CI]"], rows),
                   figure("cnn_search", f"{key}.png", rnd["title"])]
     fc, last = m.get("final_choice"), list(m["rounds"].values())[-1]
     if fc:
