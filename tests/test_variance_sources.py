@@ -7,6 +7,7 @@ import pytest
 
 from experiments import variance_sources
 from mnist_jax import report, train
+from mnist_jax.config import parse_args
 
 
 def test_each_source_varies_its_own_seed_only():
@@ -21,6 +22,15 @@ def test_each_source_varies_its_own_seed_only():
     assert len(set(one_bit.tolist())) == 4 and one_bit.min() >= 0 and one_bit.max() < 50_176
     others = [i for i, s in enumerate(source) if s != "one_bit"]
     assert (seeds["one_bit"][others] == -1).all() and (seeds["init"][[0, 4, 8, 12]] == [11, 10, 10, 10]).all()
+
+
+@pytest.mark.parametrize("name", ["variance_sources", "variance_sources_l2", "variance_sources_cnn"])
+def test_configs_parse_and_name_known_sources(name, tmp_path):
+    _, config = parse_args(["--workdir", str(tmp_path), "--config", f"configs/{name}.py"], "")
+    assert set(config.sources) <= set(variance_sources.SOURCES) and "all" in config.sources
+    assert config.seeds >= 3 and variance_sources.describe_model(config)
+    if name == "variance_sources_cnn":
+        assert "dropout" in config.sources and variance_sources.hparams(config)["dropout_rate"] == 0.5
 
 
 @pytest.mark.integration
