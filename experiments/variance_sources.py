@@ -125,7 +125,12 @@ def verdict(per_source: dict) -> dict:
                  + ", ".join(f"{s} ({100 * per_source[s]['disagreement']['mean']:.2f} % against "
                              f"{100 * all_dis['mean']:.2f} %)" for s in dis_outside) + ".")
     if "one_bit" in outside and per_source["one_bit"]["std_pct"]["std"] < all_ci["ci_low"]:
-        text += " A one-ulp change of one initial weight has not grown into the full spread within these epochs."
+        curve = per_source["one_bit"].get("std_pct_by_epoch")
+        text += " A one-ulp change of one initial weight has not grown into the full spread within these epochs"
+        if curve is not None and len(curve) > 1:
+            half = len(curve) // 2
+            text += f" (its std: {curve[half - 1]:.3f} after epoch {half}, {curve[-1]:.3f} after epoch {len(curve)})"
+        text += "."
     if unused:
         text += f" Not used by this model (its runs are identical): {', '.join(unused)}."
     text += (" MNIST agrees with Summers & Dinneen: each source of nondeterminism alone gives about the spread of "
@@ -171,6 +176,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             "std_pct": stats.std_ci(acc),
             "disagreement": stats.pairwise_disagreement(preds[mine]),
             "identical_runs": bool(np.all(preds[mine] == preds[mine][:1]) and np.ptp(acc) == 0),
+            # how the spread grows: std of test accuracy after each epoch (% points)
+            "std_pct_by_epoch": (100.0 * np.asarray(h["test_accuracy"], np.float64)[mine].std(axis=0, ddof=1)
+                                 if mine.sum() > 1 else None),
         }
     all_runs = np.flatnonzero(np.array([s == "all" for s in run_source]) & ok)
     p_one = correct[all_runs[0]].mean()
@@ -222,12 +230,14 @@ def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.P
     labels = list(rows)
     dis = [{k: (None if r["disagreement"][k] is None else 100.0 * r["disagreement"][k]) for k in ("mean", "ci_low", "ci_high")}
            for r in rows.values()]
+    by_epoch = {s: r["std_pct_by_epoch"] for s, r in rows.items()
+                if not r["identical_runs"] and r.get("std_pct_by_epoch") is not None}
     plots.variance_sources(
         labels, [r["std_pct"] for r in rows.values()], dis, workdir / "variance_sources.png",
         f"Where run-to-run variance comes from: {metrics['model']} ({metrics['param_count']:,} params), "
         f"{metrics['runs_per_source']} runs per source, one source varied at a time, all runs one vmapped program; "
         f"test accuracy after the last epoch, 10,000 test images",
-        sampling_std=metrics["test_sampling_std"]["bootstrap_std_pct"])
+        sampling_std=metrics["test_sampling_std"]["bootstrap_std_pct"], std_by_epoch=by_epoch)
 
 
 def main(argv: list[str] | None = None) -> int:

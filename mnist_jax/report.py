@@ -373,7 +373,8 @@ def section_variance_sources(m: dict) -> str:
         table(["sweep", "arm", "seeds per arm", "detectable difference (% points)", "at the upper bound of σ"], srows),
         timing_line(m),
         figure("variance_sources", "variance_sources.png",
-               "Spread of test accuracy and disagreement of predictions per source of randomness, with 95 % CIs"),
+               "Spread of test accuracy and disagreement of predictions per source of randomness, with 95 % CIs, "
+               "and the spread after each epoch"),
     ])
 
 

@@ -45,6 +45,7 @@ def test_variance_sources_end_to_end(tmp_path):
     for name, row in rows.items():
         accs = [100 * r["test_accuracy"] for r in m["runs"] if r["source"] == name]
         assert row["runs"] == 3 and row["std_pct"]["std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-9)
+        assert len(row["std_pct_by_epoch"]) == 2 and row["std_pct_by_epoch"][-1] == pytest.approx(row["std_pct"]["std"])
         if name == "dropout":  # this net has no dropout: the stream is unused and the runs identical
             assert row["identical_runs"] and row["std_pct"]["std"] == 0 and row["disagreement"]["mean"] == 0
         else:
