@@ -51,8 +51,16 @@ def judge(rows: list[dict], alpha: float) -> dict:
                       "p_chosen_beats_other": better,  # P(a chosen run's val accuracy > a run of the other)
                       "significant": w["p_value"] is not None and w["p_value"] < alpha})
     matters = any(t["significant"] for t in tests)
+    # the smallest difference of mean validation accuracy these seeds detect (power 0.8) at the round's pooled std
+    runs = [np.asarray(r["val_accuracy"]["per_seed"], np.float64) for r in rows]
+    runs = [x[np.isfinite(x)] for x in runs]
+    dof = sum(x.size - 1 for x in runs if x.size > 1)
+    pooled = float(np.sqrt(sum(((x - x.mean()) ** 2).sum() for x in runs if x.size > 1) / dof)) if dof else None
+    n = min(x.size for x in runs)
+    detectable = {"pooled_std": pooled, "seeds_per_candidate": int(n), "alpha": alpha, "power": 0.8,
+                  "difference": None if pooled is None else stats.detectable_difference(pooled, n, alpha)}
     return {"chosen_index": best, "chosen": rows[best]["label"], "chosen_value": rows[best]["value"],
-            "welch_vs_chosen": tests, "matters_beyond_seed_noise": matters}
+            "welch_vs_chosen": tests, "matters_beyond_seed_noise": matters, "detectable": detectable}
 
 
 def train_candidate(config, workdir, data, model_cfg, name: str, dropout_rates: list[float]):

@@ -298,6 +298,11 @@ def section_cnn_search(m: dict) -> str:
                          ci(c["val_accuracy"]), welch, better])
         verdict = ("matters beyond seed noise" if rnd["matters_beyond_seed_noise"]
                    else "no difference beyond seed noise (Welch)")
+        d = rnd.get("detectable", {})
+        if d.get("difference") is not None:
+            verdict += (f"; with {d['seeds_per_candidate']} seeds per candidate, differences of mean validation accuracy "
+                        f"below {pct(d['difference'])} % points are likely missed (power 0.8 at the pooled std "
+                        f"{pct(d['pooled_std'])} % points)")
         parts += [f"**{rnd['title']}**: {verdict}.",
                   table(["candidate", "parameters", "validation accuracy (%), mean ± std", "95 % CI (%)",
                          "Welch p vs chosen", "P(a chosen run beats a run of it) [95 % CI]"], rows),

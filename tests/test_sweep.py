@@ -107,3 +107,6 @@ def test_cnn_search_judge_gives_p_of_the_chosen_beating_each_other():
     (test,) = verdict["welch_vs_chosen"]
     assert verdict["chosen"] == "a" and test["p_chosen_beats_other"]["p"] == 1.0
     assert 0.5 < test["p_chosen_beats_other"]["ci_low"] < 1.0 and test["p_value"] < 0.05
+    d = verdict["detectable"]
+    assert d["pooled_std"] == pytest.approx(0.001) and d["seeds_per_candidate"] == 3
+    assert d["difference"] == pytest.approx(stats.detectable_difference(0.001, 3))
