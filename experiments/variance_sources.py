@@ -217,7 +217,7 @@ def describe_model(config: ml_collections.ConfigDict) -> str:
     if m.kind == "mlp":
         net = "dense 784-" + "-".join(str(w) for w in m.hidden) + "-10"
     else:
-        net = f"CNN {m.kind} filters {list(m.filters)}, dense {m.dense}"
+        net = f"CNN, conv filters {list(m.filters)}, dense {m.dense or 'none'}"
     extra = f", dropout {config.dropout_rate:g}" if config.dropout_rate else ""
     extra += f", shifts ±{config.max_shift} px" if config.max_shift else ""
     return (f"{net}, {config.optimizer} lr {config.learning_rate:g} {config.schedule}{extra}, batch {config.batch_size}, "
