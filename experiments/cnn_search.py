@@ -39,7 +39,8 @@ def candidate_row(label: str, value, hist: dict, rows: slice, n_params: int, tim
 
 
 def judge(rows: list[dict], alpha: float) -> dict:
-    """The chosen row (highest mean validation accuracy) and Welch tests of every other row against it."""
+    """The chosen row (highest mean validation accuracy), Welch tests of every other row against it,
+    and P(a run of the chosen beats a run of the other) with its CI beside each."""
     means = [r["val_accuracy"]["mean"] if r["val_accuracy"]["mean"] is not None else -np.inf for r in rows]
     best = int(np.argmax(means))  # every run of every row diverged: the first row, with no test beating it
     tests = []
@@ -47,12 +48,22 @@ def judge(rows: list[dict], alpha: float) -> dict:
         if i == best:
             continue
         w = stats.welch(rows[best]["val_accuracy"]["per_seed"], r["val_accuracy"]["per_seed"])
+        better = stats.prob_greater(rows[best]["val_accuracy"]["per_seed"], r["val_accuracy"]["per_seed"])
         tests.append({"chosen": rows[best]["label"], "other": r["label"],
                       "difference": means[best] - means[i] if np.isfinite(means[best] - means[i]) else None, **w,
+                      "p_chosen_beats_other": better,  # P(a chosen run's val accuracy > a run of the other)
                       "significant": w["p_value"] is not None and w["p_value"] < alpha})
     matters = any(t["significant"] for t in tests)
+    # the smallest difference of mean validation accuracy these seeds detect (power 0.8) at the round's pooled std
+    runs = [np.asarray(r["val_accuracy"]["per_seed"], np.float64) for r in rows]
+    runs = [x[np.isfinite(x)] for x in runs]
+    dof = sum(x.size - 1 for x in runs if x.size > 1)
+    pooled = float(np.sqrt(sum(((x - x.mean()) ** 2).sum() for x in runs if x.size > 1) / dof)) if dof else None
+    n = min(x.size for x in runs)
+    detectable = {"pooled_std": pooled, "seeds_per_candidate": int(n), "alpha": alpha, "power": 0.8,
+                  "difference": None if pooled is None else stats.detectable_difference(pooled, n, alpha)}
     return {"chosen_index": best, "chosen": rows[best]["label"], "chosen_value": rows[best]["value"],
-            "welch_vs_chosen": tests, "matters_beyond_seed_noise": matters}
+            "welch_vs_chosen": tests, "matters_beyond_seed_noise": matters, "detectable": detectable}
 
 
 def train_candidate(config, workdir, data, model_cfg, name: str, dropout_rates: list[float]):

@@ -86,8 +86,16 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             "study_protocol_best_test_accuracy": stats.summary(per_value(best_test, n_values)[i]),
             "study_protocol_selection_bias_pct": stats.summary(100.0 * bias),
             "vs_first_value_welch": stats.welch(err_by_v[i], err_by_v[0]),
+            # P(a run at this value has a lower test error than a run at the first value), with its CI
+            "vs_first_value_p_better": stats.prob_greater(err_by_v[0], err_by_v[i]),
             "diverged_runs": int(per_value(diverged, n_values)[i].sum()),
         })
+    pairwise = [{"a": values[i], "b": values[j], **stats.prob_greater(err_by_v[j], err_by_v[i])}
+                for i in range(n_values) for j in range(i + 1, n_values)]  # p: P(a run at a beats a run at b)
+    finite_err = [e[np.isfinite(e)] for e in err_by_v]
+    pooled = [e - e.mean() for e in finite_err if e.size > 1]
+    dof = sum(e.size - 1 for e in pooled)
+    pooled_std = float(np.sqrt(sum((e ** 2).sum() for e in pooled) / dof)) if dof else None
     val_means = [r["final_val_accuracy"]["mean"] if r["final_val_accuracy"]["mean"] is not None else -1 for r in rows]
     chosen = int(np.argmax(val_means))
     ref_pct = 100.0 * config.reference_errors / n_test
@@ -112,6 +120,13 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                       "inside_chosen_ci": bool(chosen_err["ci_low"] is not None
                                                and chosen_err["ci_low"] <= ref_pct <= chosen_err["ci_high"])},
         "diverged": diverged_runs,
+        "pairwise_p_better": pairwise,
+        "detectable": {
+            "note": "smallest difference of mean test error (% points) a two-sided t-test at alpha 0.05 detects with "
+                    "power 0.8 with these seeds per value, if runs spread with the pooled std over values",
+            "pooled_std_pct": pooled_std, "seeds_per_value": len(seeds_list),
+            "difference_pct": None if pooled_std is None else stats.detectable_difference(pooled_std, len(seeds_list)),
+        },
         "study_protocol": {
             "note": "best test accuracy over epochs (the study's protocol: the test set chooses the epoch, "
                     "so it is biased upwards); reported beside, never used to choose",

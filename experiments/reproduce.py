@@ -56,6 +56,8 @@ STAGES = [
           quick=("--config.seeds=2", "--config.epochs=2", "--config.iwae_images=100", "--config.iwae_k=100",
                  "--config.n_samples=1000", "--config.map_epochs=1", "--config.classifier.epochs=1",
                  "--config.classifier.model.kind=mlp")),
+    Stage("variance_sources", "experiments.variance_sources", "configs/variance_sources.py",
+          quick=("--config.seeds=3", "--config.epochs=2", "--config.test_resamples=200")),
 ]
 
 

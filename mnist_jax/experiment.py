@@ -28,7 +28,7 @@ from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import REPO_ROOT, ConfigError, load_config_file, parse_args
 from mnist_jax.provenance import describe_devices
-from mnist_jax.sweep import SweepResult, train_grid
+from mnist_jax.sweep import SweepResult, num_runs, train_grid
 from mnist_jax.train import Task, TrainSpec
 
 
@@ -104,21 +104,22 @@ def run_chunk(config: ml_collections.ConfigDict, convolutional: bool = False, ba
     return 1 if convolutional and (backend or jax.default_backend()) == "cpu" else None
 
 
-def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: np.ndarray,
+def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: Any,
           data: data_lib.Splits, name: str = "train", spec: TrainSpec | None = None,
           metric: str = "val_accuracy", convolutional: bool = False) -> SweepResult:
     """`train_grid` with the config's spec, a progress bar, and checkpoints in workdir/checkpoints/name.
 
     A workdir that already holds checkpoints of this training resumes from the newest one.
     `metric` is the history entry shown in the progress bar; `convolutional` picks the automatic
-    `run_chunk` of conv nets.
+    `run_chunk` of conv nets. `seeds`: (R,) run seeds, or per-stream seeds {stream: (R,)}.
     """
     spec = spec or TrainSpec(epochs=config.epochs, batch_size=config.batch_size,
                              optimizer=config.get("optimizer", "sgd"), schedule=config.get("schedule", "constant"))
     ckpt_dir = workdir / "checkpoints" / name
     mark_checkpoints_code(workdir)
     chunk = run_chunk(config, convolutional)
-    bar = Progress(spec.epochs * int(np.ceil(len(seeds) / (chunk or len(seeds)))), name, metric)
+    n_runs = num_runs(seeds)
+    bar = Progress(spec.epochs * int(np.ceil(n_runs / (chunk or n_runs))), name, metric)
     try:
         result = train_grid(task, spec, hp, seeds, data, chunk_epochs=config.get("chunk_epochs", 1),
                             run_chunk=chunk, checkpoint_dir=str(ckpt_dir),

@@ -344,3 +344,61 @@ def candidate_scatter(labels, per_candidate_runs, summaries, path: str | os.Path
 def _wrap(title: str, width: int = 100) -> str:
     """Each line of a title wrapped at `width` characters, so it stays inside the figure."""
     return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
+
+
+def variance_sources(labels, stds, disagreements, path, title: str, *, all_label: str = "all",
+                     sampling_std: float | None = None, std_by_epoch: dict | None = None) -> None:
+    """Panels per source of randomness: the std of test accuracy over runs with its 95 % CI
+    (chi-square), the CI of `all_label` as a band, one model's test-set sampling std as a line;
+    the mean pairwise disagreement of test predictions with its 95 % CI (jackknife); and, given
+    `std_by_epoch` {label: (epochs,)}, the std of test accuracy after each epoch per source.
+    `stds` and `disagreements` hold {std or mean, ci_low, ci_high} in % points / %."""
+    x = np.arange(len(labels))
+    if std_by_epoch:
+        fig, (left, right, third) = plt.subplots(1, 3, figsize=(16.0, 4.4))
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 4.4))
+
+    def bars(ax, rows, key, color, label):
+        mid = np.array([r[key] if r[key] is not None else np.nan for r in rows], np.float64)
+        lo = np.array([r["ci_low"] if r["ci_low"] is not None else np.nan for r in rows], np.float64)
+        hi = np.array([r["ci_high"] if r["ci_high"] is not None else np.nan for r in rows], np.float64)
+        ax.bar(x, np.nan_to_num(mid), color=[("C1" if lab == all_label else color) for lab in labels], alpha=0.85,
+               label=label)
+        ax.errorbar(x, mid, yerr=[np.nan_to_num(mid - lo), np.nan_to_num(hi - mid)], fmt="none", color="k", capsize=4,
+                    lw=1.2, label="95 % CI")
+        if all_label in labels:
+            i = labels.index(all_label)
+            if rows[i]["ci_low"] is not None:
+                ax.axhspan(rows[i]["ci_low"], rows[i]["ci_high"], color="C1", alpha=0.15, zorder=0,
+                           label=f"95 % CI of '{all_label}'")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.4)  # room for the legend above the bars
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("source of randomness varied (the others held fixed)")
+        ax.grid(alpha=0.3, axis="y")
+
+    bars(left, stds, "std", "C0", "std over runs")
+    if sampling_std is not None:
+        left.axhline(sampling_std, color="C3", ls="--", lw=1.2, label="test-set sampling std of one model (bootstrap)")
+    left.set_ylabel("std of test accuracy over runs (% points)")
+    left.set_title("Spread of test accuracy", fontsize=9)
+    left.legend(fontsize=7, loc="upper left", ncol=2)
+    bars(right, disagreements, "mean", "C2", "mean over pairs of runs")
+    right.set_ylabel("test images two runs label differently (%)")
+    right.set_title("Disagreement between the predictions of two runs", fontsize=9)
+    right.legend(fontsize=7, loc="upper left", ncol=2)
+    if std_by_epoch:
+        for i, (label, curve) in enumerate(std_by_epoch.items()):
+            curve = np.asarray(curve, np.float64)
+            curve = np.where(curve > 0, curve, np.nan)  # identical runs: no point on the log axis
+            third.plot(np.arange(1, curve.size + 1), curve, marker="o", ms=3, label=label,
+                       color="C1" if label == all_label else f"C{[0, 2, 3, 4, 5, 6, 7, 8, 9][i % 9]}",
+                       lw=2.2 if label == all_label else 1.2)
+        third.set_xlabel("epoch")
+        third.set_ylabel("std of test accuracy over runs (% points)")
+        third.set_yscale("log")
+        third.set_title("How the spread grows during training", fontsize=9)
+        third.grid(alpha=0.3, which="both")
+        third.legend(fontsize=7, title="source varied", title_fontsize=7)
+    fig.suptitle(_wrap(title, 130), fontsize=9)
+    save(fig, path)

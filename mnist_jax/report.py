@@ -125,14 +125,27 @@ def dropout_target(m: dict) -> str:
             f"({mean:.3f} % after {epochs} epochs).")
 
 
+def detectable_text(m: dict) -> str:
+    """' With 10 seeds per value and runs spreading by 0.06 % points, ...' (empty for older metrics)."""
+    d = m.get("detectable", {})
+    if d.get("difference_pct") is None:
+        return ""
+    return (f" With {d['seeds_per_value']} seeds per value and runs spreading by {d['pooled_std_pct']:.3f} % points "
+            f"(pooled std), a difference of mean test error of {d['difference_pct']:.3f} % points is detected with "
+            "power 0.8 (two-sided t-test, alpha 0.05); smaller true differences are likely missed.")
+
+
 def section_sweep(m: dict, name: str, title: str, study_note: str) -> str:
     field = m["sweep_field"]
     rows = []
     for row in m["per_value"]:
         w = row["vs_first_value_welch"]
         p = "-" if w.get("p_value") is None or row is m["per_value"][0] else f"{w['p_value']:.3f}"
+        better = row.get("vs_first_value_p_better", {})
+        p_better = ("-" if better.get("p") is None or row is m["per_value"][0]
+                    else f"{better['p']:.2f} [{better['ci_low']:.2f}, {better['ci_high']:.2f}]")
         rows.append([f"{row[field]:g}", mean_std(row["test_error_pct"], 1.0, 3), ci(row["test_error_pct"], 1.0, 3),
-                     f"{row['test_error_pct']['n']}", p, mean_std(row["study_protocol_best_test_accuracy"])])
+                     f"{row['test_error_pct']['n']}", p, p_better, mean_std(row["study_protocol_best_test_accuracy"])])
     chosen = m["chosen_on_validation"]
     err = chosen["test_error_pct"]
     ref = m["reference"]
@@ -152,8 +165,9 @@ def section_sweep(m: dict, name: str, title: str, study_note: str) -> str:
     return "\n\n".join([
         f"## {title}",
         table([field, "test error (%), mean ± std", "95 % CI (%)", "seeds", "Welch p vs first",
-               "study protocol: best test accuracy over epochs (%)"], rows),
-        summary,
+               "P(a run beats a run at the first value) [95 % CI]", "study protocol: best test accuracy over epochs (%)"],
+              rows),
+        summary + detectable_text(m),
         timing_line(m),
         figure(name, f"{m['experiment']}.png", "Test error per value: every seed a dot, mean with 95 % CI"),
         figure(name, f"{m['experiment']}_std.png", "Run-to-run standard deviation per value"),
@@ -273,14 +287,25 @@ def section_cnn_search(m: dict) -> str:
     parts = ["## 3A. The CNN search: the study's three rounds, chosen on validation", m.get("setting", "")]
     for key, rnd in m["rounds"].items():
         rows = []
+        tests = {t["other"]: t for t in rnd.get("welch_vs_chosen", [])}
         for i, c in enumerate(rnd["candidates"]):
             mark = " (chosen)" if i == rnd["chosen_index"] else ""
+            t = tests.get(c["label"], {})
+            welch = "-" if t.get("p_value") is None else f"{t['p_value']:.3f}"
+            b = t.get("p_chosen_beats_other", {})
+            better = "-" if b.get("p") is None else f"{b['p']:.2f} [{b['ci_low']:.2f}, {b['ci_high']:.2f}]"
             rows.append([f"{c['label']}{mark}", f"{c['param_count']:,}", mean_std(c["val_accuracy"]),
-                         ci(c["val_accuracy"])])
+                         ci(c["val_accuracy"]), welch, better])
         verdict = ("matters beyond seed noise" if rnd["matters_beyond_seed_noise"]
                    else "no difference beyond seed noise (Welch)")
+        d = rnd.get("detectable", {})
+        if d.get("difference") is not None:
+            verdict += (f"; with {d['seeds_per_candidate']} seeds per candidate, differences of mean validation accuracy "
+                        f"below {pct(d['difference'])} % points are likely missed (power 0.8 at the pooled std "
+                        f"{pct(d['pooled_std'])} % points)")
         parts += [f"**{rnd['title']}**: {verdict}.",
-                  table(["candidate", "parameters", "validation accuracy (%), mean ± std", "95 % CI (%)"], rows),
+                  table(["candidate", "parameters", "validation accuracy (%), mean ± std", "95 % CI (%)",
+                         "Welch p vs chosen", "P(a chosen run beats a run of it) [95 % CI]"], rows),
                   figure("cnn_search", f"{key}.png", rnd["title"])]
     fc, last = m.get("final_choice"), list(m["rounds"].values())[-1]
     if fc:
@@ -299,6 +324,65 @@ def section_cnn_search(m: dict) -> str:
     return "\n\n".join(parts)
 
 
+def _std_ci(s: dict, digits: int = 3) -> str:
+    if s.get("std") is None:
+        return "n/a"
+    return f"{s['std']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
+
+
+def _disagreement(d: dict) -> str:
+    if d.get("mean") is None:
+        return "n/a"
+    return f"{pct(d['mean'])}" + ("" if d.get("ci_low") is None else f" [{pct(d['ci_low'])}, {pct(d['ci_high'])}]")
+
+
+SOURCE_NAMES = {"init": "initial weights", "order": "batch order", "dropout": "dropout masks", "noise": "noise draws",
+                "augment": "augmentation draws", "one_bit": "one bit of one initial weight",
+                "bootstrap": "bootstrap of the training set", "all": "every stream: different seeds"}
+
+
+def section_variance_sources(m: dict) -> str:
+    all_ci = m["per_source"]["all"]["std_pct"]
+    rows = []
+    for source, r in m["per_source"].items():
+        within = "-" if source == "all" or r["std_pct"]["std"] is None else (
+            "unused" if r["identical_runs"] else
+            ("yes" if all_ci["ci_low"] <= r["std_pct"]["std"] <= all_ci["ci_high"] else "**no**"))
+        rows.append([f"{source} ({SOURCE_NAMES.get(source, source)})", f"{r['runs']}",
+                     mean_std(r["test_accuracy_pct"], 1.0, 2), _std_ci(r["std_pct"]), within,
+                     _disagreement(r["disagreement"])])
+    sampling = m["test_sampling_std"]
+    power = m["power"]
+    prows = [[f"{r['difference_pct']:g}", f"{r['seeds_per_arm']}", f"{r['seeds_per_arm_at_ci_high']}"] for r in power["rows"]]
+    srows = [[s["experiment"], s["arm"], f"{s['seeds_per_arm']}", num(s["detectable_difference_pct"], 3),
+              num(s["detectable_difference_pct_at_ci_high"], 3)] for s in power["sweeps"]]
+    return "\n\n".join([
+        "## Beyond the study: where run-to-run variance comes from, and how many seeds a claim needs",
+        f"{m['model']} ({m['param_count']:,} params): {m['runs_per_source']} runs per source, only that source "
+        "varied (every other random stream held at the base seed), all runs one vmapped program. Spread = std of the "
+        "final test accuracy over runs with its 95 % chi-square CI; disagreement = mean over pairs of runs of the "
+        "share of test images they label differently, 95 % CI by the jackknife over runs.",
+        table(["source varied", "runs", "test accuracy (%), mean ± std", "std (% points) [95 % CI]",
+               "inside the CI of 'all'?", "disagreement (%) [95 % CI]"], rows),
+        f"For scale: the test-set sampling std of one model (no training; {sampling['resamples']} bootstrap resamples "
+        f"of the {sampling['test_images']:,} test images) is {sampling['bootstrap_std_pct']:.3f} % points "
+        f"(binomial formula: {sampling['binomial_std_pct']:.3f}): the spread over runs of 'all' is "
+        f"{m['per_source']['all']['std_pct']['std'] / sampling['bootstrap_std_pct']:.2f} times that.",
+        f"**Against Summers & Dinneen (2021)**: {m['verdict']['text']}",
+        f"**How many seeds** (from the spread of 'all', σ = {power['sigma_pct']:.3f} % points, upper 95 % bound "
+        f"{power['sigma_ci_high_pct']:.3f}; {power['test']}, alpha {power['alpha']:g}, power {power['power']:g}):",
+        table(["difference of mean test accuracy (% points)", "seeds per arm", "seeds per arm at the upper bound of σ"],
+              prows),
+        "The smallest difference the project's sweeps can detect with the seeds they use, if their runs spread as "
+        "this model's do (each sweep's own spread gives its own number):",
+        table(["sweep", "arm", "seeds per arm", "detectable difference (% points)", "at the upper bound of σ"], srows),
+        timing_line(m),
+        figure("variance_sources", "variance_sources.png",
+               "Spread of test accuracy and disagreement of predictions per source of randomness, with 95 % CIs, "
+               "and the spread after each epoch"),
+    ])
+
+
 SECTIONS: dict[str, Callable[[dict], str]] = {
     "mlp": section_mlp,
     "l2_sweep": lambda m: section_sweep(
@@ -315,6 +399,7 @@ SECTIONS: dict[str, Callable[[dict], str]] = {
     "denoise": section_denoise,
     "noise_accuracy": section_noise_accuracy,
     "vae": section_vae,
+    "variance_sources": section_variance_sources,
 }
 
 
@@ -460,8 +545,20 @@ def row_vae(m: dict, c: dict) -> list[str]:
             "failed: \"nothing like digits\"", f"{lo}-{hi} nats NLL for such models"]
 
 
+def row_variance_sources(m: dict, c: dict) -> list[str]:
+    rows = m["per_source"]
+    spread = "; ".join(f"{k} {_std_ci(r['std_pct'], 2)}" for k, r in rows.items() if not r["identical_runs"])
+    power = m["power"]
+    need = ", ".join(f"{r['difference_pct']:g}: {r['seeds_per_arm']}" for r in power["rows"])
+    verdict = "agrees" if m["verdict"]["agrees_with_summers_dinneen"] else "does not fully agree"
+    return [f"beyond the study: where variance comes from, {m['model']}, {_seeds(c)} per source",
+            f"std of test accuracy (% points) [95 % CI]: {spread}; MNIST **{verdict}** with Summers & Dinneen. "
+            f"Seeds per arm to detect a difference of (points): {need}",
+            "-", "Summers & Dinneen 2021: each source alone ≈ all together"]
+
+
 ROWS: dict[str, Callable[[dict, dict], list[str]]] = {
     "mlp": row_mlp, "l2_sweep": row_l2_sweep, "dropout_sweep": row_dropout_sweep, "cnn": row_cnn,
     "cnn_search": row_cnn_search, "cnn_best": row_cnn_best, "denoise": row_denoise,
-    "noise_accuracy": row_noise_accuracy, "vae": row_vae,
+    "noise_accuracy": row_noise_accuracy, "vae": row_vae, "variance_sources": row_variance_sources,
 }

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.data import Splits
-from mnist_jax.train import RunState, Task, TrainSpec, init_state, train_epochs
+from mnist_jax.train import STREAMS, RunState, Task, TrainSpec, init_state, train_epochs
 
 
 def grid(seeds: list[int] | np.ndarray, **values: list[float]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -39,6 +39,30 @@ def grid(seeds: list[int] | np.ndarray, **values: list[float]) -> tuple[dict[str
     rows = list(itertools.product(*(values[n] for n in names), seeds))
     hp = {n: np.array([r[i] for r in rows], np.float32) for i, n in enumerate(names)}
     return hp, np.array([r[-1] for r in rows], np.int32)
+
+
+def stream_grid(seeds: list[int] | np.ndarray, **streams: list[int] | np.ndarray) -> dict[str, np.ndarray]:
+    """Per-run seeds of every stream (each (R,), int32): a stream takes `seeds` (the run seed, so
+    today's numbers) unless given here; `one_bit=` and `bootstrap=` add those perturbations.
+
+    `stream_grid([0, 0, 0], order=[1, 2, 3])`: three runs with the same initial weights (and every
+    other draw), each with its own batch order.
+    """
+    base = np.asarray(seeds, np.int32)
+    out = {s: base for s in STREAMS}
+    out.update({k: np.broadcast_to(np.asarray(v, np.int32), base.shape).copy() for k, v in streams.items()})
+    return out
+
+
+def num_runs(seeds: Any) -> int:
+    """How many runs a seeds array (R,) or a dict of them {stream: (R,)} holds."""
+    return len(jax.tree_util.tree_leaves(seeds)[0])
+
+
+def _runs_shape(seeds: Any) -> tuple:
+    """A hashable description of the seeds' structure and shapes (one compiled program each)."""
+    leaves, treedef = jax.tree_util.tree_flatten(seeds)
+    return str(treedef), tuple(np.shape(a) for a in leaves)
 
 
 def runs_mesh(devices: list | None = None) -> Mesh:
@@ -97,22 +121,22 @@ class GridTrainer:
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[key]
 
-    def place(self, hp: dict, seeds: np.ndarray, data: Splits):
+    def place(self, hp: dict, seeds: Any, data: Splits):
         """Put run-axis inputs sharded over "runs" and the data replicated on the mesh."""
         hp = {k: jax.device_put(jnp.asarray(v, jnp.float32), self.run_sharding) for k, v in hp.items()}
-        seeds = jax.device_put(jnp.asarray(seeds, jnp.int32), self.run_sharding)
+        seeds = jax.tree_util.tree_map(lambda a: jax.device_put(jnp.asarray(a, jnp.int32), self.run_sharding), seeds)
         return hp, seeds, jax.device_put(data, self.replicated)
 
     def init(self, hp, seeds, data: Splits) -> RunState:
         fn = self._init_fn(data.train_x.shape[0])
         shardings = (self.run_sharding, self.run_sharding)
-        return self._compile(("init", seeds.shape), fn, (hp, seeds), shardings)(hp, seeds)
+        return self._compile(("init", _runs_shape(seeds)), fn, (hp, seeds), shardings)(hp, seeds)
 
     def epochs_program(self, n_epochs: int, state: RunState, hp, seeds, data: Splits) -> Callable:
         """The compiled `(state, hp, seeds, data) -> (state, history)` for `n_epochs` epochs."""
         args = (state, hp, seeds, data)
         shardings = (self.run_sharding, self.run_sharding, self.run_sharding, self.replicated)
-        return self._compile(("epochs", n_epochs, seeds.shape), self._epochs_fn(n_epochs), args, shardings, donate=(0,))
+        return self._compile(("epochs", n_epochs, _runs_shape(seeds)), self._epochs_fn(n_epochs), args, shardings, donate=(0,))
 
     def abstract(self, hp, seeds, data: Splits, epochs_done: int) -> dict:
         """Shapes of {"state", "history"} after `epochs_done` epochs (for restoring)."""
@@ -126,11 +150,13 @@ def _concat(chunks: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([np.asarray(c[k]) for c in chunks], axis=1) for k in chunks[0]}
 
 
-def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: np.ndarray, data: Splits, *,
+def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: Any, data: Splits, *,
                chunk_epochs: int = 1, run_chunk: int | None = None, checkpoint_dir: str | None = None,
                checkpoint_every: int = 1, progress: Callable[[int, dict], None] | None = None,
                trainer: GridTrainer | None = None) -> SweepResult:
     """Train R runs (hp {name: (R,)}, seeds (R,)) for `spec.epochs` epochs as one program.
+
+    `seeds` may also be a dict of per-stream seeds {stream: (R,)} (`stream_grid`, `train.STREAMS`).
 
     `run_chunk` bounds how many runs are trained at once (rounded up to the device count).
     With `checkpoint_dir`, the state is saved every `checkpoint_every` epochs and a later call
@@ -138,7 +164,7 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: np
     `progress(epochs_done_in_this_call, metrics)` is called after every chunk of epochs.
     """
     trainer = trainer or GridTrainer(task, spec)
-    n_runs = len(seeds)
+    n_runs = num_runs(seeds)
     if n_runs == 0:
         raise ValueError("the grid is empty: at least one run is needed")
     per_call = run_chunk or n_runs
@@ -148,7 +174,9 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: np
     compile_before = trainer.compile_seconds
     for start in range(0, n_runs, per_call):
         stop = min(start + per_call, n_runs)
-        (hp_c, seeds_c), n_real = pad_runs(({k: v[start:stop] for k, v in hp.items()}, seeds[start:stop]), per_call)
+        part = slice(start, stop)
+        runs = ({k: v[part] for k, v in hp.items()}, jax.tree_util.tree_map(lambda a, p=part: a[p], seeds))
+        (hp_c, seeds_c), n_real = pad_runs(runs, per_call)
         hp_d, seeds_d, data_d = trainer.place(hp_c, seeds_c, data)
         ckpt = None
         if checkpoint_dir:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from mnist_jax import generative, losses, noise
 from mnist_jax.data import IMAGE_SHAPE, Splits, preprocess_images
-from mnist_jax.train import Batch, HParams, Task
+from mnist_jax.train import Batch, HParams, Task, stream_key
 
 EVAL_BATCH = 1000
 
@@ -57,17 +57,20 @@ def classification_metrics(model: nn.Module, params, x: jax.Array, y: jax.Array,
     }
 
 
-def classifier_task(model: nn.Module, augment: Callable | None = None) -> Task:
+def classifier_task(model: nn.Module, augment: Callable | None = None, augment_stream: str = "augment") -> Task:
     """Softmax classification with categorical cross-entropy (the study's sections 2-3).
 
-    `augment(key, x_float, hp) -> x_float` runs on each training batch inside the step.
+    `augment(key, x_float, hp) -> x_float` runs on each training batch inside the step, with a key
+    of the stream `augment_stream` ("noise" where it corrupts); dropout draws from "dropout".
     """
 
     def init(key, hp):
         return model.init(key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))
 
-    def loss(params, batch: Batch, key, hp):
-        aug_key, drop_key = jax.random.split(key)
+    def loss(params, batch: Batch, keys, hp):
+        # the halves a single step key has always been split into, each from its own stream
+        aug_key = jax.random.split(stream_key(keys, augment_stream))[0]
+        drop_key = jax.random.split(stream_key(keys, "dropout"))[1]
         x = preprocess_images(batch.x)
         if augment is not None:
             x = augment(aug_key, x, hp)
@@ -98,22 +101,24 @@ def vae_task(model: nn.Module) -> Task:
     Every time a training image is seen, inside the step, each pixel is drawn afresh as a
     Bernoulli variable with the pixel's intensity as probability. Validation and test use one
     fixed binarization (`generative.fixed_binarization`), the same for every run and epoch;
-    their negative ELBO is a one-sample Monte Carlo estimate per image.
+    their negative ELBO is a one-sample Monte Carlo estimate per image. Streams: the binarization
+    draws from "augment", the latent samples (training and evaluation) from "noise".
     """
 
     def init(key, hp):
         init_key, z_key = jax.random.split(key)
         return model.init(init_key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32), z_key, jnp.zeros((1,), jnp.int32))
 
-    def loss(params, batch: Batch, key, hp):
-        bin_key, z_key = jax.random.split(key)
+    def loss(params, batch: Batch, keys, hp):
+        bin_key = jax.random.split(stream_key(keys, "augment"))[0]
+        z_key = jax.random.split(stream_key(keys, "noise"))[1]
         x = generative.binarize(bin_key, batch.x)
         logits, mean, logvar = model.apply(params, x, z_key, batch.y)
         total, rec, kl = losses.negative_elbo(logits, x, mean, logvar)
         return total, {"reconstruction": rec, "kl": kl}
 
-    def evaluate(params, data: Splits, hp, key):
-        val_key, test_key = jax.random.split(key)
+    def evaluate(params, data: Splits, hp, keys):
+        val_key, test_key = jax.random.split(stream_key(keys, "noise"))
         val, _, _ = vae_negative_elbo(model, params, generative.fixed_binarization(data.val_x), data.val_y, val_key)
         test, rec, kl = vae_negative_elbo(model, params, generative.fixed_binarization(data.test_x), data.test_y,
                                           test_key)
@@ -183,15 +188,16 @@ def denoise_task(model: nn.Module, eval_seed: int = 0, corrupt: Callable = noise
     The noise level is `hp["noise_level"]` (traced); every step draws a fresh corruption of
     its batch. The loss is BCE from logits, mean per pixel (as Keras reports it). Evaluation
     after each epoch: `denoise_metrics` on the validation set with the fixed noise of
-    `eval_seed`. `corrupt(key, x, level)` swaps the noise formulation (benchmarks).
+    `eval_seed`. `corrupt(key, x, level)` swaps the noise formulation (benchmarks). The training
+    noise draws from the run's "noise" stream.
     """
 
     def init(key, hp):
         return model.init(key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))
 
-    def loss(params, batch: Batch, key, hp):
+    def loss(params, batch: Batch, keys, hp):
         clean = preprocess_images(batch.x)
-        logits = model.apply(params, corrupt(key, clean, hp["noise_level"]))
+        logits = model.apply(params, corrupt(stream_key(keys, "noise"), clean, hp["noise_level"]))
         return losses.binary_cross_entropy(logits, clean) / logits[0].size, {}
 
     def evaluate(params, data: Splits, hp, key):
@@ -222,13 +228,13 @@ def noisy_classifier_task(model: nn.Module, denoiser: nn.Module | None = None, e
     """A classifier trained on salt-and-pepper images at `hp["noise_level"]` (fresh noise every
     step), optionally denoised first by `denoiser` with the frozen params `frozen(hp, "denoiser")`
     of the run (see `with_frozen`). Evaluation: noisy (and denoised) validation accuracy with the
-    fixed noise of `eval_seed`."""
+    fixed noise of `eval_seed`. The training noise draws from the run's "noise" stream."""
 
     def corrupt(key, x, hp):
         x = noise.salt_and_pepper(key, x, hp["noise_level"])
         return denoised(denoiser, frozen(hp, "denoiser"), x) if denoiser is not None else x
 
-    base = classifier_task(model, augment=corrupt)
+    base = classifier_task(model, augment=corrupt, augment_stream="noise")
 
     def evaluate(params, data: Splits, hp, key):
         dparams = frozen(hp, "denoiser") if denoiser is not None else None

@@ -10,13 +10,21 @@ epochs, batch size) is the static `TrainSpec`.
 A run is a function of its seed: the params are drawn from `split(key(seed))[0]`, and the
 batch order and every per-step random draw of epoch e come from `fold_in(split(...)[1], e)`,
 so training in chunks of epochs gives exactly the numbers of one uninterrupted scan.
+
+Named random streams: a run's randomness comes from separate streams (`STREAMS`: init, order,
+dropout, noise, augment), each computed by that same chain from its own seed. A run's `seed` is
+either one integer, which every stream takes (every number exactly as before streams existed),
+or a dict {stream: seed} naming every stream, so runs that differ in one source only are vmapped
+together. The dict may also hold two perturbations that keep shapes (`PERTURBATIONS`, -1 = off):
+`one_bit`, the index of the initial weight of the first kernel whose lowest mantissa bit is
+flipped, and `bootstrap`, the seed of a resampling with replacement of the training set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -28,6 +36,13 @@ from mnist_jax.losses import l2_penalty
 
 Params = Any
 HParams = dict[str, jax.Array]
+
+# The random streams of a run. The loss and evaluation of a task take a key per step stream.
+STREAMS = ("init", "order", "dropout", "noise", "augment")
+STEP_STREAMS = ("dropout", "noise", "augment")
+# Shape-keeping perturbations of a run, given beside the stream seeds; -1 = off.
+PERTURBATIONS = ("one_bit", "bootstrap")
+Seeds = Any  # an integer seed (every stream takes it), or {stream or perturbation: integer}
 
 
 class Batch(NamedTuple):
@@ -42,9 +57,12 @@ class Batch(NamedTuple):
 class Task:
     """What is trained, as pure functions of (params, ..., hp).
 
-    init(key, hp) -> params
-    loss(params, batch, key, hp) -> (per-example loss (B,), {metric: per-example (B,)})
-    evaluate(params, data, hp, key) -> {metric: scalar}, run after every epoch
+    init(key, hp) -> params                       (key: the run's `init` stream)
+    loss(params, batch, keys, hp) -> (per-example loss (B,), {metric: per-example (B,)})
+    evaluate(params, data, hp, keys) -> {metric: scalar}, run after every epoch
+
+    `keys` maps each of `STEP_STREAMS` to this step's key of that stream; a task takes a stream's
+    key with `stream_key(keys, name)`, which also accepts one plain key standing for every stream.
     """
 
     init: Callable[[jax.Array, HParams], Params]
@@ -120,10 +138,82 @@ def run_keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init_key, train_key
 
 
-def init_state(task: Task, spec: TrainSpec, hp: HParams, seed: jax.Array, n_train: int) -> RunState:
-    """The state of a run before its first epoch."""
-    init_key, _ = run_keys(seed)
+def stream_seeds(seed: Seeds) -> dict[str, jax.Array]:
+    """{stream: seed} of a run (plus the perturbations its seed dict names).
+
+    An integer seed is every stream's seed; a dict must name every stream of `STREAMS` and may
+    add `PERTURBATIONS`; anything else is an error.
+    """
+    if not isinstance(seed, Mapping):
+        return {s: seed for s in STREAMS}
+    unknown = sorted(set(seed) - set(STREAMS) - set(PERTURBATIONS))
+    missing = [s for s in STREAMS if s not in seed]
+    if unknown or missing:
+        raise ValueError(f"a run's seeds name every stream of {STREAMS} and may add {PERTURBATIONS}; "
+                         f"unknown: {unknown}, missing: {missing}")
+    return dict(seed)
+
+
+def stream_key(keys: Mapping[str, jax.Array] | jax.Array, name: str) -> jax.Array:
+    """The key of stream `name` in a task's `keys` (one plain key stands for every stream)."""
+    return keys[name] if isinstance(keys, Mapping) else keys
+
+
+def epoch_keys(seed: Seeds, epoch: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(permutation key, {step stream: step key}) of an epoch.
+
+    For each stream s, `split(fold_in(training key of seed_s, epoch))` is (permutation key, step
+    key) as a run with the single seed seed_s has always drawn them: the batch order takes the
+    first half from the `order` stream, each step stream the second half from its own.
+    """
+    seeds = stream_seeds(seed)
+
+    def pair(s):
+        return jax.random.split(jax.random.fold_in(run_keys(s)[1], epoch))
+
+    return pair(seeds["order"])[0], {s: pair(seeds[s])[1] for s in STEP_STREAMS}
+
+
+def _first_kernel(params: Params) -> tuple[list, Any, int]:
+    """(leaves, treedef, position of the first leaf named 'kernel' in tree order)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    first = next((i for i, (path, _) in enumerate(leaves) if getattr(path[-1], "key", None) == "kernel"), None)
+    if first is None:
+        raise ValueError("one_bit needs a parameter named 'kernel'")
+    return [leaf for _, leaf in leaves], treedef, first
+
+
+def first_kernel_size(params: Params) -> int:
+    """How many weights the first kernel has (the range of `one_bit` indices); params may be shapes."""
+    values, _, first = _first_kernel(params)
+    return math.prod(values[first].shape)
+
+
+def flip_one_bit(params: Params, index: jax.Array) -> Params:
+    """params with the lowest mantissa bit of weight `index` (flat, row-major) of the first kernel
+    in tree order flipped: a one-ulp change of one initial weight. index < 0: unchanged."""
+    values, treedef, first = _first_kernel(params)
+    kernel = values[first]
+    uint = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[kernel.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(kernel.reshape(-1), uint)
+    bits = bits ^ (jnp.arange(bits.size) == index).astype(uint)
+    values[first] = jax.lax.bitcast_convert_type(bits, kernel.dtype).reshape(kernel.shape)
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def bootstrap_indices(seed: jax.Array, n: int) -> jax.Array:
+    """A resampling of range(n) with replacement (n indices, int32), drawn from the bootstrap seed."""
+    key = jax.random.fold_in(jax.random.key(jnp.maximum(seed, 0)), 0x626F6F74)  # 'boot'
+    return jax.random.randint(key, (n,), 0, n, dtype=jnp.int32)
+
+
+def init_state(task: Task, spec: TrainSpec, hp: HParams, seed: Seeds, n_train: int) -> RunState:
+    """The state of a run before its first epoch (`one_bit` applied to the initial params)."""
+    seeds = stream_seeds(seed)
+    init_key, _ = run_keys(seeds["init"])
     params = task.init(init_key, hp)
+    if "one_bit" in seeds:
+        params = flip_one_bit(params, seeds["one_bit"])
     opt_state = make_optimizer(spec, hp, n_train).init(params)
     return RunState(params, opt_state, jnp.int32(0), jnp.int32(-1))
 
@@ -140,15 +230,20 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int) -> tuple[jax.Array, j
     return idx.reshape(steps, batch_size), mask.reshape(steps, batch_size)
 
 
-def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed: jax.Array,
+def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed: Seeds,
                 data: Splits) -> tuple[RunState, dict]:
-    """One epoch of minibatch training and its evaluation: (new state, {metric: scalar})."""
+    """One epoch of minibatch training and its evaluation: (new state, {metric: scalar}).
+
+    With a `bootstrap` seed >= 0 the epoch's permutation runs over the run's resampled training
+    set (`bootstrap_indices`, the same every epoch) instead of the training set itself.
+    """
     data = Splits(*(jnp.asarray(a) for a in data))
     n = data.train_x.shape[0]
     opt = make_optimizer(spec, hp, n)
-    _, train_key = run_keys(seed)
-    perm_key, step_key = jax.random.split(jax.random.fold_in(train_key, state.epoch))
+    perm_key, step_keys = epoch_keys(seed, state.epoch)
     idx, mask = epoch_batches(perm_key, n, spec.batch_size)
+    if isinstance(seed, Mapping) and "bootstrap" in seed:
+        idx = jnp.where(seed["bootstrap"] >= 0, bootstrap_indices(seed["bootstrap"], n)[idx], idx)
     l2 = hp.get("l2", 0.0)
     train_rows = data.train_x.reshape(n, -1)
 
@@ -167,7 +262,8 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
         # than gathering (28, 28, 1) slices; the reshape back is free.
         x_b = jnp.take(train_rows, idx_b, axis=0, mode="clip").reshape(-1, *data.train_x.shape[1:])
         batch = Batch(x_b, jnp.take(data.train_y, idx_b, mode="clip"), mask_b)
-        grads, sums = jax.grad(objective, has_aux=True)(params, batch, jax.random.fold_in(step_key, i))
+        keys = {s: jax.random.fold_in(k, i) for s, k in step_keys.items()}
+        grads, sums = jax.grad(objective, has_aux=True)(params, batch, keys)
         updates, opt_state = opt.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if "max_norm" in hp:
@@ -177,8 +273,8 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
     steps = jnp.arange(idx.shape[0])
     (params, opt_state), sums = jax.lax.scan(step, (state.params, state.opt_state), (idx, mask, steps))
     metrics = {f"train_{k}" if k != "loss" else "loss": v.sum() / n for k, v in sums.items()}
-    eval_key = jax.random.fold_in(step_key, idx.shape[0])
-    metrics.update(task.evaluate(params, data, hp, eval_key))
+    eval_keys = {s: jax.random.fold_in(k, idx.shape[0]) for s, k in step_keys.items()}
+    metrics.update(task.evaluate(params, data, hp, eval_keys))
     finite = jnp.isfinite(metrics["loss"])
     for leaf in jax.tree_util.tree_leaves(params):
         finite &= jnp.all(jnp.isfinite(leaf))
@@ -188,7 +284,7 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
 
 
 def train_epochs(task: Task, spec: TrainSpec, n_epochs: int, state: RunState, hp: HParams,
-                 seed: jax.Array, data: Splits) -> tuple[RunState, dict]:
+                 seed: Seeds, data: Splits) -> tuple[RunState, dict]:
     """`n_epochs` epochs as one `lax.scan`: (state, {metric: (n_epochs,) array})."""
 
     def body(state, _):
@@ -197,7 +293,7 @@ def train_epochs(task: Task, spec: TrainSpec, n_epochs: int, state: RunState, hp
     return jax.lax.scan(body, state, None, length=n_epochs)
 
 
-def run(task: Task, spec: TrainSpec, hp: HParams, seed: jax.Array, data: Splits) -> tuple[RunState, dict]:
+def run(task: Task, spec: TrainSpec, hp: HParams, seed: Seeds, data: Splits) -> tuple[RunState, dict]:
     """A whole training run as one pure function of (hp, seed, data)."""
     state = init_state(task, spec, hp, seed, data.train_x.shape[0])
     return train_epochs(task, spec, spec.epochs, state, hp, seed, data)

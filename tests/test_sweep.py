@@ -9,8 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from experiments import l2_sweep
-from mnist_jax import stats, sweep
+from experiments import cnn_search, l2_sweep
+from mnist_jax import report, stats, sweep
 
 SHARDED = textwrap.dedent("""
     import json, sys
@@ -88,3 +88,25 @@ def test_quick_l2_sweep_end_to_end(tmp_path):
         assert r["study_protocol_best_test_accuracy"] >= r["test_accuracy"]
     for name in ("l2_sweep.png", "l2_sweep_std.png", "l2_sweep_curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    # P(A > B) beside the Welch p-values: a run at the value beats a run at the first one
+    errs = [[100 * (1 - r["test_accuracy"]) for r in m["runs"] if r["l2"] == pytest.approx(f)] for f in m["l2_factors"]]
+    for row, e in zip(m["per_value"], errs, strict=True):
+        assert row["vs_first_value_p_better"]["p"] == pytest.approx(stats.prob_greater(errs[0], e)["p"])
+    assert [(p["a"], p["b"]) for p in m["pairwise_p_better"]] == [(0.0, 1e-4), (0.0, 1e-3), (1e-4, 1e-3)]
+    d = m["detectable"]
+    assert d["seeds_per_value"] == 3 and d["difference_pct"] == pytest.approx(
+        stats.detectable_difference(d["pooled_std_pct"], 3))
+    text = report.SECTIONS["l2_sweep"](m)
+    assert "P(a run beats a run at the first value)" in text and "is detected with power 0.8" in text
+
+
+def test_cnn_search_judge_gives_p_of_the_chosen_beating_each_other():
+    rows = [{"label": "a", "value": 1, "val_accuracy": {"mean": 0.98, "per_seed": [0.979, 0.980, 0.981]}},
+            {"label": "b", "value": 2, "val_accuracy": {"mean": 0.97, "per_seed": [0.969, 0.970, 0.971]}}]
+    verdict = cnn_search.judge(rows, 0.05)
+    (test,) = verdict["welch_vs_chosen"]
+    assert verdict["chosen"] == "a" and test["p_chosen_beats_other"]["p"] == 1.0
+    assert 0.5 < test["p_chosen_beats_other"]["ci_low"] < 1.0 and test["p_value"] < 0.05
+    d = verdict["detectable"]
+    assert d["pooled_std"] == pytest.approx(0.001) and d["seeds_per_candidate"] == 3
+    assert d["difference"] == pytest.approx(stats.detectable_difference(0.001, 3))

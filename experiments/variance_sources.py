@@ -1,0 +1,248 @@
+"""Where run-to-run variance comes from, and how many seeds a claim needs.
+
+    python -m experiments.variance_sources --workdir runs/variance_sources
+    python -m experiments.variance_sources --workdir runs/vs_smoke --config.seeds=3 --config.epochs=2
+    python -m experiments.variance_sources --workdir runs/vs_cnn --config configs/variance_sources_cnn.py
+
+For each source of randomness (`config.sources`), `config.seeds` runs where only that source
+varies, every other draw held at the base seed; `all`: runs where every stream varies. Every run
+of every source is trained by ONE vmapped program (the sources are per-run traced seeds). Per
+source: the std of test accuracy with its chi-square 95 % CI, and the mean pairwise disagreement
+of test predictions (Summers & Dinneen 2021); for scale, the test-set sampling std of one model.
+From the spread of `all`: the seeds per arm a difference needs, and the smallest difference the
+sweeps of this project can detect with the seeds they use.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mnist_jax import augment, experiment, models, plots, stats, tasks, train
+from mnist_jax.config import REPO_ROOT, ConfigError, load_config_file
+
+SOURCES = (*train.STREAMS, "one_bit", "bootstrap", "all")
+# the sources Summers & Dinneen (2021) varied one at a time (initialization, shuffling, augmentation,
+# a one-bit change of the initialization); dropout and noise draws are of the same kind
+NONDETERMINISM = ("init", "order", "dropout", "noise", "augment", "one_bit")
+# the project's sweeps: (name, config file, what an arm is)
+SWEEPS = (("l2_sweep", "configs/l2_sweep.py", "L2 factor"), ("dropout_sweep", "configs/dropout_sweep.py", "dropout rate"),
+          ("cnn_search", "configs/cnn_search.py", "candidate"))
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, float]:
+    hp = {"learning_rate": config.learning_rate, "l2": config.l2}
+    if config.dropout_rate > 0 or config.input_dropout_rate > 0:
+        hp["dropout_rate"] = config.dropout_rate
+        hp["input_dropout_rate"] = config.input_dropout_rate
+    return hp
+
+
+def source_seeds(sources: list[str], n: int, base: int, kernel_size: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Per-run seeds {stream or perturbation: (R,)} of n runs per source, and each run's source.
+
+    A run varies its source only: a stream takes base + 1 + i (run i), every other stream `base`;
+    `one_bit` flips weight i of n distinct weights of the first kernel; `bootstrap` resamples the
+    training set with seed base + 1 + i; `all` gives every stream base + 1 + i.
+    """
+    rng = np.random.default_rng(base)
+    varied = base + 1 + np.arange(n, dtype=np.int32)
+    fixed = np.full(n, base, np.int32)
+    off = np.full(n, -1, np.int32)
+    parts = []
+    for source in sources:
+        seeds = {s: fixed for s in train.STREAMS}
+        seeds["one_bit"], seeds["bootstrap"] = off, off
+        if source in train.STREAMS:
+            seeds[source] = varied
+        elif source == "one_bit":
+            seeds["one_bit"] = rng.choice(kernel_size, n, replace=False).astype(np.int32)
+        elif source == "bootstrap":
+            seeds["bootstrap"] = varied
+        else:  # all
+            seeds.update({s: varied for s in train.STREAMS})
+        parts.append(seeds)
+    seeds = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return seeds, [s for s in sources for _ in range(n)]
+
+
+def predictions(model, params, test_x) -> np.ndarray:
+    """Test-set class predictions (runs, images) of every run's params (leading run axis)."""
+    predict = lambda p, x: jnp.argmax(tasks.classifier_logits(model, p, x), axis=-1)  # noqa: E731
+    return np.asarray(tasks.over_runs(predict, (params,), (test_x,)))
+
+
+def power_table(sigma: dict, config: ml_collections.ConfigDict) -> dict:
+    """Seeds per arm for each difference of `config.differences_pct`, at the measured std and at its
+    upper CI bound, and the smallest difference each of the project's sweeps detects with its seeds."""
+    rows = [{"difference_pct": d,
+             "seeds_per_arm": stats.seeds_needed(sigma["std"], d, config.alpha, config.power),
+             "seeds_per_arm_at_ci_high": stats.seeds_needed(sigma["ci_high"], d, config.alpha, config.power)}
+            for d in config.differences_pct]
+    sweeps = []
+    for name, path, arm in SWEEPS:
+        n = load_config_file(REPO_ROOT / path).seeds
+        sweeps.append({"experiment": name, "arm": arm, "seeds_per_arm": n,
+                       "detectable_difference_pct": stats.detectable_difference(sigma["std"], n, config.alpha, config.power),
+                       "detectable_difference_pct_at_ci_high": stats.detectable_difference(sigma["ci_high"], n, config.alpha,
+                                                                                           config.power)})
+    return {"sigma_pct": sigma["std"], "sigma_ci_high_pct": sigma["ci_high"], "alpha": config.alpha,
+            "power": config.power, "test": "two-sided two-sample t-test, equal seeds per arm (noncentral t)",
+            "rows": rows, "sweeps": sweeps}
+
+
+def verdict(per_source: dict) -> dict:
+    """Whether each source alone spreads test accuracy as much as all together (its std inside the
+    95 % CI of the std of `all`), the reading of Summers & Dinneen (2021)."""
+    all_ci, all_dis = per_source["all"]["std_pct"], per_source["all"]["disagreement"]
+    inside, outside, unused, dis_outside = [], [], [], []
+    for source, row in per_source.items():
+        if source == "all" or row["std_pct"]["std"] is None:
+            continue
+        if row["identical_runs"]:
+            unused.append(source)
+            continue
+        if all_ci["ci_low"] <= row["std_pct"]["std"] <= all_ci["ci_high"]:
+            inside.append(source)
+        else:
+            outside.append(source)
+        d = row["disagreement"]
+        if None not in (d["ci_high"], all_dis["ci_low"]):
+            if d["ci_high"] < all_dis["ci_low"] or d["ci_low"] > all_dis["ci_high"]:
+                dis_outside.append(source)
+    tested = [s for s in inside + outside if s in NONDETERMINISM]
+    agrees = bool(tested) and all(s in inside for s in tested)
+    ratio = ", ".join(f"{s} ({per_source[s]['std_pct']['std'] / all_ci['std']:.2f} x)" for s in outside)
+    text = (f"Spread (std of test accuracy) inside the 95 % CI of 'all' ({all_ci['ci_low']:.3f}-{all_ci['ci_high']:.3f} "
+            f"% points): {', '.join(inside) or 'none'}; outside: {ratio or 'none'}.")
+    if dis_outside:
+        text += (" Disagreement whose 95 % CI misses that of 'all': "
+                 + ", ".join(f"{s} ({100 * per_source[s]['disagreement']['mean']:.2f} % against "
+                             f"{100 * all_dis['mean']:.2f} %)" for s in dis_outside) + ".")
+    if "one_bit" in outside and per_source["one_bit"]["std_pct"]["std"] < all_ci["ci_low"]:
+        curve = per_source["one_bit"].get("std_pct_by_epoch")
+        text += " A one-ulp change of one initial weight has not grown into the full spread within these epochs"
+        if curve is not None and len(curve) > 1:
+            half = len(curve) // 2
+            text += f" (its std: {curve[half - 1]:.3f} after epoch {half}, {curve[-1]:.3f} after epoch {len(curve)})"
+        text += "."
+    if unused:
+        text += f" Not used by this model (its runs are identical): {', '.join(unused)}."
+    text += (" MNIST agrees with Summers & Dinneen: each source of nondeterminism alone gives about the spread of "
+             "all of them together." if agrees else
+             " MNIST does not fully agree with Summers & Dinneen: not every source of nondeterminism alone gives "
+             "the spread of all of them together.")
+    return {"inside_all_ci": inside, "outside_all_ci": outside, "unused": unused,
+            "disagreement_outside_all_ci": dis_outside,
+            "agrees_with_summers_dinneen": agrees, "text": text}
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    sources = list(config.sources)
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or "all" not in sources or len(set(sources)) != len(sources):
+        raise ConfigError(f"config.sources={sources!r}: expected distinct sources of {SOURCES}, 'all' among them")
+    if config.seeds < 3:
+        raise ConfigError(f"config.seeds={config.seeds} is not allowed: a spread and its CI need at least 3 runs per source")
+    data, data_seconds = experiment.load_data(config)
+    model = models.from_config(config.model)
+    task = tasks.classifier_task(model, augment=augment.from_config(config))
+    hp1 = hparams(config)
+    shapes = jax.eval_shape(lambda: task.init(jax.random.key(0), {k: jnp.float32(v) for k, v in hp1.items()}))
+    seeds, run_source = source_seeds(sources, config.seeds, config.seed, train.first_kernel_size(shapes))
+    n_runs = len(run_source)
+    hp = {k: np.full(n_runs, v, np.float32) for k, v in hp1.items()}
+    result = experiment.train(config, workdir, task, hp, seeds, data, metric="test_accuracy",
+                              convolutional=config.model.kind == "cnn")
+    h = result.history
+    diverged = experiment.divergence(h, seeds["init"], hp)
+    test_acc = experiment.final_of_finite(h, "test_accuracy")
+    ok = np.isfinite(test_acc)
+    preds = predictions(model, result.state.params, data.test_x)
+    correct = preds == np.asarray(data.test_y)[None, :]
+
+    per_source = {}
+    for source in sources:
+        mine = np.array([s == source for s in run_source]) & ok
+        acc = 100.0 * test_acc[mine].astype(np.float64)
+        per_source[source] = {
+            "runs": int(mine.sum()),
+            "test_accuracy_pct": stats.summary(acc),
+            "std_pct": stats.std_ci(acc),
+            "disagreement": stats.pairwise_disagreement(preds[mine]),
+            "identical_runs": bool(np.all(preds[mine] == preds[mine][:1]) and np.ptp(acc) == 0),
+            # how the spread grows: std of test accuracy after each epoch (% points)
+            "std_pct_by_epoch": (100.0 * np.asarray(h["test_accuracy"], np.float64)[mine].std(axis=0, ddof=1)
+                                 if mine.sum() > 1 else None),
+        }
+    all_runs = np.flatnonzero(np.array([s == "all" for s in run_source]) & ok)
+    p_one = correct[all_runs[0]].mean()
+    sampling = {
+        "bootstrap_std_pct": 100.0 * stats.bootstrap_mean_std(correct[all_runs[0]], config.test_resamples, config.seed),
+        "binomial_std_pct": 100.0 * float(np.sqrt(p_one * (1 - p_one) / correct.shape[1])),
+        "resamples": config.test_resamples, "test_images": int(correct.shape[1]),
+        "model": "the first run of 'all'",
+    }
+    metrics = {
+        "experiment": "variance_sources",
+        "protocol": config.protocol,
+        "param_count": models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params)),
+        "model": describe_model(config),
+        "sources": sources,
+        "runs_per_source": config.seeds,
+        "runs": [{"source": run_source[r], **{k: int(v[r]) for k, v in seeds.items()},
+                  "test_accuracy": float(h["test_accuracy"][r, -1]), "val_accuracy": float(h["val_accuracy"][r, -1]),
+                  "diverged": bool(h["diverged"][r, -1])} for r in range(n_runs)],
+        "per_source": per_source,
+        "test_sampling_std": sampling,
+        "verdict": verdict(per_source),
+        "power": power_table(per_source["all"]["std_pct"], config),
+        "diverged": diverged,
+        "history": {k: h[k] for k in ("loss", "val_accuracy", "test_accuracy")},
+        "timing": experiment.timing(data_seconds, result),
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
+    figures(config, metrics, workdir)
+    print(metrics["verdict"]["text"])
+    return metrics
+
+
+def describe_model(config: ml_collections.ConfigDict) -> str:
+    m = config.model
+    if m.kind == "mlp":
+        net = "dense 784-" + "-".join(str(w) for w in m.hidden) + "-10"
+    else:
+        net = f"CNN, conv filters {list(m.filters)}, dense {m.dense or 'none'}"
+    extra = f", dropout {config.dropout_rate:g}" if config.dropout_rate else ""
+    extra += f", shifts ±{config.max_shift} px" if config.max_shift else ""
+    return (f"{net}, {config.optimizer} lr {config.learning_rate:g} {config.schedule}{extra}, batch {config.batch_size}, "
+            f"{config.epochs} epochs")
+
+
+def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.Path) -> None:
+    """variance_sources.png from metrics.json alone (so it can be redrawn without training)."""
+    rows = metrics["per_source"]
+    labels = list(rows)
+    dis = [{k: (None if r["disagreement"][k] is None else 100.0 * r["disagreement"][k]) for k in ("mean", "ci_low", "ci_high")}
+           for r in rows.values()]
+    by_epoch = {s: r["std_pct_by_epoch"] for s, r in rows.items()
+                if not r["identical_runs"] and r.get("std_pct_by_epoch") is not None}
+    plots.variance_sources(
+        labels, [r["std_pct"] for r in rows.values()], dis, workdir / "variance_sources.png",
+        f"Where run-to-run variance comes from: {metrics['model']} ({metrics['param_count']:,} params), "
+        f"{metrics['runs_per_source']} runs per source, one source varied at a time, all runs one vmapped program; "
+        f"test accuracy after the last epoch, 10,000 test images",
+        sampling_std=metrics["test_sampling_std"]["bootstrap_std_pct"], std_by_epoch=by_epoch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return experiment.main(run, argv, "configs/variance_sources.py", __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
