@@ -21,6 +21,7 @@ import argparse
 import os
 import pathlib
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -148,7 +149,12 @@ def check_out(text: str) -> pathlib.Path:
     folder = out.parent
     if not folder.is_dir():
         raise ConfigError(f"--out {text!r}: the folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+    try:  # a real write, not os.access: root passes that check where writing still fails
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mnist_jax_probe_"):
+            pass
+    except OSError:
+        raise ConfigError(f"--out {text!r}: cannot write there (permission denied)") from None
+    if out.exists() and not os.access(out, os.W_OK):
         raise ConfigError(f"--out {text!r}: cannot write there (permission denied)")
     return out
 

@@ -125,7 +125,7 @@ def render(folder: str | pathlib.Path, label: str | None = None) -> str:
             f"Full report with figures: [{label}/REPORT.md]({label}/REPORT.md).")
     missing = [name for name in report.ROWS if name not in found]
     if missing:
-        head += f" Not in this run (not finished on this machine): {', '.join(missing)}."
+        head += f" Not in this run: {', '.join(missing)} (not run, or not finished, at this commit on this machine)."
     if prov["code"].get("dirty") and not (folder / IDENTITY_FILE).exists():
         head += " **The tree had uncommitted changes**: these numbers belong to no commit."
     det = determinism_line(folder)
