@@ -31,11 +31,11 @@ T0=$(date +%s); BUDGET=${BUDGET:-560}; PY=${PY:-python3}; PROFILE=${PROFILE:-ful
 STAGES=${STAGES:-"mlp dropout_sweep l2_sweep cnn denoise cnn_best noise_accuracy vae cnn_search"}
 declare -A NEED=([mlp]=20 [dropout_sweep]=35 [l2_sweep]=40 [cnn]=30 [denoise]=40 [cnn_best]=45 [noise_accuracy]=90
                  [vae]=100 [cnn_search]=120)
-OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"; LOG=$OUT/log.txt; RUNS=runs/gpu; rm -rf "$RUNS" runs/det_*
-export PYTHONUNBUFFERED=1 MNIST_JAX_CACHE=/tmp/gpu_cache MNIST_JAX_CODE_MANIFEST=$PWD/.gpu/manifest.json
+SCRATCH=$(mktemp -d); OUT=${OUT:-$SCRATCH/out}; mkdir -p "$OUT"; LOG=$OUT/log.txt; RUNS=runs/gpu; rm -rf "$RUNS" runs/det_*
+export PYTHONUNBUFFERED=1 MNIST_JAX_CACHE=$SCRATCH/cache MNIST_JAX_CODE_MANIFEST=$PWD/.gpu/manifest.json
 mkdir -p $MNIST_JAX_CACHE && cp .gpu/mnist_uint8_v1.npz $MNIST_JAX_CACHE/
 $PY -c "import ml_collections" 2>/dev/null || { $PY -m pip install -q --no-index --no-deps --no-compile \
-  --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site; }
+  --target "$SCRATCH/site" .gpu/whl/*.whl && export PYTHONPATH=$SCRATCH/site; }
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tail -1
@@ -44,9 +44,9 @@ flax.__version__, 'optax', optax.__version__, 'numpy', numpy.__version__, jax.de
 stage() {  # name, workdir, extra environment assignments...
   local s=$1 w=$2; shift 2; local t=$(date +%s)
   env "$@" timeout "$(left)" $PY -m experiments.reproduce --workdir "$w" --config.profile=$PROFILE --config.only=$s \
-    >/tmp/stage.log 2>&1
+    >"$SCRATCH/stage.log" 2>&1
   local rc=$?; echo "== $s into $w $* rc=$rc wall=$(( $(date +%s) - t )) s" >>"$LOG"
-  tr '\r' '\n' </tmp/stage.log | grep -v '%|' | tail -n 14 >>"$LOG"; return $rc
+  tr '\r' '\n' <"$SCRATCH/stage.log" | grep -v '%|' | tail -n 14 >>"$LOG"; return $rc
 }
 done_list=""
 for s in $STAGES; do
