@@ -205,7 +205,7 @@ def test_train_grid_refuses_a_checkpoint_past_its_epochs(tmp_path, tiny):
 # -- case 8: writing outside the workdir ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../escaped", "/tmp/abs", "a/b", "..", ""])
+@pytest.mark.parametrize("name", ["../escaped", "/abs/name", "a/b", "..", ""])
 def test_the_experiment_name_must_be_a_plain_name(tmp_path, name, capsys):
     assert main(must_not_run, tmp_path / "w", f"--config.experiment={name}") == 2
     assert "config.experiment" in capsys.readouterr().err
