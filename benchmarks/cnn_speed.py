@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.common import load_training_subset, machine, time_grid_epochs
 from mnist_jax import data as data_lib
-from mnist_jax import models, tasks
+from mnist_jax import kernels, models, tasks
 from mnist_jax.experiment import to_jsonable
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec
@@ -44,7 +44,7 @@ def time_epochs(model, data: data_lib.Splits, spec: TrainSpec, hp: dict, n_runs:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--impls", default=",".join(models.CONV_IMPLS), help="comma-separated conv formulations")
+    parser.add_argument("--impls", default=",".join(kernels.CONV_IMPLS), help="comma-separated conv formulations")
     parser.add_argument("--model", choices=sorted(MODELS), default="study")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the first call (median)")
     parser.add_argument("--train-images", type=int, default=0, help="train on the first N images (0 = all 55,000)")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:7s} compile {r['compile_seconds']:6.1f} s | epoch {r['median_epoch_seconds']:7.2f} s median of "
               f"{args.epochs} [{', '.join(f'{t:.2f}' for t in r['epoch_seconds'])}] | {r['step_ms']:6.1f} ms/step | "
               f"full epoch {r['full_epoch_seconds']:7.2f} s{label} | per run {r['full_epoch_seconds'] / args.runs:.2f} s")
-    default = models.default_conv_impl()
+    default = kernels.default_conv_impl()
     if default not in results:
         verdict = "not measured in this call"
     else:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 def default_impl_ok(results: dict) -> bool:
     """True when the backend's default formulation was the fastest CNN measured."""
     cnn = {k: v["full_epoch_seconds"] for k, v in results.items() if k != "mlp"}
-    return bool(cnn) and min(cnn, key=cnn.get) == models.default_conv_impl()
+    return bool(cnn) and min(cnn, key=cnn.get) == kernels.default_conv_impl()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,13 @@ functions of params alone. Target: mean test accuracy >= 99.5 % over 3 seeds.
 
 import ml_collections
 
-from configs import cnn
+from configs import base, cnn
+
+ENTRY = "experiments.cnn"  # the command that runs this config
+REPRODUCE_ORDER = 6  # its place in `python -m experiments.reproduce`
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(profile: str = "full") -> ml_collections.ConfigDict:
     c = cnn.get_config()
     c.experiment = "cnn_best"
     c.model.filters = (32, 64)
@@ -29,4 +32,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.dropout_rate = 0.3
     c.max_shift = 2  # uniform integer shifts in [-2, 2] pixels on both axes
     c.target_accuracy = 0.995
-    return c
+    return base.sized(c, profile, seeds=1, epochs=1)

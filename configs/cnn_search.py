@@ -14,10 +14,13 @@ Each round builds on the previous round's choice (the highest mean validation ac
 
 import ml_collections
 
-from configs import cnn
+from configs import base, cnn
+
+ENTRY = "experiments.cnn_search"  # the command that runs this config
+REPRODUCE_ORDER = 5  # its place in `python -m experiments.reproduce`
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(profile: str = "full") -> ml_collections.ConfigDict:
     c = cnn.get_config()
     c.experiment = "cnn_search"
     c.model.dense = 0  # round 1 has no hidden dense layer; rounds 2 and 3 set it
@@ -28,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.filters_candidates = [32, 64, 128]
     c.dense_candidates = [0, 32, 64, 128]
     c.dropout_rates = [0.5, 0.65, 0.8]
-    c.train_images = 0  # train on the first N images of the training split (0 = all 55,000)
     del c["target_accuracy"]  # the search chooses; it has no accuracy target
     c.alpha = 0.05  # Welch test level for "matters beyond seed noise"
-    return c
+    return base.sized(c, profile, seeds=2, epochs=1, train_images=1000, filters_candidates=[8, 16],
+                      dense_candidates=[0, 16], dropout_rates=[0.5, 0.8])

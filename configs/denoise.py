@@ -12,23 +12,17 @@ the noise is drawn afresh inside every training step.
 
 import ml_collections
 
+from configs import base
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.experiment = "denoise"
+ENTRY = "experiments.denoise"  # the command that runs this config
+REPRODUCE_ORDER = 7  # its place in `python -m experiments.reproduce`
+
+
+def get_config(profile: str = "full") -> ml_collections.ConfigDict:
+    # seeds: runs per level, trained side by side with all levels in one vmapped program; the
+    # seed also fixes the evaluation noise
+    c = base.get_config("denoise", seeds=2, epochs=32, batch_size=64, optimizer="adam", learning_rate=1e-3)
     c.model = ml_collections.ConfigDict({"kind": "dae", "hidden": (128,), "latent": 96, "keras_init": True})
     c.noise_levels = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # one autoencoder per level (and seed)
-    c.seed = 0  # base seed; the runs use seed, seed + 1, ...; it also fixes the evaluation noise
-    c.seeds = 2  # runs per level, trained side by side with all levels in one vmapped program
-    c.epochs = 32
-    c.batch_size = 64
-    c.optimizer = "adam"
-    c.schedule = "constant"
-    c.learning_rate = 1e-3  # Keras' Adam default
-    c.n_val = 5000  # held out from the 60,000 training images
-    c.protocol = "holdout"
     c.figure_digits = 10  # test digits per row of denoise.png (the first test image of each class)
-    c.chunk_epochs = 1  # epochs per call of the compiled program (progress, checkpoints between)
-    c.checkpoint_every = 1
-    c.run_chunk = 0  # runs per program (0 = automatic: all at once; conv nets on a CPU one at a time)
-    return c
+    return base.sized(c, profile, noise_levels=[0.2, 0.4, 0.7], seeds=2, epochs=2)

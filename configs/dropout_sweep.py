@@ -11,16 +11,15 @@ these defaults give, with the commit and machine that measured it: the README's 
 
 import ml_collections
 
-from configs import l2_sweep
+from configs import base, l2_sweep
+
+ENTRY = "experiments.l2_sweep"  # the command that runs this config
+REPRODUCE_ORDER = 3  # its place in `python -m experiments.reproduce`
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = l2_sweep.get_config()
-    c.experiment = "dropout_sweep"
+def get_config(profile: str = "full") -> ml_collections.ConfigDict:
+    c = l2_sweep.sweeping("dropout_sweep", "dropout_rate", "dropout_rates", [0.3, 0.5])
     c.model = ml_collections.ConfigDict({"kind": "mlp", "hidden": (800, 800), "keras_init": True, "dropout": True})
-    c.sweep_field = "dropout_rate"
-    del c.l2_factors
-    c.dropout_rates = [0.3, 0.5]
     c.dropout_rate = 0.5
     c.input_dropout_rate = 0.2
     c.max_norm = 3.5
@@ -32,4 +31,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.epochs = 60
     c.reference_errors = 130
     c.reference_label = "target: 1.3 % (Srivastava et al. 2014: 1.25-1.35 % without max-norm)"
-    return c
+    c.study.dropout_target_error_pct = 1.3
+    c.study.srivastava_dropout_error_pct = (1.25, 1.35)
+    return base.sized(c, profile, seeds=2, epochs=2, model__hidden=(100, 100))

@@ -7,12 +7,8 @@ import ml_collections
 
 from configs import l2_sweep
 
+ENTRY = "experiments.l2_sweep"  # the command that runs this config
+
 
 def get_config() -> ml_collections.ConfigDict:
-    c = l2_sweep.get_config()
-    c.model.hidden = (100,)
-    c.l2_factors = [0.0, 1e-4, 1e-3]
-    c.seeds = 3
-    c.epochs = 3
-    c.checkpoint_every = 1
-    return c
+    return l2_sweep.get_config("quick")

@@ -18,13 +18,17 @@ corrupted test images.
 
 import ml_collections
 
+from configs import base
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.experiment = "noise_accuracy"
+ENTRY = "experiments.noise_accuracy"  # the command that runs this config
+REPRODUCE_ORDER = 8  # its place in `python -m experiments.reproduce`
+
+
+def get_config(profile: str = "full") -> ml_collections.ConfigDict:
+    # The study's settings: the classifier trains as in section 2 (10 epochs, SGD lr 0.1, batch
+    # 128), the autoencoders as in section 4A (32 epochs). seeds: runs per level and curve.
+    c = base.get_config("noise_accuracy", seeds=3, epochs=10, learning_rate=0.1)
     c.noise_levels = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    c.seed = 0  # base seed; the runs use seed, seed + 1, ...; it also fixes the evaluation noise
-    c.seeds = 3  # runs per level and curve, trained side by side
     # The classifier of all three curves: `models.from_config({"kind": kind, **classifier[kind]})`,
     # so --config.classifier.kind=cnn switches to the study's CNN and each kind keeps its fields.
     c.classifier = ml_collections.ConfigDict({
@@ -32,22 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
         "mlp": ml_collections.ConfigDict({"hidden": (64, 64), "keras_init": True}),
         "cnn": ml_collections.ConfigDict({"filters": (32, 32), "pool": (True, False), "dense": 32, "keras_init": True}),
     })
-    # The study's settings: the classifier trains as in section 2 (10 epochs), the autoencoders as
-    # in section 4A (32 epochs). REPORT.md records the wall time; the quick profile trains 1 epoch.
-    c.epochs = 10
-    c.batch_size = 128
-    c.optimizer = "sgd"
-    c.schedule = "constant"
-    c.learning_rate = 0.1  # the study's dense net: SGD lr 0.1, batch 128
     c.dropout_rate = 0.5  # used only by classifiers with dropout (the study's CNN)
     # The autoencoders of curve (b): the study's, one per noise level and seed.
     c.denoiser = ml_collections.ConfigDict({
         "model": ml_collections.ConfigDict({"kind": "dae", "hidden": (128,), "latent": 96, "keras_init": True}),
         "batch_size": 64, "optimizer": "adam", "learning_rate": 1e-3})
     c.denoiser_epochs = 32  # 0 = the same as epochs; the study trained its autoencoder 32 epochs
-    c.n_val = 5000
-    c.protocol = "holdout"
-    c.chunk_epochs = 1
-    c.checkpoint_every = 1
-    c.run_chunk = 0  # runs per program (0 = automatic: all at once; conv nets on a CPU one at a time)
-    return c
+    return base.sized(c, profile, noise_levels=[0.0, 0.4, 0.8], seeds=2, epochs=1, denoiser_epochs=0)

@@ -7,6 +7,8 @@
 
 import ml_collections
 
+ENTRY = "experiments.reproduce"  # the command that runs this config
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()

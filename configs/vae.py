@@ -13,26 +13,18 @@ of the test log-likelihood; 10,000 prior samples judged by a classifier.
 
 import ml_collections
 
+from configs import base
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.experiment = "vae"
+ENTRY = "experiments.vae"  # the command that runs this config
+REPRODUCE_ORDER = 9  # its place in `python -m experiments.reproduce`
+
+
+def get_config(profile: str = "full") -> ml_collections.ConfigDict:
+    c = base.get_config("vae", seeds=3, epochs=40, optimizer="adam", schedule="cosine", learning_rate=1e-3)
     # latent: 2 for a map of the latent space, 16 or more for quality; conv: convolutional
     # encoder/decoder; conditional: the one-hot label goes into encoder and decoder.
     c.model = ml_collections.ConfigDict(
         {"kind": "vae", "latent": 32, "hidden": (512, 256), "conv": False, "conditional": False})
-    c.seed = 0  # base seed; the runs use seed, seed + 1, ...
-    c.seeds = 3  # runs trained side by side in one vmapped program
-    c.epochs = 40
-    c.batch_size = 128
-    c.optimizer = "adam"
-    c.schedule = "cosine"
-    c.learning_rate = 1e-3
-    c.n_val = 5000  # held out from the 60,000 training images
-    c.protocol = "holdout"
-    c.chunk_epochs = 1
-    c.checkpoint_every = 1
-    c.run_chunk = 0  # runs per program (0 = automatic: all at once; conv nets on a CPU one at a time)
 
     # Importance-weighted estimate of the test log-likelihood (IWAE bound).
     c.iwae_k = 1000  # importance samples per image
@@ -44,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     # When model.latent != 2, a 2-D model (same settings, one seed, unconditional) is trained
     # for vae_latent.png, for min(epochs, map_epochs) epochs; map_epochs = 0 skips it.
     c.map_epochs = 20
+    c.study = ml_collections.ConfigDict({"vae_literature_nll_nats": (85, 90)})  # test NLL of dense VAEs in the literature
 
     # The classifier that judges the samples: trained here (one run, min(epochs, classifier.epochs)
     # epochs, on the same training split), or run 0 of a classifier experiment's workdir.
@@ -58,4 +51,5 @@ def get_config() -> ml_collections.ConfigDict:
         "learning_rate": 1e-3,
         "dropout_rate": 0.5,
     })
-    return c
+    return base.sized(c, profile, seeds=2, epochs=2, iwae_images=100, iwae_k=100, n_samples=1000, map_epochs=1,
+                      classifier__epochs=1, classifier__model__kind="mlp")

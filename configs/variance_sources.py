@@ -16,19 +16,17 @@ run); `bootstrap` (the training set resampled with replacement, a different resa
 
 import ml_collections
 
+from configs import base
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.experiment = "variance_sources"
+ENTRY = "experiments.variance_sources"  # the command that runs this config
+REPRODUCE_ORDER = 10  # its place in `python -m experiments.reproduce`
+
+
+def get_config(profile: str = "full") -> ml_collections.ConfigDict:
+    # seed: every stream of the base run; varied streams use seed + 1, seed + 2, ...; seeds: runs per source
+    c = base.get_config("variance_sources", seeds=20, epochs=10, learning_rate=0.1)
     c.model = ml_collections.ConfigDict({"kind": "mlp", "hidden": (64, 64), "keras_init": True})
     c.sources = ("init", "order", "one_bit", "bootstrap", "all")
-    c.seed = 0  # every stream of the base run; varied streams use seed + 1, seed + 2, ...
-    c.seeds = 20  # runs per source
-    c.epochs = 10
-    c.batch_size = 128
-    c.optimizer = "sgd"
-    c.schedule = "constant"
-    c.learning_rate = 0.1
     c.l2 = 0.0
     c.dropout_rate = 0.0  # read only by a model with dropout (traced)
     c.input_dropout_rate = 0.0
@@ -37,9 +35,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.alpha = 0.05
     c.power = 0.8
     c.test_resamples = 2000  # bootstrap resamples of the test images for one model's sampling std
-    c.n_val = 5000
-    c.protocol = "holdout"
-    c.chunk_epochs = 1
-    c.checkpoint_every = 1
-    c.run_chunk = 0  # runs per program (0 = automatic: all at once; conv nets on a CPU one at a time)
-    return c
+    return base.sized(c, profile, seeds=3, epochs=2, test_resamples=200)

@@ -10,13 +10,15 @@ import ml_collections
 
 from configs import cnn, variance_sources
 
+ENTRY = "experiments.variance_sources"  # the command that runs this config
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = variance_sources.get_config()
-    base = cnn.get_config()
-    c.model = base.model
+    model = cnn.get_config()
+    c.model = model.model
     c.sources = ("init", "order", "dropout", "one_bit", "bootstrap", "all")
     c.seeds = 10
     for field in ("epochs", "batch_size", "optimizer", "schedule", "learning_rate", "dropout_rate", "max_shift"):
-        c[field] = base[field]
+        c[field] = model[field]
     return c

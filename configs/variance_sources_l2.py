@@ -8,6 +8,8 @@ import ml_collections
 
 from configs import variance_sources
 
+ENTRY = "experiments.variance_sources"  # the command that runs this config
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = variance_sources.get_config()

@@ -11,36 +11,14 @@ confusion.png (test-set confusion matrix summed over the seeds), and the trained
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import augment, experiment, models, plots, stats, sweep, tasks
-
-
-def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
-    return [config.seed + i for i in range(config.seeds)]
-
-
-def architecture(model: models.CNN) -> str:
-    """e.g. 'Conv32-Pool-Drop-Conv32-Dense32' (SAME padding and dense dropout marked)."""
-    parts = []
-    for f, pool in zip(model.filters, model.pool, strict=True):
-        parts.append(f"Conv{f}" + ("s" if model.padding == "SAME" else ""))
-        if pool:
-            parts += ["Pool", "Drop"]
-    if model.dense:
-        parts.append(f"Dense{model.dense}" + ("-Drop" if model.dense_dropout else ""))
-    return "-".join(parts)
-
-
-def setup(config: ml_collections.ConfigDict, model_cfg=None):
-    """(model, task) of a CNN config, with the random-shift augmentation when it asks for one."""
-    model = models.from_config(model_cfg if model_cfg is not None else config.model)
-    return model, tasks.classifier_task(model, augment=augment.from_config(config))
+from mnist_jax import experiment, kernels, models, plots, results, stats, tasks
+from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, study, table, timing_line
 
 
 def confusion(model, params_runs, x: jax.Array, y: jax.Array) -> np.ndarray:
@@ -72,37 +50,26 @@ def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.P
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    data, data_seconds = experiment.load_data(config)
-    model, task = setup(config)
-    hp, seeds = sweep.grid(seeds_of(config), learning_rate=[config.learning_rate], dropout_rate=[config.dropout_rate])
-    result = experiment.train(config, workdir, task, hp, seeds, data, convolutional=True)
-    experiment.save_params(workdir, result.state.params)
+    data, data_seconds, model, hp, seeds, result = experiment.train_classifier(config, workdir)
     history = result.history
-    diverged = experiment.divergence(history, seeds, hp)
-    test_acc = experiment.final_of_finite(history, "test_accuracy")  # NaN for diverged runs: left out
-    val_acc = experiment.final_of_finite(history, "val_accuracy")
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     cm = confusion(model, result.state.params, data.test_x, data.test_y)
-    summary = stats.summary(test_acc)
+    outcome = results.classifier_summary(hp, seeds, history)  # diverged runs are left out of the summaries
+    test_acc, summary = outcome["test_accuracy"]["per_seed"], outcome["test_accuracy"]
     timing = experiment.timing(data_seconds, result)
     timing["train_minutes"] = timing["train_seconds"] / 60
-    timing["conv_impl"] = models.default_conv_impl() if model.conv_impl == "auto" else model.conv_impl
+    timing["conv_impl"] = kernels.default_conv_impl() if model.conv_impl == "auto" else model.conv_impl
     metrics = {
         "experiment": config.experiment,
         "protocol": config.protocol,
-        "architecture": architecture(model),
+        "architecture": models.architecture(model),
         "param_count": n_params,
-        "seeds": seeds,
-        "history": history,
-        "test_accuracy": {"per_seed": test_acc, **summary},
-        "test_errors": history["test_errors"][:, -1],
-        "val_accuracy": {"per_seed": val_acc, **stats.summary(val_acc)},
+        **outcome,
         "target": {"mean_test_accuracy_at_least": config.target_accuracy,
                    "met": bool(summary["n"] and summary["mean"] >= config.target_accuracy)},
         "confusion_matrix": {"rows": "true digit", "columns": "predicted digit", "sum_over_seeds": cm.sum(0),
                              "per_seed": cm},
-        "diverged_seeds": [d["seed"] for d in diverged],
-        "diverged": diverged,
+        "diverged_seeds": [d["seed"] for d in outcome["diverged"]],
         "timing": timing,
         "resumed_from_epoch": result.resumed_from_epoch,
     }
@@ -114,9 +81,63 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/cnn.py", __doc__, accepts=("cnn_best",))
+# --- REPORT.md section and README row, from metrics.json alone ---
+
+def section_cnn(m: dict, title: str, study: str) -> str:
+    acc = m["test_accuracy"]
+    target = m.get("target", {})
+    rows = [
+        ["parameters", f"{m['param_count']:,}", "-"],
+        [f"test accuracy (%), mean ± std over {acc['n']} seeds", mean_std(acc), study],
+        ["95 % CI of the mean (%)", ci(acc), "-"],
+        ["validation accuracy (%), mean ± std", mean_std(m["val_accuracy"]), "-"],
+    ]
+    goal = ""
+    if "mean_test_accuracy_at_least" in target:
+        goal = (f"Target: mean test accuracy >= {pct(target['mean_test_accuracy_at_least'])} %: "
+                + ("**met**." if target.get("met") else "**not met**."))
+    name = m["experiment"]
+    return "\n\n".join([
+        f"## {title}",
+        f"Architecture {m.get('architecture', '')}.",
+        table(["", "this codebase", "study"], rows),
+        goal,
+        timing_line(m),
+        figure(name, "accuracy.png", "Training and validation accuracy per epoch, mean ± 1 std over seeds"),
+        figure(name, "confusion.png", "Confusion matrix on the test set, summed over seeds"),
+    ])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _cnn_this(m: dict) -> str:
+    acc, target = m["test_accuracy"], m.get("target", {})
+    goal = ""
+    if "mean_test_accuracy_at_least" in target:
+        goal = (f"; target >= {pct(target['mean_test_accuracy_at_least'], 1)} % "
+                f"**{'met' if target.get('met') else 'not met'}**")
+    return f"**{mean_std(acc)} %** test accuracy (CI {ci(acc)}){goal}; {m['param_count']:,} params"
+
+
+def row_cnn(m: dict, c: dict) -> list[str]:
+    return [f"the study's CNN {m['architecture']}, {c['optimizer']} {c['learning_rate']:g} {c['schedule']}, "
+            f"{c['epochs']} epochs ({seeds_text(c)})", _cnn_this(m),
+            f"{study(m['experiment'])['cnn_study_test_accuracy_pct']} %", "-"]
+
+
+def row_cnn_best(m: dict, c: dict) -> list[str]:
+    return [f"beyond the study: {m['architecture']}, shifts of up to {c['max_shift']} px, {c['optimizer']} "
+            f"{c['learning_rate']:g} {c['schedule']}, {c['epochs']} epochs ({seeds_text(c)})", _cnn_this(m), "-", "-"]
+
+
+def section(m: dict) -> str:
+    """This experiment's REPORT.md section, from its metrics.json alone."""
+    if m["experiment"] == "cnn_best":
+        return section_cnn(m, "Beyond the study: a stronger CNN with shifts and a schedule", "-")
+    return section_cnn(m, "3A. The study's final CNN", f"{study(m['experiment'])['cnn_study_test_accuracy_pct']}")
+
+
+def row(m: dict, c: dict) -> list[str]:
+    """This experiment's row of the README's results table, from its metrics and config."""
+    return (row_cnn_best if m["experiment"] == "cnn_best" else row_cnn)(m, c)
+
+
+main = experiment.entry_point(run, "configs/cnn.py", __doc__, __name__)

@@ -14,15 +14,13 @@ noise), round1_filters.png, round2_dense.png and round3_dropout.png.
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 
-from experiments.cnn import architecture, seeds_of, setup
-from mnist_jax import experiment, models, plots, provenance, stats, sweep
-from mnist_jax.config import ConfigError
+from mnist_jax import experiment, models, plots, provenance, results, stats, sweep, tasks
+from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, table
 
 
 def candidate_row(label: str, value, hist: dict, rows: slice, n_params: int, timing: dict) -> dict:
@@ -68,22 +66,19 @@ def judge(rows: list[dict], alpha: float) -> dict:
 
 def train_candidate(config, workdir, data, model_cfg, name: str, dropout_rates: list[float]):
     """Train one architecture for every seed (and dropout rate) in one vmapped program."""
-    model, task = setup(config, model_cfg)
-    hp, seeds = sweep.grid(seeds_of(config), learning_rate=[config.learning_rate], dropout_rate=dropout_rates)
-    result = experiment.train(config, workdir, task, hp, seeds, data, name=name, convolutional=True)
+    model, task = tasks.classifier_from_config(config, model_cfg)
+    hp, seeds = sweep.grid(experiment.seeds_of(config), **experiment.hparams(config, task, dropout_rate=dropout_rates))
+    result = experiment.train(config, workdir, task, hp, seeds, data, name=name)
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
-    timing = {**result.timing, "runs": len(seeds), "program": name}
+    timing = {**result.timing, "runs": len(seeds), "program": name,
+              "runs_table": results.runs_table(hp, seeds, result.history, ("val_accuracy", "test_accuracy"),
+                                               architecture=[models.architecture(model)] * len(seeds))}
     return model, result.history, n_params, timing
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     data, data_seconds = experiment.load_data(config)
-    n_train = config.get("train_images", 0) or data.train_x.shape[0]
-    if n_train > data.train_x.shape[0]:
-        raise ConfigError(f"config.train_images={n_train} is larger than the training split ({data.train_x.shape[0]})")
-    data = data._replace(train_x=data.train_x[:n_train], train_y=data.train_y[:n_train])
-    if config.batch_size > n_train:
-        raise ConfigError(f"config.batch_size={config.batch_size} is larger than config.train_images={n_train}")
+    n_train = data.train_x.shape[0]
     n_seeds, alpha = config.seeds, config.alpha
     setting = (f"{config.optimizer} lr {config.learning_rate:g} {config.schedule}, batch {config.batch_size}, "
                f"{config.epochs} epochs, {n_train:,} training images, {n_seeds} seeds per candidate")
@@ -118,7 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                                                                     [config.dropout_rate])
         trainings.append(timing)
         rows.append(candidate_row(f"{f} filters", f, hist, slice(None), n_params, timing))
-        rows[-1]["architecture"] = architecture(model)
+        rows[-1]["architecture"] = models.architecture(model)
     filters = finish("round1_filters", "round 1: conv filters", "filters per conv layer (3x3)", rows,
                      "round1_filters.png")
 
@@ -133,7 +128,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                                                                         [config.dropout_rate])
             trainings.append(timing)
         rows.append(candidate_row(f"Dense {d}" if d else "none", d, hist, slice(None), n_params, timing))
-        rows[-1]["architecture"] = architecture(model)
+        rows[-1]["architecture"] = models.architecture(model)
     dense = finish("round2_dense", f"round 2: dense layer after flatten ({filters} filters)",
                    "units of the added dense layer", rows, "round2_dense.png")
 
@@ -154,20 +149,22 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             i = new_rates.index(r)
             rows.append(candidate_row(f"dropout {r:g}", r, hist, slice(i * n_seeds, (i + 1) * n_seeds), n_params,
                                       timing))
-        rows[-1]["architecture"] = architecture(model)
-    rate = finish("round3_dropout", f"round 3: dropout rate ({architecture(model)})", "dropout rate", rows,
+        rows[-1]["architecture"] = models.architecture(model)
+    rate = finish("round3_dropout", f"round 3: dropout rate ({models.architecture(model)})", "dropout rate", rows,
                   "round3_dropout.png")
 
     final = model_cfg(filters=tuple(filters for _ in config.model.filters), dense=dense)
     matters = [k for k, r in rounds.items() if r["matters_beyond_seed_noise"]]
+    runs = [{"program": t["program"], **record} for t in trainings for record in t.pop("runs_table")]
     return {
         "experiment": "cnn_search",
         "protocol": config.protocol,
         "setting": setting,
         "rounds": rounds,
         "final_choice": {"filters": filters, "dense": dense, "dropout_rate": rate,
-                         "architecture": architecture(models.from_config(final))},
+                         "architecture": models.architecture(models.from_config(final))},
         "choices_that_matter_beyond_seed_noise": matters,
+        "runs": runs,
         "timing": {"data_seconds": data_seconds, "device": provenance.describe_devices(),
                    "programs": trainings,
                    "train_seconds": sum(t["train_seconds"] for t in trainings),
@@ -175,9 +172,61 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/cnn_search.py", __doc__)
+# --- REPORT.md section and README row, from metrics.json alone ---
+
+def section(m: dict) -> str:
+    """This experiment's REPORT.md section, from its metrics.json alone."""
+    parts = ["## 3A. The CNN search: the study's three rounds, chosen on validation", m.get("setting", "")]
+    for key, rnd in m["rounds"].items():
+        rows = []
+        tests = {t["other"]: t for t in rnd.get("welch_vs_chosen", [])}
+        for i, c in enumerate(rnd["candidates"]):
+            mark = " (chosen)" if i == rnd["chosen_index"] else ""
+            t = tests.get(c["label"], {})
+            welch = "-" if t.get("p_value") is None else f"{t['p_value']:.3f}"
+            b = t.get("p_chosen_beats_other", {})
+            better = "-" if b.get("p") is None else f"{b['p']:.2f} [{b['ci_low']:.2f}, {b['ci_high']:.2f}]"
+            rows.append([f"{c['label']}{mark}", f"{c['param_count']:,}", mean_std(c["val_accuracy"]),
+                         ci(c["val_accuracy"]), welch, better])
+        verdict = ("matters beyond seed noise" if rnd["matters_beyond_seed_noise"]
+                   else "no difference beyond seed noise (Welch)")
+        d = rnd.get("detectable", {})
+        if d.get("difference") is not None:
+            verdict += (f"; with {d['seeds_per_candidate']} seeds per candidate, differences of mean validation accuracy "
+                        f"below {pct(d['difference'])} % points are likely missed (power 0.8 at the pooled std "
+                        f"{pct(d['pooled_std'])} % points)")
+        parts += [f"**{rnd['title']}**: {verdict}.",
+                  table(["candidate", "parameters", "validation accuracy (%), mean ± std", "95 % CI (%)",
+                         "Welch p vs chosen", "P(a chosen run beats a run of it) [95 % CI]"], rows),
+                  figure("cnn_search", f"{key}.png", rnd["title"])]
+    fc, last = m.get("final_choice"), list(m["rounds"].values())[-1]
+    if fc:
+        chosen = last["candidates"][last["chosen_index"]]
+        matters = ", ".join(k.split("_", 1)[1] for k in m.get("choices_that_matter_beyond_seed_noise", [])) or "none"
+        parts.append(f"Final choice: {fc['architecture']} ({fc['filters']} filters, dense {fc['dense'] or 'none'}, "
+                     f"dropout {fc['dropout_rate']:g}); its test accuracy, reported and not used to choose: "
+                     f"{mean_std(chosen['test_accuracy'])} %. Choices that matter beyond seed noise: {matters}.")
+    parts.append("The study: filters made no difference (32 kept), the added dense layer helped a lot (32 kept), "
+                 "dropout had no effect (0.5 kept).")
+    t = m.get("timing", {})
+    if "programs" in t:
+        parts.append(f"Wall time {t.get('wall_seconds', 0):.1f} s on {t.get('device', 'an unknown device')}: "
+                     f"{len(t['programs'])} training programs, {t['train_seconds']:.0f} s of training and "
+                     f"{t['compile_seconds']:.0f} s of compiling; reused candidates are not trained again.")
+    return "\n\n".join(parts)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def row(m: dict, c: dict) -> list[str]:
+    """This experiment's row of the README's results table, from its metrics and config."""
+    fc = m["final_choice"]
+    last = list(m["rounds"].values())[-1]
+    chosen = last["candidates"][last["chosen_index"]]
+    matters = ", ".join(k.split("_", 1)[1] for k in m["choices_that_matter_beyond_seed_noise"]) or "none"
+    return [f"the study's CNN search, 3 rounds on validation ({seeds_text(c)} x {c['epochs']} epochs per candidate)",
+            f"filters **{fc['filters']}**, dense **{fc['dense'] or 'none'}**, dropout **{fc['dropout_rate']:g}**; choices "
+            f"that matter beyond seed noise: {matters}; the chosen {fc['architecture']} tests at "
+            f"{mean_std(chosen['test_accuracy'])} %",
+            "filters: no difference (32 kept); dense: helped a lot (32 kept); dropout: no effect (0.5 kept)", "-"]
+
+
+main = experiment.entry_point(run, "configs/cnn_search.py", __doc__, __name__)

@@ -12,7 +12,15 @@ level of the autoencoder to apply, and `--seed K` picks the K-th seed trained at
 
     python -m experiments.evaluate --workdir runs/denoise --images noisy.npy --out denoised.npy --level 0.4
 
-It writes the denoised images, float32 in [0, 1], in the layout of the input.
+It writes the denoised images, float32 in [0, 1], in the layout of the input. A VAE workdir
+(experiments.vae, unconditional) writes its reconstructions (the decoded posterior mean) the
+same way. A noise_accuracy workdir applies the classifier of `--curve clean` (default),
+`noisy` or `denoised` (these two with the `--level` they were trained at; `denoised` runs the
+images through that run's autoencoder first):
+
+    python -m experiments.evaluate --workdir runs/noise_accuracy --images x.npy --curve denoised --level 0.5
+
+`--seed` is checked against the runs the workdir really has (its metrics' runs table).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import experiment, models
+from mnist_jax import experiment
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
@@ -85,58 +93,104 @@ def in_batches(fn, x: np.ndarray, batch: int = BATCH, dtype=None) -> np.ndarray:
     return out
 
 
-def restore_run(workdir: pathlib.Path, config, run_index: int):
-    """(model, params of run `run_index`) from a workdir's config.json and params/."""
-    model = models.from_config(config["model"])
-    metrics_path = workdir / "metrics.json"
-    if not metrics_path.exists():
-        raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
-    n_runs = len(experiment.read_json(metrics_path)["seeds"])
-    if not 0 <= run_index < n_runs:
-        raise ConfigError(f"--seed {run_index}: this workdir has runs 0..{n_runs - 1}")
-    one = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE))))
-    like = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n_runs, *a.shape), a.dtype), one)
-    params = jax.tree_util.tree_map(lambda a: a[run_index], experiment.load_params(workdir, like))
-    check_not_diverged(experiment.read_json(metrics_path), params, run_index)
-    return model, params
-
-
-def check_not_diverged(metrics: dict, params, run_index: int) -> None:
-    """CheckpointError when run `run_index` diverged (its history says so or its params are not finite)."""
-    flags = metrics.get("history", {}).get("diverged")
-    by_history = flags is not None and bool(np.asarray(flags, bool)[run_index].any())
-    finite = all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree_util.tree_leaves(params))
-    if by_history or not finite:
-        raise CheckpointError(f"run {run_index} of this workdir diverged (its loss or parameters are not finite): "
-                              "its predictions mean nothing; pick another run with --seed or retrain")
-
-
 def predict_labels(model, params, x: np.ndarray) -> np.ndarray:
     """Predicted classes (N,) int64 of images x, batched."""
     fn = jax.jit(lambda xb: jnp.argmax(model.apply(params, preprocess_images(xb)), axis=-1))
     return in_batches(fn, x, dtype=np.int64)
 
 
-def denoiser_run(workdir: pathlib.Path, level: float | None, k: int) -> int:
-    """The run index of the K-th seed's autoencoder trained at noise `level` in a denoise workdir."""
-    if not (workdir / "metrics.json").exists():
-        raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
-    run_levels = np.asarray(experiment.read_json(workdir / "metrics.json")["noise_level"], np.float64)
+def level_runs(records: list[dict], level: float | None, what: str) -> list[int]:
+    """Indices (into `records`) of the runs trained at noise `level`; ConfigError naming the
+    trained levels when --level is missing or matches none."""
+    run_levels = np.asarray([r["noise_level"] for r in records], np.float64)
     trained = ", ".join(f"{v:g}" for v in dict.fromkeys(run_levels.tolist()))
     if level is None:
-        raise ConfigError(f"--level is required for a denoising workdir (trained levels: {trained})")
+        raise ConfigError(f"--level is required for {what} (trained levels: {trained})")
     runs = np.flatnonzero(np.abs(run_levels - level) < 1e-6)
     if runs.size == 0:
-        raise ConfigError(f"--level {level:g}: no autoencoder was trained at that level (trained levels: {trained})")
-    if not 0 <= k < runs.size:
-        raise ConfigError(f"--seed {k}: level {level:g} has seeds 0..{runs.size - 1}")
-    return int(runs[k])
+        raise ConfigError(f"--level {level:g}: no {what} was trained at that level (trained levels: {trained})")
+    return [int(i) for i in runs]
+
+
+def finished_metrics(workdir: pathlib.Path) -> dict:
+    if not (workdir / "metrics.json").exists():
+        raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
+    return experiment.read_json(workdir / "metrics.json")
 
 
 def denoise_images(model, params, x: np.ndarray) -> np.ndarray:
     """Images x denoised by the autoencoder, float32 (N, 28, 28, 1) in [0, 1], batched."""
     fn = jax.jit(lambda xb: jax.nn.sigmoid(model.apply(params, preprocess_images(xb))))
     return in_batches(fn, x, dtype=np.float32)
+
+
+def reconstruct_images(model, params, x: np.ndarray) -> np.ndarray:
+    """A VAE's reconstructions of images x: the decoded posterior mean, pixel probabilities in [0, 1]."""
+    def fn(xb):
+        mean, _ = model.apply(params, preprocess_images(xb), method=model.encode)
+        return jax.nn.sigmoid(model.apply(params, mean, method=model.decode))
+
+    return in_batches(jax.jit(fn), x, dtype=np.float32)
+
+
+def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
+    """(result, one-line summary) of the trained model of an experiment's workdir applied to x."""
+    experiment_name = config.get("experiment")
+    kind = config.get("model", {}).get("kind") if isinstance(config.get("model"), dict) else None
+    if experiment_name == "noise_accuracy":
+        return apply_noise_accuracy(workdir, config, x, args)
+    if args.level is not None and kind != "dae":
+        raise ConfigError("--level applies to denoising workdirs (experiments.denoise, experiments.noise_accuracy) only")
+    if kind == "dae":
+        metrics = finished_metrics(workdir)
+        records = metrics.get("runs") or [{"noise_level": v} for v in metrics["noise_level"]]
+        runs = level_runs(records, args.level, "autoencoder")
+        model, params = experiment.restore_run(workdir, config["model"], args.seed, runs=runs)
+        out = denoise_images(model, params, x)
+        return out, (f"{len(out)} images denoised by the autoencoder trained at noise level {args.level:g} "
+                     f"(seed index {args.seed}); mean intensity {out.mean():.4f}")
+    if kind == "vae":
+        if config["model"].get("conditional"):
+            raise ConfigError("--workdir holds a conditional VAE: it needs labels, which evaluate does not take")
+        model, params = experiment.restore_run(workdir, config["model"], args.seed)
+        out = reconstruct_images(model, params, x)
+        return out, f"{len(out)} images reconstructed by VAE run {args.seed}; mean intensity {out.mean():.4f}"
+    if kind in ("mlp", "cnn"):
+        model, params = experiment.restore_run(workdir, config["model"], args.seed)
+        labels = predict_labels(model, params, x)
+        counts = np.bincount(labels, minlength=10)
+        return labels, f"{len(labels)} images; predicted label counts 0-9: {counts.tolist()}"
+    raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment_name!r} saves no trained model that "
+                      "evaluate can apply")
+
+
+def apply_noise_accuracy(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
+    """Labels of a noise_accuracy workdir's classifier of `--curve` (clean by default; noisy and
+    denoised need the --level they were trained at; denoised images go through that run's
+    autoencoder first)."""
+    curve = args.curve or "clean"
+    if curve not in ("clean", "noisy", "denoised"):
+        raise ConfigError(f"--curve {curve!r}: expected 'clean', 'noisy' or 'denoised'")
+    records = [r for r in finished_metrics(workdir)["runs"] if r["curve"] == curve]
+    if curve == "clean":
+        if args.level is not None:
+            raise ConfigError("--level: the clean classifier was trained without noise (use --curve noisy or denoised)")
+        runs = list(range(len(records)))
+    else:
+        runs = level_runs(records, args.level, f"{curve} classifier")
+    kind = config["classifier"]["kind"]
+    block = {"kind": kind, **config["classifier"][kind]}
+    model, params = experiment.restore_run(workdir, block, args.seed, f"{curve}_params", runs=runs)
+    if records[runs[args.seed]]["diverged"]:
+        experiment.check_not_diverged(True, params, args.seed)
+    if curve == "denoised":
+        dae, dparams = experiment.restore_run(workdir, config["denoiser"]["model"], args.seed, "denoiser_params",
+                                              runs=runs)
+        x = denoise_images(dae, dparams, x)
+    labels = predict_labels(model, params, x)
+    counts = np.bincount(labels, minlength=10)
+    at = "" if curve == "clean" else f" trained at noise level {args.level:g}"
+    return labels, f"{len(labels)} images; the {curve} classifier{at} (seed index {args.seed}) predicts 0-9: {counts.tolist()}"
 
 
 def check_out(text: str) -> pathlib.Path:
@@ -173,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", required=True, help=".npy file of images")
     parser.add_argument("--out", help=".npy file for the result (default: print a summary only)")
     parser.add_argument("--seed", type=int, default=0, help="index of the trained run to use")
-    parser.add_argument("--level", type=float, help="denoising workdirs: the noise level the autoencoder was trained at")
+    parser.add_argument("--level", type=float, help="denoising workdirs: the noise level the model was trained at")
+    parser.add_argument("--curve", help="noise_accuracy workdirs: the classifier of curve clean (default), noisy or denoised")
     try:
         args = parser.parse_args(argv)
         workdir = pathlib.Path(args.workdir)
@@ -185,26 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (workdir / "config.json").exists():
             raise ConfigError(f"--workdir {args.workdir!r} holds no config.json: not an experiment workdir")
         config = experiment.read_json(workdir / "config.json")
-        if "model" not in config or config["model"].get("kind") not in ("mlp", "cnn", "dae"):
-            raise ConfigError(f"--workdir {args.workdir!r}: experiment {config.get('experiment')!r} "
-                              "has no model that evaluate can apply")
         x = load_images(args.images)
-        if config["model"]["kind"] == "dae":
-            model, params = restore_run(workdir, config, denoiser_run(workdir, args.level, args.seed))
-            result = denoise_images(model, params, x).reshape(np.load(args.images, mmap_mode="r").shape)
-            if out:
-                save_npy(out, result)
-            print(f"{len(result)} images denoised by the autoencoder trained at noise level {args.level:g} "
-                  f"(seed index {args.seed}); mean intensity {result.mean():.4f}")
-            return 0
-        if args.level is not None:
-            raise ConfigError("--level applies to denoising autoencoder workdirs (experiments.denoise) only")
-        model, params = restore_run(workdir, config, args.seed)
-        result = predict_labels(model, params, x)
+        result, summary = apply_workdir(workdir, config, x, args)
+        if result.dtype == np.float32:
+            result = result.reshape(np.load(args.images, mmap_mode="r").shape)
         if out:
             save_npy(out, result)
-        counts = np.bincount(result, minlength=10)
-        print(f"{len(result)} images; predicted label counts 0-9: {counts.tolist()}")
+        print(summary)
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130

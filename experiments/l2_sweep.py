@@ -11,30 +11,23 @@ own protocol (best test accuracy over epochs) is reported beside it, with the bi
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, models, plots, stats, sweep, tasks
+from mnist_jax import experiment, models, plots, results, stats, sweep, tasks, train
 from mnist_jax.config import ConfigError
+from mnist_jax.report import ci, figure, mean_std, seeds_text, study, table, timing_line
 
-# swept hyperparameter -> config field holding its values, and a name for people
+# swept hyperparameter -> config field holding its values, and a name for people; any other
+# traced hyperparameter X of the task sweeps over config.X_values and is named "X" with spaces
 SWEEPS = {"l2": ("l2_factors", "L2 factor"), "dropout_rate": ("dropout_rates", "dropout rate (hidden layers)")}
 
 
-def base_hparams(config: ml_collections.ConfigDict) -> dict[str, float]:
-    """The traced hyperparameters every run of this config takes, at their base values."""
-    hp = {"learning_rate": config.learning_rate, "l2": config.l2}
-    if config.optimizer == "momentum":
-        hp["momentum"] = config.momentum
-    if config.get("max_norm", 0.0) > 0:
-        hp["max_norm"] = config.max_norm
-    if config.model.get("dropout", False):
-        hp["dropout_rate"] = config.dropout_rate
-        hp["input_dropout_rate"] = config.input_dropout_rate
-    return hp
+def sweep_of(field: str) -> tuple[str, str]:
+    """(config field of the values, name for people) of swept hyperparameter `field`."""
+    return SWEEPS.get(field, (f"{field}_values", field.replace("_", " ")))
 
 
 def per_value(array: np.ndarray, n_values: int) -> np.ndarray:
@@ -44,27 +37,23 @@ def per_value(array: np.ndarray, n_values: int) -> np.ndarray:
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     field = config.sweep_field
-    if field not in SWEEPS:
-        raise ConfigError(f"config.sweep_field={field!r} is not allowed: expected one of {sorted(SWEEPS)}")
-    values_field, value_name = SWEEPS[field]
+    values_field, value_name = sweep_of(field)
     if values_field not in config:
         raise ConfigError(f"config.sweep_field={field!r}: this config has no config.{values_field} to sweep")
-    if field not in base_hparams(config):
+    model, task = tasks.classifier_from_config(config)
+    if field not in train.expected_hparams(task, experiment.train_spec(config)):
         raise ConfigError(f"config.sweep_field={field!r}: this model takes no such hyperparameter")
     values = [float(v) for v in config[values_field]]
     seeds_list = [config.seed + i for i in range(config.seeds)]
 
     data, data_seconds = experiment.load_data(config)
-    model = models.from_config(config.model)
-    hp_values = {k: [v] for k, v in base_hparams(config).items()}
-    hp_values[field] = values
-    hp, seeds = sweep.grid(seeds_list, **hp_values)
-    result = experiment.train(config, workdir, tasks.classifier_task(model), hp, seeds, data)
+    hp, seeds = sweep.grid(seeds_list, **experiment.hparams(config, task, **{field: values}))
+    result = experiment.train(config, workdir, task, hp, seeds, data)
     experiment.save_params(workdir, result.state.params)
 
     h = result.history
     n_test = int(data.test_x.shape[0])
-    diverged_runs = experiment.divergence(h, seeds, hp)
+    diverged_runs = results.divergence(h, seeds, hp)
     diverged = h["diverged"][:, -1].astype(bool)
     ok = ~diverged
     test_err = np.where(ok, 100.0 * (1.0 - h["test_accuracy"][:, -1]), np.nan)
@@ -150,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
 def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.Path) -> None:
     """The sweep's three figures, from metrics.json alone (so they can be redrawn without training)."""
     field = metrics["sweep_field"]
-    values_field, value_name = SWEEPS[field]
+    values_field, value_name = sweep_of(field)
     values = metrics[values_field]
     n_values = len(values)
     err = np.array([np.nan if r["diverged"] else 100.0 * (1.0 - r["test_accuracy"]) for r in metrics["runs"]])
@@ -172,9 +161,145 @@ def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.P
                           name=field, ylabel="validation accuracy (%)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/l2_sweep.py", __doc__, accepts=("dropout_sweep",))
+# --- REPORT.md section and README row, from metrics.json alone ---
+
+def p_text(p: float) -> str:
+    """'p = 0.012', or 'p < 0.001' where three decimals would print 0.000."""
+    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def beyond_noise(per_value: list[dict], field: str, alpha: float = 0.05) -> str:
+    """Which values differ from the first one beyond seed noise (Welch p < alpha), and which way."""
+    first, others = per_value[0], per_value[1:]
+    tested = [r for r in others if r["vs_first_value_welch"].get("p_value") is not None]
+    if not tested:
+        return ""
+    real = [r for r in tested if r["vs_first_value_welch"]["p_value"] < alpha]
+    noise = [r for r in tested if r not in real]
+    parts = [f"{field} = {r[field]:g} is {'worse' if r['test_error_pct']['mean'] > first['test_error_pct']['mean'] else 'better'}"
+             f" ({p_text(r['vs_first_value_welch']['p_value'])})" for r in real]
+    text = f"Against {field} = {first[field]:g} on the test set: "
+    text += ("; ".join(parts) + " beyond seed noise" if parts else "no value differs beyond seed noise")
+    if noise:
+        p_min = min(r["vs_first_value_welch"]["p_value"] for r in noise)
+        text += f"; the other values are within seed noise (Welch p >= {p_min:.2f})" if real else f" (Welch p >= {p_min:.2f})"
+    return text + "."
+
+
+def dropout_target(m: dict) -> str:
+    """Whether the setting chosen on validation meets the dropout recipe's target, with its epochs."""
+    target = study(m["experiment"])["dropout_target_error_pct"]
+    mean = m["chosen_on_validation"]["test_error_pct"]["mean"]
+    epochs = len(m["history"]["loss"][0]) if m.get("history", {}).get("loss") else "?"
+    verdict = "**met**" if mean <= target else "**not met**"
+    return (f"Target: mean test error of the setting chosen on validation <= {target} %: {verdict} "
+            f"({mean:.3f} % after {epochs} epochs).")
+
+
+def detectable_text(m: dict) -> str:
+    """' With 10 seeds per value and runs spreading by 0.06 % points, ...' (empty for older metrics)."""
+    d = m.get("detectable", {})
+    if d.get("difference_pct") is None:
+        return ""
+    return (f" With {d['seeds_per_value']} seeds per value and runs spreading by {d['pooled_std_pct']:.3f} % points "
+            f"(pooled std), a difference of mean test error of {d['difference_pct']:.3f} % points is detected with "
+            "power 0.8 (two-sided t-test, alpha 0.05); smaller true differences are likely missed.")
+
+
+def section_sweep(m: dict, name: str, title: str, study_note: str) -> str:
+    field = m["sweep_field"]
+    rows = []
+    for row in m["per_value"]:
+        w = row["vs_first_value_welch"]
+        p = "-" if w.get("p_value") is None or row is m["per_value"][0] else f"{w['p_value']:.3f}"
+        better = row.get("vs_first_value_p_better", {})
+        p_better = ("-" if better.get("p") is None or row is m["per_value"][0]
+                    else f"{better['p']:.2f} [{better['ci_low']:.2f}, {better['ci_high']:.2f}]")
+        rows.append([f"{row[field]:g}", mean_std(row["test_error_pct"], 1.0, 3), ci(row["test_error_pct"], 1.0, 3),
+                     f"{row['test_error_pct']['n']}", p, p_better, mean_std(row["study_protocol_best_test_accuracy"])])
+    chosen = m["chosen_on_validation"]
+    err = chosen["test_error_pct"]
+    ref = m["reference"]
+    verdict = ("inside" if ref["inside_chosen_ci"] else "outside")
+    p_value = chosen["vs_first_value_welch"].get("p_value")
+    first = m["per_value"][0][field]
+    if chosen[field] == first:
+        helps = f"no other value beat {field} = {first:g} on validation"
+    elif p_value is None:
+        helps = "too few seeds for a test"
+    else:
+        helps = (f"against {field} = {first:g}, Welch p = {p_value:.3f}: "
+                 + ("a real difference" if p_value < 0.05 else "within seed noise"))
+    summary = (f"Chosen on validation: **{field} = {chosen[field]:g}**, test error {mean_std(err, 1.0, 3)} % "
+               f"(95 % CI {ci(err, 1.0, 3)}); {helps}. The reference, {ref['label']}, is {verdict} that interval. "
+               f"{beyond_noise(m['per_value'], field)} {study_note}")
+    return "\n\n".join([
+        f"## {title}",
+        table([field, "test error (%), mean ± std", "95 % CI (%)", "seeds", "Welch p vs first",
+               "P(a run beats a run at the first value) [95 % CI]", "study protocol: best test accuracy over epochs (%)"],
+              rows),
+        summary + detectable_text(m),
+        timing_line(m),
+        figure(name, f"{m['experiment']}.png", "Test error per value: every seed a dot, mean with 95 % CI"),
+        figure(name, f"{m['experiment']}_std.png", "Run-to-run standard deviation per value"),
+        figure(name, f"{m['experiment']}_curves.png", "Validation accuracy per epoch per value"),
+    ])
+
+
+def _sweep_this(m: dict) -> str:
+    field = m["sweep_field"]
+    chosen = m["chosen_on_validation"]
+    err = chosen["test_error_pct"]
+    return (f"chosen on validation: {field} = {chosen[field]:g}, **{mean_std(err, 1.0, 3)} %** test error "
+            f"(CI {ci(err, 1.0, 3)}). {beyond_noise(m['per_value'], field)}")
+
+
+def row_l2_sweep(m: dict, c: dict) -> list[str]:
+    lo, hi = study(m["experiment"])["l2_study_best_test_accuracy_pct"]
+    ref = m["reference"]
+    return [f"784-{'-'.join(map(str, c['model']['hidden']))}-10, {c['optimizer'].upper()} {c['learning_rate']:g}, "
+            f"{c['epochs']} epochs, L2 sweep ({len(c['l2_factors'])} factors x {seeds_text(c)})", _sweep_this(m),
+            f"{lo:g}-{hi:g} % best test accuracy over epochs, {study(m['experiment'])['l2_study_runs_per_factor']} runs",
+            f"Hinton et al. 2012: {ref['test_error_pct']:g} % ({ref['errors']} errors), "
+            f"{'inside' if ref['inside_chosen_ci'] else 'outside'} our CI"]
+
+
+def row_dropout_sweep(m: dict, c: dict) -> list[str]:
+    lo, hi = study(m["experiment"])["srivastava_dropout_error_pct"]
+    target = study(m["experiment"])["dropout_target_error_pct"]
+    met = m["chosen_on_validation"]["test_error_pct"]["mean"] <= target
+    return [f"beyond the study: Hinton's recipe 784-{'-'.join(map(str, c['model']['hidden']))}-10, dropout rate over "
+            f"{', '.join(f'{r:g}' for r in c['dropout_rates'])} (+{c['input_dropout_rate']:g} on the input), max-norm "
+            f"{c['max_norm']:g}, momentum {c['momentum']:g}, {c['epochs']} epochs ({seeds_text(c)} per rate)",
+            f"{_sweep_this(m)} Target <= {target:g} %: **{'met' if met else 'not met'}**.", "-",
+            f"Srivastava et al. 2014: {lo:g}-{hi:g} % without max-norm"]
+
+
+def section(m: dict) -> str:
+    """This experiment's REPORT.md section, from its metrics.json alone."""
+    if m["experiment"] == "dropout_sweep":
+        return section_sweep(m, "dropout_sweep",
+                             "Beyond the study: Hinton's recipe, 784-800-800-10 with dropout and max-norm",
+                             dropout_target(m))
+    if m["experiment"] == "l2_sweep":
+        return section_sweep(
+            m, "l2_sweep", "2D. L2-regularization sweep, 784-500-300-10",
+            "The study reported {}-{} % best test accuracy per factor with {} runs each, choosing the epoch on the "
+            "test set; that protocol's column above shows the upward bias it carries.".format(
+                *study(m["experiment"])["l2_study_best_test_accuracy_pct"], study(m["experiment"])["l2_study_runs_per_factor"]))
+    name = sweep_of(m["sweep_field"])[1]
+    return section_sweep(m, m["experiment"], f"Beyond the study: a sweep of the {name}",
+                         f"Reference: {m['reference']['label']}.")
+
+
+def row(m: dict, c: dict) -> list[str]:
+    """This experiment's row of the README's results table, from its metrics and config."""
+    if m["experiment"] in ("l2_sweep", "dropout_sweep"):
+        return (row_dropout_sweep if m["experiment"] == "dropout_sweep" else row_l2_sweep)(m, c)
+    values_field, name = sweep_of(m["sweep_field"])
+    return [f"beyond the study: 784-{'-'.join(map(str, c['model']['hidden']))}-10, {c['optimizer']} "
+            f"{c['learning_rate']:g}, {c['epochs']} epochs, {name} sweep ({len(c[values_field])} values x "
+            f"{seeds_text(c)})", _sweep_this(m), "-", c["reference_label"]]
+
+
+main = experiment.entry_point(run, "configs/l2_sweep.py", __doc__, __name__)

@@ -6,16 +6,12 @@
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import jax
 import ml_collections
 
-from mnist_jax import experiment, models, plots, stats, sweep, tasks
-
-
-def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
-    return [config.seed + i for i in range(config.seeds)]
+from mnist_jax import experiment, models, plots, results, stats
+from mnist_jax.report import ci, figure, mean_std, seeds_text, study, table, timing_line
 
 
 def describe(summary: dict) -> str:
@@ -24,27 +20,14 @@ def describe(summary: dict) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    data, data_seconds = experiment.load_data(config)
-    model = models.from_config(config.model)
-    task = tasks.classifier_task(model)
-    hp, seeds = sweep.grid(seeds_of(config), learning_rate=[config.learning_rate], l2=[config.l2])
-    result = experiment.train(config, workdir, task, hp, seeds, data)
-    experiment.save_params(workdir, result.state.params)
+    data, data_seconds, model, hp, seeds, result = experiment.train_classifier(config, workdir)
     history = result.history
-    diverged = experiment.divergence(history, seeds, hp)
-    test_acc = experiment.final_of_finite(history, "test_accuracy")
-    val_acc = experiment.final_of_finite(history, "val_accuracy")
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     metrics = {
         "experiment": "mlp",
         "protocol": config.protocol,
         "param_count": n_params,
-        "seeds": seeds,
-        "history": history,
-        "test_accuracy": {"per_seed": test_acc, **stats.summary(test_acc)},
-        "test_errors": history["test_errors"][:, -1],
-        "val_accuracy": {"per_seed": val_acc, **stats.summary(val_acc)},
-        "diverged": diverged,
+        **results.classifier_summary(hp, seeds, history),
         "timing": experiment.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
@@ -59,9 +42,36 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/mlp.py", __doc__)
+# --- REPORT.md section and README row, from metrics.json alone ---
+
+def section(m: dict) -> str:
+    """This experiment's REPORT.md section, from its metrics.json alone."""
+    acc = m["test_accuracy"]
+    lo, hi = study(m["experiment"])["mlp_keras_pytorch_accuracy_pct"]
+    rows = [
+        ["parameters", f"{m['param_count']:,}", f"{study(m['experiment'])['mlp_params_study']:,}", "-"],
+        [f"test accuracy (%), mean ± std over {acc['n']} seeds", mean_std(acc), "figure only",
+         f"Keras / PyTorch, same setup: {lo:.1f}-{hi:.1f}"],
+        ["95 % CI of the mean (%)", ci(acc), "-", "-"],
+        ["validation accuracy (%), mean ± std", mean_std(m["val_accuracy"]), "-", "-"],
+    ]
+    return "\n\n".join([
+        "## 2. Dense classifier 784-64-64-10",
+        table(["", "this codebase", "study", "reference"], rows),
+        timing_line(m),
+        figure("mlp", "accuracy.png", "Training and validation accuracy per epoch, mean ± 1 std over seeds"),
+    ])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def row(m: dict, c: dict) -> list[str]:
+    """This experiment's row of the README's results table, from its metrics and config."""
+    acc = m["test_accuracy"]
+    lo, hi = study(m["experiment"])["mlp_keras_pytorch_accuracy_pct"]
+    return [f"dense 784-{'-'.join(map(str, c['model']['hidden']))}-10, {c['optimizer'].upper()} {c['learning_rate']:g}, "
+            f"{c['epochs']} epochs ({seeds_text(c)})",
+            f"**{mean_std(acc)} %** test accuracy (CI {ci(acc)}); {m['param_count']:,} params",
+            f"{study(m['experiment'])['mlp_params_study']:,} params; curves only",
+            f"Keras / PyTorch, same setup: {lo:g}-{hi:g} %"]
+
+
+main = experiment.entry_point(run, "configs/mlp.py", __doc__, __name__)

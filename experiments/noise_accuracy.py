@@ -23,15 +23,15 @@ study's CNN (its fields in `config.classifier.cnn`):
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 
-from experiments import denoise
-from mnist_jax import experiment, models, plots, provenance, stats, sweep, tasks
+from mnist_jax import denoising, experiment, models, plots, provenance, stats, sweep, tasks
+from mnist_jax import results as results_lib
 from mnist_jax.config import ConfigError
+from mnist_jax.report import by_level, figure, mean_std, seeds_text, table, timing_line
 from mnist_jax.train import TrainSpec
 
 CURVES = {
@@ -84,8 +84,8 @@ def conclusion(levels: list[float], diff: dict, welch: dict) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    levels = denoise.check_levels(config.noise_levels)
-    dae = denoise.dae_model(config.denoiser.model)
+    levels = denoising.check_levels(config.noise_levels)
+    dae = denoising.dae_model(config.denoiser.model)
     clf_block = classifier_block(config.classifier)
     clf = classifier_model(clf_block)
     ae_epochs = config.denoiser_epochs or config.epochs
@@ -94,24 +94,21 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     n_levels, n_seeds = len(levels), len(seed_list)
 
     ae_spec = TrainSpec(epochs=ae_epochs, batch_size=config.denoiser.batch_size, optimizer=config.denoiser.optimizer)
-    ae, hp_ae, _ = denoise.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
-                                           learning_rate=config.denoiser.learning_rate)
+    ae, hp_ae, _ = denoising.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
+                                             learning_rate=config.denoiser.learning_rate)
     experiment.save_params(workdir, ae.state.params, name="denoiser_params")
 
-    hp, seeds = sweep.grid(seed_list, noise_level=levels, learning_rate=[config.learning_rate],
-                           dropout_rate=[config.dropout_rate])
+    noisy_task = tasks.noisy_classifier_task(clf, None, config.seed)
+    hp, seeds = sweep.grid(seed_list, **experiment.hparams(config, noisy_task, noise_level=levels))
     assert np.array_equal(hp["noise_level"], hp_ae["noise_level"])  # run r of (b) uses autoencoder r
-    conv = config.classifier.kind == "cnn"
     results = {
-        "noisy": experiment.train(config, workdir, tasks.noisy_classifier_task(clf, None, config.seed), hp, seeds, data,
-                                  name="noisy", convolutional=conv),
+        "noisy": experiment.train(config, workdir, noisy_task, hp, seeds, data, name="noisy"),
         "denoised": experiment.train(config, workdir, tasks.noisy_classifier_task(clf, dae, config.seed),
-                                     tasks.with_frozen(hp, "denoiser", ae.state.params), seeds, data, name="denoised",
-                                     convolutional=conv),
+                                     tasks.with_frozen(hp, "denoiser", ae.state.params), seeds, data, name="denoised"),
     }
-    hp_c, seeds_c = sweep.grid(seed_list, learning_rate=[config.learning_rate], dropout_rate=[config.dropout_rate])
-    results["clean"] = experiment.train(config, workdir, tasks.classifier_task(clf), hp_c, seeds_c, data, name="clean",
-                                        convolutional=conv)
+    clean_task = tasks.classifier_task(clf)
+    hp_c, seeds_c = sweep.grid(seed_list, **experiment.hparams(config, clean_task))
+    results["clean"] = experiment.train(config, workdir, clean_task, hp_c, seeds_c, data, name="clean")
     for name, result in results.items():
         experiment.save_params(workdir, result.state.params, name=f"{name}_params")
 
@@ -140,7 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     diverged["clean"] = np.tile(diverged["clean"], n_levels)
     acc = {k: np.where(diverged[k], np.nan, np.asarray(v)).reshape(n_levels, n_seeds)  # grid is seed-fastest
            for k, v in acc.items()}
-    psnr = denoise.test_metrics(dae, ae.state.params, levels_r, data, config.seed)
+    psnr = denoising.test_metrics(dae, ae.state.params, levels_r, data, config.seed)
 
     def by_level(a):  # (L, S) -> {level: summary}
         return {f"{lv:g}": {"per_seed": a[i], **stats.summary(a[i])} for i, lv in enumerate(levels)}
@@ -151,13 +148,13 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     verdict = conclusion(levels, diff, welch)
 
     clf_line = (f"{describe(clf_block)}, {config.optimizer} lr {config.learning_rate:g}, batch {config.batch_size}, "
-                f"{denoise.plural(config.epochs, 'epoch')}")
+                f"{denoising.plural(config.epochs, 'epoch')}")
     plots.curves_with_ci(
         levels, {CURVES[k]: (acc[k].T, [summaries[k][f"{lv:g}"] for lv in levels]) for k in CURVES},
         workdir / "noise_accuracy.png",
         f"MNIST test accuracy against salt-and-pepper noise\nclassifier: {clf_line}\n"
-        f"autoencoders {denoise.layer_widths(dae)}, Adam, {denoise.plural(ae_epochs, 'epoch')}, one per level and seed; "
-        f"{denoise.plural(n_seeds, 'seed')} per point; all curves tested on the same noisy test images",
+        f"autoencoders {denoising.layer_widths(dae)}, Adam, {denoising.plural(ae_epochs, 'epoch')}, one per level and seed; "
+        f"{denoising.plural(n_seeds, 'seed')} per point; all curves tested on the same noisy test images",
         xlabel="salt-and-pepper noise level (fraction of pixels replaced by 0 or 1)", ylabel="test accuracy (%)",
         note=f"mean, 95 % CI band (Student t, {n_seeds} seeds), dots = runs")
 
@@ -181,6 +178,12 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "denoised_minus_noisy": {"per_level": diff, "welch": welch},
         "conclusion": verdict,
         "denoiser_test": {"noise_level": levels_r, "seeds": seeds, **psnr},
+        "runs": [{"curve": k, **record}
+                 for k, hp_k, seeds_k in (("noisy", hp, seeds), ("denoised", hp, seeds), ("clean", hp_c, seeds_c))
+                 for record in results_lib.runs_table(
+                     hp_k, seeds_k, results[k].history, ("val_accuracy",),
+                     **({"test_accuracy": acc[k].reshape(-1)} if k != "clean"
+                        else {"test_accuracy_by_level": [acc["clean"][:, s] for s in range(n_seeds)]}))],
         "val_accuracy_last_epoch": {k: results[k].history["val_accuracy"][:, -1] for k in results},
         "eval_noise": f"fixed per test image: tasks.eval_noise_key({config.seed}, 'test') folded with the image index",
         "diverged_runs": {k: [int(i) for i in np.flatnonzero(r.history["diverged"][:, -1])] for k, r in results.items()},
@@ -190,9 +193,37 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/noise_accuracy.py", __doc__)
+# --- REPORT.md section and README row, from metrics.json alone ---
+
+def section(m: dict) -> str:
+    """This experiment's REPORT.md section, from its metrics.json alone."""
+    levels = m["noise_levels"]
+    acc = m["test_accuracy"]
+    curves = [by_level(acc[k]["per_level"], levels) for k in ("noisy", "denoised", "clean")]
+    gain = by_level(m["denoised_minus_noisy"]["per_level"], levels)
+    welch = by_level(m["denoised_minus_noisy"]["welch"], levels)
+    rows = []
+    for i, lv in enumerate(levels):
+        p = welch[i].get("p_value")
+        rows.append([f"{lv:g}", *(mean_std(c[i]) for c in curves), mean_std(gain[i]),
+                     "-" if p is None else f"{p:.3f}"])
+    return "\n\n".join([
+        "## 4C. Classification accuracy against noise level, with and without denoising",
+        f"Classifier: {m['classifier']}; autoencoders trained {m['denoiser_epochs']} epochs; "
+        f"{len(m['seeds'])} seeds per point.",
+        table(["noise level", "(a) noisy train + test (%)", "(b) denoised first (%)", "(c) clean train, noisy test (%)",
+               "(b) − (a) (% points)", "Welch p"], rows),
+        m["conclusion"]["text"] + " The study: \"denoising before classification can improve accuracy\".",
+        timing_line(m),
+        figure("noise_accuracy", "noise_accuracy.png", "Test accuracy against noise level, mean with 95 % CI bands"),
+    ])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def row(m: dict, c: dict) -> list[str]:
+    """This experiment's row of the README's results table, from its metrics and config."""
+    return [f"accuracy vs noise, levels {m['noise_levels'][0]:g}-{m['noise_levels'][-1]:g}, classifier {c['epochs']} "
+            f"epochs, autoencoders {m['denoiser_epochs']} epochs ({seeds_text(c)})", m["conclusion"]["text"],
+            "\"denoising can improve accuracy\"", "-"]
+
+
+main = experiment.entry_point(run, "configs/noise_accuracy.py", __doc__, __name__)

@@ -12,62 +12,19 @@ uninterrupted run. `--config.force=True` redoes everything.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import pathlib
-import sys
 import time
 
 import ml_collections
 
-from mnist_jax import experiment, provenance, report
+from mnist_jax import experiment, provenance, registry, report
 from mnist_jax import workdir as workdir_lib
-from mnist_jax.config import REPO_ROOT, ConfigError, parse_args
+from mnist_jax.config import ConfigError, parse_args
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One experiment of the job: its module, config file and the overrides of each profile."""
-
-    name: str
-    module: str
-    config: str
-    quick: tuple[str, ...] = ()
-    full: tuple[str, ...] = ()
-    quick_config: str | None = None  # a smaller config file for the quick profile
-
-
-STAGES = [
-    Stage("mlp", "experiments.mlp", "configs/mlp.py", quick=("--config.seeds=3",)),
-    Stage("l2_sweep", "experiments.l2_sweep", "configs/l2_sweep.py", quick_config="configs/l2_sweep_quick.py"),
-    Stage("dropout_sweep", "experiments.l2_sweep", "configs/dropout_sweep.py",
-          quick=("--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[100, 100]")),
-    Stage("cnn", "experiments.cnn", "configs/cnn.py", quick=("--config.seeds=2", "--config.epochs=1")),
-    Stage("cnn_search", "experiments.cnn_search", "configs/cnn_search.py",
-          quick=("--config.seeds=2", "--config.epochs=1", "--config.train_images=1000", "--config.filters_candidates=[8, 16]",
-                 "--config.dense_candidates=[0, 16]", "--config.dropout_rates=[0.5, 0.8]")),
-    Stage("cnn_best", "experiments.cnn", "configs/cnn_best.py", quick=("--config.seeds=1", "--config.epochs=1")),
-    Stage("denoise", "experiments.denoise", "configs/denoise.py",
-          quick=("--config.noise_levels=[0.2, 0.4, 0.7]", "--config.seeds=2", "--config.epochs=2")),
-    Stage("noise_accuracy", "experiments.noise_accuracy", "configs/noise_accuracy.py",
-          quick=("--config.noise_levels=[0.0, 0.4, 0.8]", "--config.seeds=2", "--config.epochs=1",
-                 "--config.denoiser_epochs=0")),
-    Stage("vae", "experiments.vae", "configs/vae.py",
-          quick=("--config.seeds=2", "--config.epochs=2", "--config.iwae_images=100", "--config.iwae_k=100",
-                 "--config.n_samples=1000", "--config.map_epochs=1", "--config.classifier.epochs=1",
-                 "--config.classifier.model.kind=mlp")),
-    Stage("variance_sources", "experiments.variance_sources", "configs/variance_sources.py",
-          quick=("--config.seeds=3", "--config.epochs=2", "--config.test_resamples=200")),
-]
-
-
-def stage_config(stage: Stage, profile: str) -> str:
-    return stage.quick_config if profile == "quick" and stage.quick_config else stage.config
-
-
-def stage_args(stage: Stage, profile: str, workdir: pathlib.Path) -> list[str]:
-    overrides = stage.quick if profile == "quick" else stage.full
-    return ["--workdir", str(workdir), "--config", str(REPO_ROOT / stage_config(stage, profile)), *overrides]
+def stage_args(stage: registry.Experiment, profile: str, workdir: pathlib.Path) -> list[str]:
+    """The command line of a stage at `profile`: its config file sizes itself (`configs/base.py`)."""
+    return ["--workdir", str(workdir), "--config", stage.config_arg(profile)]
 
 
 def stage_code_id(workdir: pathlib.Path) -> str | None:
@@ -98,14 +55,15 @@ def fmt_seconds(s: float) -> str:
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     if config.profile not in ("quick", "full"):
         raise ConfigError(f"config.profile={config.profile!r} is not allowed: expected 'quick' or 'full'")
-    names = [n.strip() for n in config.only.split(",") if n.strip()] or [s.name for s in STAGES]
+    all_stages = registry.stages()
+    names = [n.strip() for n in config.only.split(",") if n.strip()] or [s.name for s in all_stages]
     if config.only.strip() and not any(n.strip() for n in config.only.split(",")):
         raise ConfigError(f"config.only={config.only!r} names no experiment (leave it empty for all)")
-    unknown = sorted(set(names) - {s.name for s in STAGES})
+    unknown = sorted(set(names) - {s.name for s in all_stages})
     if unknown:
         raise ConfigError(f"config.only={config.only!r}: unknown experiments {unknown} "
-                          f"(known: {', '.join(s.name for s in STAGES)})")
-    stages = [s for s in STAGES if s.name in names]
+                          f"(known: {', '.join(s.name for s in all_stages)})")
+    stages = [s for s in all_stages if s.name in names]
     run_dir, workdir = workdir, workdir_lib.root_of(workdir)  # stages are sub-workdirs of the job's workdir
     for stage in stages:  # check every config before anything trains
         parse_args(stage_args(stage, config.profile, workdir / stage.name), "")
@@ -129,7 +87,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             workdir_lib.discard(sub, parse_args(args, "")[1].experiment)  # no resuming other code's runs
         print(f"{header}: running into {sub}", flush=True)
         t0 = time.perf_counter()
-        code = importlib.import_module(stage.module).main(args)
+        code = stage.module().main(args)
         if code == 130:  # Ctrl-C: the stage has said where a rerun resumes
             raise experiment.Interrupted
         if code != 0:
@@ -142,14 +100,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                   flush=True)
     report.write_report(workdir, [s.name for s in stages], config.profile, out=run_dir / "REPORT.md")
     print(f"wrote {workdir / 'REPORT.md'}")
-    return {"experiment": "reproduce", "profile": config.profile, "stages": done, "references": report.REFERENCES,
+    return {"experiment": "reproduce", "profile": config.profile, "stages": done, "references": report.references(),
             "mixed_code": len({d["code_id"] for d in done.values()}) > 1,
             "timing": {"device": provenance.describe_devices()}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/reproduce.py", __doc__)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+main = experiment.entry_point(run, "configs/reproduce.py", __doc__, __name__)

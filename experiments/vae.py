@@ -11,7 +11,6 @@ vae_elbo.png and, for a conditional model, vae_conditional.png.
 from __future__ import annotations
 
 import pathlib
-import sys
 import time
 
 import jax
@@ -20,18 +19,15 @@ import ml_collections
 import numpy as np
 from scipy import stats as sps
 
-from mnist_jax import experiment, generative, models, plots, stats, sweep, tasks
+from mnist_jax import experiment, generative, models, plots, results, stats, sweep, tasks
 from mnist_jax.config import ConfigError
+from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, study, table, timing_line
 from mnist_jax.train import TrainSpec
 
 # Pairs of digit classes interpolated in vae_interpolation.png (first test image of each class).
 INTERPOLATION_PAIRS = ((3, 8), (1, 7), (4, 9), (0, 6), (2, 5))
 N_RECONSTRUCTIONS = 12
 MAP_GRID = 20  # decoded manifold of vae_latent.png: MAP_GRID x MAP_GRID latents
-
-
-def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
-    return [config.seed + i for i in range(config.seeds)]
 
 
 CLASSIFIER_KINDS = ("mlp", "cnn")
@@ -83,7 +79,7 @@ def run_params(params, i: int):
 
 def final(history: dict, key: str) -> dict:
     """The last epoch's `key` per run (NaN for a diverged run) and their summary."""
-    values = np.where(np.asarray(history["diverged"], bool)[:, -1], np.nan, np.asarray(history[key])[:, -1])
+    values = results.final_of_finite(history, key)
     return {"per_seed": values, **stats.summary(values)}
 
 
@@ -109,17 +105,15 @@ def get_classifier(config, workdir: pathlib.Path, data) -> tuple:
             info = {"source": f"the classifier trained by the vae run in {cls.workdir}",
                     "model": cls_config["classifier"]["model"]}
         else:
-            from experiments.evaluate import restore_run
-
-            model, params = restore_run(path, cls_config, 0)
+            model, params = experiment.restore_run(path, cls_config["model"], 0)
             info = {"source": f"run 0 of {cls.workdir}", "model": cls_config["model"]}
     else:
         model = build(cls.model, "classifier.model")
         spec = TrainSpec(epochs=min(cls.epochs, config.epochs), batch_size=cls.batch_size, optimizer=cls.optimizer,
                          schedule=cls.schedule)
-        hp, seeds = sweep.grid([cls.seed], learning_rate=[cls.learning_rate], dropout_rate=[cls.dropout_rate])
-        result = experiment.train(config, workdir, tasks.classifier_task(model), hp, seeds, data, name="classifier",
-                                  spec=spec)
+        task = tasks.classifier_task(model)
+        hp, seeds = sweep.grid([cls.seed], **experiment.hparams(cls, task, spec))
+        result = experiment.train(config, workdir, task, hp, seeds, data, name="classifier", spec=spec)
         experiment.save_params(workdir, result.state.params, "classifier_params")
         params = run_params(result.state.params, 0)
         info = {"source": "trained in this run", "model": cls.model.to_dict(), "epochs": spec.epochs,
@@ -180,47 +174,12 @@ def describe(model_cfg, n_params: int) -> str:
     return f"VAE ({arch}, latent {model_cfg.latent}{cond}, {n_params:,} params)"
 
 
-def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    check(config)
-    data, data_seconds = experiment.load_data(config)
-    seeds = seeds_of(config)
-    cond = bool(config.model.conditional)
-    base_key = jax.random.key(config.seed)
-
-    model, result = train_vae(config, workdir, data, config.model, seeds, "vae")
-    experiment.save_params(workdir, result.state.params)
+def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, result, base_key):
+    """Prior samples of every run judged by a classifier: (samples, the sample_quality block of
+    metrics.json, seconds per run to draw them); run 0's samples go to samples.npy."""
+    seeds = experiment.seeds_of(config)
     history = result.history
-    p0 = run_params(result.state.params, 0)
-    n_params = models.param_count(p0)
-    name = describe(config.model, n_params)
-    run_desc = (f"{config.optimizer} lr {config.learning_rate} ({config.schedule}), batch {config.batch_size}, "
-                f"{config.epochs} epochs, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
-    test_bin = generative.fixed_binarization(data.test_x)
-    metrics = {
-        "experiment": "vae",
-        "model": config.model.to_dict(),
-        "param_count": n_params,
-        "seeds": seeds,
-        "training_data": "dynamically binarized: a fresh Bernoulli draw of every pixel each time an image is seen",
-        "test_binarization": "one fixed Bernoulli draw of the test set (key "
-                             f"{generative.EVAL_BINARIZATION_SEED}), the same for every run, epoch and model",
-        "test_neg_elbo": final(history, "test_neg_elbo"),
-        "test_reconstruction": final(history, "test_reconstruction"),
-        "test_kl": final(history, "test_kl"),
-        "val_neg_elbo": final(history, "val_neg_elbo"),
-        "diverged_seeds": [int(s) for s, d in zip(seeds, history["diverged"][:, -1], strict=True) if d],
-        "history": history,
-    }
-    plots.elbo_curves(history, workdir / "vae_elbo.png", f"{name}\n{run_desc}; test: fixed binarization")
-    print(f"test negative ELBO {stats.describe(metrics['test_neg_elbo'], 1.0, ' nats')} over {len(seeds)} seeds")
-
-    # Importance-weighted log-likelihood on the first iwae_images test images.
-    n_iwae = config.iwae_images
-    metrics["iwae"] = iwae_per_seed(model, result.state.params, len(seeds), test_bin[:n_iwae], data.test_y[:n_iwae],
-                                    jax.random.fold_in(base_key, 1), config.iwae_k, config.iwae_batch)
-    metrics["iwae"]["subset"] = ("the whole test set" if n_iwae == data.test_x.shape[0]
-                                 else f"the first {n_iwae} of {data.test_x.shape[0]} test images")
-
+    cond = bool(config.model.conditional)
     # Samples from the prior, judged by a classifier.
     labels = sample_labels(cond, config.n_samples)
     start = time.perf_counter()
@@ -246,7 +205,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     summary_keys = ["confident_share", "mean_confidence", "label_entropy_bits", "frechet_distance"]
     summary_keys += ["label_agreement"] if cond else []
     reference = generative.sample_quality(test_probs, train_feats, test_feats)
-    metrics["sample_quality"] = {
+    metrics = {"sample_quality": {
         "samples": f"{config.n_samples} prior samples per run as Bernoulli means; samples.npy holds run 0's",
         "conditioning": "digits 0-9 in turn" if cond else "none",
         "classifier": cls_info,
@@ -261,7 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                     "the first 10,000 training digits with those of the test digits (the floor for samples)",
             **reference,
         },
-    }
+    }}
     q0 = metrics["sample_quality"]
     print(f"samples: {stats.fmt(q0['confident_share']['mean'], '.1f', 100)} % with confidence >= 0.9, label entropy "
           f"{stats.fmt(q0['label_entropy_bits']['mean'], '.3f')} bits, Frechet distance "
@@ -269,11 +228,17 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
           f"(real digits {reference['frechet_distance']:.2f}); classifier {cls_info['kind']}, "
           f"test accuracy {100 * cls_info['test_accuracy']:.2f} %")
 
-    # Figures of run 0.
-    s0 = samples[0]
+    return samples, metrics["sample_quality"], sample_seconds
+
+
+def run0_figures(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, p0, s0, test_bin,
+                 name: str, run_desc: str, base_key) -> None:
+    """vae_samples.png, vae_conditional.png (conditional models), vae_reconstructions.png and
+    vae_interpolation.png of run 0 (`name` says which model and seed)."""
+    cond = bool(config.model.conditional)
     grid = s0[:100].reshape(10, 10, 28, 28)
     plots.image_grid(grid, workdir / "vae_samples.png",
-                     f"100 samples from the prior of {name}, run seed {seeds[0]}\n"
+                     f"100 samples from the prior of {name}\n"
                      f"decoder Bernoulli means of z ~ N(0, I); {run_desc}",
                      xlabel="conditioning digit" if cond else "sample", ylabel="sample",
                      col_labels=list(range(10)) if cond else None)
@@ -282,7 +247,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         for d in config.digits:
             rows.append(draw(model, p0, jax.random.fold_in(jax.random.fold_in(base_key, 3), d), jnp.full(10, d, jnp.int32)))
         plots.image_grid(np.stack(rows), workdir / "vae_conditional.png",
-                         f"Class-conditional samples: a row per requested digit\n{name}, run seed {seeds[0]}\n"
+                         f"Class-conditional samples: a row per requested digit\n{name}\n"
                          "decoder Bernoulli means of z ~ N(0, I) with the digit's one-hot label",
                          xlabel="sample", ylabel="requested digit", row_labels=list(config.digits))
 
@@ -292,7 +257,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     recon = decode_means(model, p0, z_rec, data.test_y[idx])
     plots.image_grid(np.stack([np.asarray(data.test_x[idx, ..., 0]) / 255.0, np.asarray(x_rec[..., 0]), recon]),
                      workdir / "vae_reconstructions.png",
-                     f"Reconstructions of the first {N_RECONSTRUCTIONS} test digits by {name}, run seed {seeds[0]}\n"
+                     f"Reconstructions of the first {N_RECONSTRUCTIONS} test digits by {name}\n"
                      "reconstruction: decoder Bernoulli means at the posterior mean of z",
                      xlabel="test image index", ylabel="",
                      row_labels=["test digit", "binarized input", "reconstruction"], col_labels=idx.tolist())
@@ -312,12 +277,18 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                                     np.asarray(data.test_x[ib, None, ..., 0]) / 255.0]))
         row_labels.append(f"#{ia} → #{ib}")
     plots.image_grid(np.stack(rows), workdir / "vae_interpolation.png",
-                     f"Latent interpolation between test digits, {name}, run seed {seeds[0]}\n"
+                     f"Latent interpolation between test digits, {name}\n"
                      "z = (1 - α) μ(start) + α μ(end) over posterior means, decoded to Bernoulli means",
                      xlabel="α (first and last column: the two test digits)", ylabel="test images",
                      row_labels=row_labels, col_labels=["start", *[f"{a:.2f}" for a in alphas], "end"])
 
-    # The latent space: the main model if it is 2-D and unconditional, else a 2-D model trained here.
+
+
+def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, p0, test_bin) -> dict | None:
+    """vae_latent.png: the 2-D latent space of the main model if it is 2-D and unconditional, else
+    of a 2-D model trained here for `map_epochs` epochs (none when 0); what it shows, or None."""
+    cond = bool(config.model.conditional)
+    test_y = np.asarray(data.test_y)
     map_info = None
     if config.model.latent == 2 and not cond:
         map_model, map_params, map_info = model, p0, {"model": "the main model (latent 2)"}
@@ -343,6 +314,57 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         plots.latent_map(manifold, values, means, test_y, workdir / "vae_latent.png",
                          f"2-D latent space of {map_name} ({which}, "
                          f"{map_info.get('epochs', config.epochs)} epochs, seed {config.seed})")
+
+    return map_info
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    check(config)
+    data, data_seconds = experiment.load_data(config)
+    seeds = experiment.seeds_of(config)
+    base_key = jax.random.key(config.seed)
+
+    model, result = train_vae(config, workdir, data, config.model, seeds, "vae")
+    experiment.save_params(workdir, result.state.params)
+    history = result.history
+    p0 = run_params(result.state.params, 0)
+    n_params = models.param_count(p0)
+    name = describe(config.model, n_params)
+    run_desc = (f"{config.optimizer} lr {config.learning_rate} ({config.schedule}), batch {config.batch_size}, "
+                f"{config.epochs} epochs, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+    test_bin = generative.fixed_binarization(data.test_x)
+    metrics = {
+        "experiment": "vae",
+        "model": config.model.to_dict(),
+        "param_count": n_params,
+        "seeds": seeds,
+        "training_data": "dynamically binarized: a fresh Bernoulli draw of every pixel each time an image is seen",
+        "test_binarization": "one fixed Bernoulli draw of the test set (key "
+                             f"{generative.EVAL_BINARIZATION_SEED}), the same for every run, epoch and model",
+        "test_neg_elbo": final(history, "test_neg_elbo"),
+        "test_reconstruction": final(history, "test_reconstruction"),
+        "test_kl": final(history, "test_kl"),
+        "val_neg_elbo": final(history, "val_neg_elbo"),
+        "diverged_seeds": [int(s) for s, d in zip(seeds, history["diverged"][:, -1], strict=True) if d],
+        "runs": results.runs_table({"learning_rate": np.full(len(seeds), config.learning_rate, np.float32)},
+                                   np.asarray(seeds), history, ("test_neg_elbo", "val_neg_elbo")),
+        "history": history,
+    }
+    plots.elbo_curves(history, workdir / "vae_elbo.png", f"{name}\n{run_desc}; test: fixed binarization")
+    print(f"test negative ELBO {stats.describe(metrics['test_neg_elbo'], 1.0, ' nats')} over {len(seeds)} seeds")
+
+    # Importance-weighted log-likelihood on the first iwae_images test images.
+    n_iwae = config.iwae_images
+    metrics["iwae"] = iwae_per_seed(model, result.state.params, len(seeds), test_bin[:n_iwae], data.test_y[:n_iwae],
+                                    jax.random.fold_in(base_key, 1), config.iwae_k, config.iwae_batch)
+    metrics["iwae"]["subset"] = ("the whole test set" if n_iwae == data.test_x.shape[0]
+                                 else f"the first {n_iwae} of {data.test_x.shape[0]} test images")
+
+    samples, metrics["sample_quality"], sample_seconds = judge_samples(config, workdir, data, model, result, base_key)
+    run0_figures(config, workdir, data, model, p0, samples[0], test_bin, f"{name}, run seed {seeds[0]}", run_desc,
+                 base_key)
+    map_info = latent_map(config, workdir, data, model, p0, test_bin)
+    if map_info is not None:
         metrics["latent_map"] = map_info
 
     metrics["timing"] = experiment.timing(data_seconds, result) | {
@@ -353,9 +375,49 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/vae.py", __doc__)
+# --- REPORT.md section and README row, from metrics.json alone ---
+
+def section(m: dict) -> str:
+    """This experiment's REPORT.md section, from its metrics.json alone."""
+    q = m["sample_quality"]
+    iwae = m["iwae"]
+    lo, hi = study(m["experiment"])["vae_literature_nll_nats"]
+    model = m["model"]
+    rows = [
+        ["test negative ELBO (nats)", mean_std(m["test_neg_elbo"], 1.0), ci(m["test_neg_elbo"], 1.0), "-"],
+        [f"test NLL, IWAE bound k = {iwae['k']} on {iwae['images']:,} images (nats)", mean_std(iwae["nll"], 1.0),
+         ci(iwae["nll"], 1.0), f"{lo}-{hi} for such models"],
+        ["samples classified with confidence >= 0.9 (%)", mean_std(q["confident_share"]), ci(q["confident_share"]), "-"],
+        [f"entropy of the sample labels (bits; uniform = {q['max_entropy_bits']:.3f})",
+         mean_std(q["label_entropy_bits"], 1.0, 3), ci(q["label_entropy_bits"], 1.0, 3), "-"],
+        ["Frechet distance, classifier features of samples vs test digits", mean_std(q["frechet_distance"], 1.0),
+         ci(q["frechet_distance"], 1.0), "-"],
+    ]
+    clf = q["classifier"]
+    return "\n\n".join([
+        "## 4D. A variational autoencoder that generates digits",
+        f"Dense VAE 784-{'-'.join(str(h) for h in model['hidden'])}-{model['latent']} "
+        f"({m['param_count']:,} params), {len(m['seeds'])} seeds, dynamically binarized training images. "
+        "The study's attempt failed: \"the sampled images came out looking nothing like digits\".",
+        table(["", "this codebase (mean ± std over seeds)", "95 % CI", "literature"], rows),
+        f"Samples are judged by a {clf['kind']} classifier ({pct(clf['test_accuracy'])} % test accuracy).",
+        timing_line(m),
+        figure("vae", "vae_samples.png", "100 new digits: decoder Bernoulli means of latents drawn from the prior"),
+        figure("vae", "vae_latent.png", "A 2-D latent space: the decoded manifold and the test set by label"),
+        figure("vae", "vae_interpolation.png", "Interpolations between test digits in latent space"),
+    ])
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def row(m: dict, c: dict) -> list[str]:
+    """This experiment's row of the README's results table, from its metrics and config."""
+    q, iwae = m["sample_quality"], m["iwae"]
+    lo, hi = study(m["experiment"])["vae_literature_nll_nats"]
+    hidden = "-".join(map(str, m["model"]["hidden"]))
+    return [f"VAE, dense 784-{hidden}-{m['model']['latent']}, {c['epochs']} epochs ({seeds_text(c)})",
+            f"test negative ELBO **{mean_std(m['test_neg_elbo'], 1.0)} nats**; IWAE (k = {iwae['k']}) NLL "
+            f"**{mean_std(iwae['nll'], 1.0)} nats**; {mean_std(q['confident_share'], 100.0, 1)} % of prior samples "
+            f"classified with confidence >= 0.9 by a {q['classifier']['kind']} trained alongside",
+            "failed: \"nothing like digits\"", f"{lo}-{hi} nats NLL for such models"]
+
+
+main = experiment.entry_point(run, "configs/vae.py", __doc__, __name__)

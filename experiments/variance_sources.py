@@ -16,15 +16,15 @@ sweeps of this project can detect with the seeds they use.
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import augment, experiment, models, plots, stats, tasks, train
+from mnist_jax import experiment, models, plots, results, stats, tasks, train
 from mnist_jax.config import REPO_ROOT, ConfigError, load_config_file
+from mnist_jax.report import figure, mean_std, num, pct, seeds_text, table, timing_line
 
 SOURCES = (*train.STREAMS, "one_bit", "bootstrap", "all")
 # the sources Summers & Dinneen (2021) varied one at a time (initialization, shuffling, augmentation,
@@ -33,14 +33,6 @@ NONDETERMINISM = ("init", "order", "dropout", "noise", "augment", "one_bit")
 # the project's sweeps: (name, config file, what an arm is)
 SWEEPS = (("l2_sweep", "configs/l2_sweep.py", "L2 factor"), ("dropout_sweep", "configs/dropout_sweep.py", "dropout rate"),
           ("cnn_search", "configs/cnn_search.py", "candidate"))
-
-
-def hparams(config: ml_collections.ConfigDict) -> dict[str, float]:
-    hp = {"learning_rate": config.learning_rate, "l2": config.l2}
-    if config.dropout_rate > 0 or config.input_dropout_rate > 0:
-        hp["dropout_rate"] = config.dropout_rate
-        hp["input_dropout_rate"] = config.input_dropout_rate
-    return hp
 
 
 def source_seeds(sources: list[str], n: int, base: int, kernel_size: int) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -150,18 +142,17 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     if config.seeds < 3:
         raise ConfigError(f"config.seeds={config.seeds} is not allowed: a spread and its CI need at least 3 runs per source")
     data, data_seconds = experiment.load_data(config)
-    model = models.from_config(config.model)
-    task = tasks.classifier_task(model, augment=augment.from_config(config))
-    hp1 = hparams(config)
+    model, task = tasks.classifier_from_config(config)
+    hp1 = {k: v[0] for k, v in experiment.hparams(config, task).items()}
     shapes = jax.eval_shape(lambda: task.init(jax.random.key(0), {k: jnp.float32(v) for k, v in hp1.items()}))
     seeds, run_source = source_seeds(sources, config.seeds, config.seed, train.first_kernel_size(shapes))
     n_runs = len(run_source)
     hp = {k: np.full(n_runs, v, np.float32) for k, v in hp1.items()}
-    result = experiment.train(config, workdir, task, hp, seeds, data, metric="test_accuracy",
-                              convolutional=config.model.kind == "cnn")
+    result = experiment.train(config, workdir, task, hp, seeds, data, metric="test_accuracy")
+    experiment.save_params(workdir, result.state.params)
     h = result.history
-    diverged = experiment.divergence(h, seeds["init"], hp)
-    test_acc = experiment.final_of_finite(h, "test_accuracy")
+    diverged = results.divergence(h, seeds["init"], hp)
+    test_acc = results.final_of_finite(h, "test_accuracy")
     ok = np.isfinite(test_acc)
     preds = predictions(model, result.state.params, data.test_x)
     correct = preds == np.asarray(data.test_y)[None, :]
@@ -240,9 +231,79 @@ def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.P
         sampling_std=metrics["test_sampling_std"]["bootstrap_std_pct"], std_by_epoch=by_epoch)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return experiment.main(run, argv, "configs/variance_sources.py", __doc__)
+# --- REPORT.md section and README row, from metrics.json alone ---
+
+def _std_ci(s: dict, digits: int = 3) -> str:
+    if s.get("std") is None:
+        return "n/a"
+    return f"{s['std']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _disagreement(d: dict) -> str:
+    if d.get("mean") is None:
+        return "n/a"
+    return f"{pct(d['mean'])}" + ("" if d.get("ci_low") is None else f" [{pct(d['ci_low'])}, {pct(d['ci_high'])}]")
+
+
+SOURCE_NAMES = {"init": "initial weights", "order": "batch order", "dropout": "dropout masks", "noise": "noise draws",
+                "augment": "augmentation draws", "one_bit": "one bit of one initial weight",
+                "bootstrap": "bootstrap of the training set", "all": "every stream: different seeds"}
+
+
+def section(m: dict) -> str:
+    """This experiment's REPORT.md section, from its metrics.json alone."""
+    all_ci = m["per_source"]["all"]["std_pct"]
+    rows = []
+    for source, r in m["per_source"].items():
+        within = "-" if source == "all" or r["std_pct"]["std"] is None else (
+            "unused" if r["identical_runs"] else
+            ("yes" if all_ci["ci_low"] <= r["std_pct"]["std"] <= all_ci["ci_high"] else "**no**"))
+        rows.append([f"{source} ({SOURCE_NAMES.get(source, source)})", f"{r['runs']}",
+                     mean_std(r["test_accuracy_pct"], 1.0, 2), _std_ci(r["std_pct"]), within,
+                     _disagreement(r["disagreement"])])
+    sampling = m["test_sampling_std"]
+    power = m["power"]
+    prows = [[f"{r['difference_pct']:g}", f"{r['seeds_per_arm']}", f"{r['seeds_per_arm_at_ci_high']}"] for r in power["rows"]]
+    srows = [[s["experiment"], s["arm"], f"{s['seeds_per_arm']}", num(s["detectable_difference_pct"], 3),
+              num(s["detectable_difference_pct_at_ci_high"], 3)] for s in power["sweeps"]]
+    return "\n\n".join([
+        "## Beyond the study: where run-to-run variance comes from, and how many seeds a claim needs",
+        f"{m['model']} ({m['param_count']:,} params): {m['runs_per_source']} runs per source, only that source "
+        "varied (every other random stream held at the base seed), all runs one vmapped program. Spread = std of the "
+        "final test accuracy over runs with its 95 % chi-square CI; disagreement = mean over pairs of runs of the "
+        "share of test images they label differently, 95 % CI by the jackknife over runs.",
+        table(["source varied", "runs", "test accuracy (%), mean ± std", "std (% points) [95 % CI]",
+               "inside the CI of 'all'?", "disagreement (%) [95 % CI]"], rows),
+        f"For scale: the test-set sampling std of one model (no training; {sampling['resamples']} bootstrap resamples "
+        f"of the {sampling['test_images']:,} test images) is {sampling['bootstrap_std_pct']:.3f} % points "
+        f"(binomial formula: {sampling['binomial_std_pct']:.3f}): the spread over runs of 'all' is "
+        f"{m['per_source']['all']['std_pct']['std'] / sampling['bootstrap_std_pct']:.2f} times that.",
+        f"**Against Summers & Dinneen (2021)**: {m['verdict']['text']}",
+        f"**How many seeds** (from the spread of 'all', σ = {power['sigma_pct']:.3f} % points, upper 95 % bound "
+        f"{power['sigma_ci_high_pct']:.3f}; {power['test']}, alpha {power['alpha']:g}, power {power['power']:g}):",
+        table(["difference of mean test accuracy (% points)", "seeds per arm", "seeds per arm at the upper bound of σ"],
+              prows),
+        "The smallest difference the project's sweeps can detect with the seeds they use, if their runs spread as "
+        "this model's do (each sweep's own spread gives its own number):",
+        table(["sweep", "arm", "seeds per arm", "detectable difference (% points)", "at the upper bound of σ"], srows),
+        timing_line(m),
+        figure("variance_sources", "variance_sources.png",
+               "Spread of test accuracy and disagreement of predictions per source of randomness, with 95 % CIs, "
+               "and the spread after each epoch"),
+    ])
+
+
+def row(m: dict, c: dict) -> list[str]:
+    """This experiment's row of the README's results table, from its metrics and config."""
+    rows = m["per_source"]
+    spread = "; ".join(f"{k} {_std_ci(r['std_pct'], 2)}" for k, r in rows.items() if not r["identical_runs"])
+    power = m["power"]
+    need = ", ".join(f"{r['difference_pct']:g}: {r['seeds_per_arm']}" for r in power["rows"])
+    verdict = "agrees" if m["verdict"]["agrees_with_summers_dinneen"] else "does not fully agree"
+    return [f"beyond the study: where variance comes from, {m['model']}, {seeds_text(c)} per source",
+            f"std of test accuracy (% points) [95 % CI]: {spread}; MNIST **{verdict}** with Summers & Dinneen. "
+            f"Seeds per arm to detect a difference of (points): {need}",
+            "-", "Summers & Dinneen 2021: each source alone ≈ all together"]
+
+
+main = experiment.entry_point(run, "configs/variance_sources.py", __doc__, __name__)

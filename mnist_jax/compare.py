@@ -1,6 +1,7 @@
 """Do two workdirs hold the same numbers? A refactor must not move them.
 
     python -m mnist_jax.compare runs/before runs/after
+    python -m mnist_jax.compare runs/before runs/after --allow-added   # new keys are not a difference
 
 Compares every metrics.json under the first folder with the one at the same relative path under
 the second, leaving out what legitimately differs between two identical runs (timings, start and
@@ -34,22 +35,24 @@ def numbers(path: pathlib.Path) -> Any:
     return comparable(_without(json.loads(path.read_text()), IGNORED))
 
 
-def differences(a: Any, b: Any, where: str = "") -> list[str]:
-    """JSON locations where trees a and b differ (the first few of each list)."""
+def differences(a: Any, b: Any, where: str = "", allow_added: bool = False) -> list[str]:
+    """JSON locations where trees a and b differ. `allow_added`: keys only in b (new outputs of
+    the second code) are not differences; a key it lost, or a value it changed, is."""
     if isinstance(a, dict) and isinstance(b, dict):
-        out = [f"{where}.{k}: only in the {'first' if k in a else 'second'}" for k in sorted(set(a) ^ set(b))]
+        extra = set(a) - set(b) if allow_added else set(a) ^ set(b)
+        out = [f"{where}.{k}: only in the {'first' if k in a else 'second'}" for k in sorted(extra)]
         for k in sorted(set(a) & set(b)):
-            out += differences(a[k], b[k], f"{where}.{k}")
+            out += differences(a[k], b[k], f"{where}.{k}", allow_added)
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         out = []
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            out += differences(x, y, f"{where}[{i}]")
+            out += differences(x, y, f"{where}[{i}]", allow_added)
         return out
     return [] if a == b else [f"{where}: {json.dumps(a)[:80]} != {json.dumps(b)[:80]}"]
 
 
-def compare_workdirs(first: pathlib.Path, second: pathlib.Path) -> list[str]:
+def compare_workdirs(first: pathlib.Path, second: pathlib.Path, allow_added: bool = False) -> list[str]:
     """Every difference between the metrics.json files of two workdirs ([] when the numbers agree)."""
     first, second = pathlib.Path(first), pathlib.Path(second)
     found = sorted(p.relative_to(first) for p in first.rglob("metrics.json"))
@@ -60,16 +63,18 @@ def compare_workdirs(first: pathlib.Path, second: pathlib.Path) -> list[str]:
         if not (second / rel).exists():
             out.append(f"{rel}: missing in {second}")
             continue
-        out += [f"{rel}{d}" for d in differences(numbers(first / rel), numbers(second / rel))]
+        out += [f"{rel}{d}" for d in differences(numbers(first / rel), numbers(second / rel), allow_added=allow_added)]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    allow_added = "--allow-added" in args
+    args = [a for a in args if a != "--allow-added"]
     if len(args) != 2:
-        print("usage: python -m mnist_jax.compare WORKDIR_A WORKDIR_B", file=sys.stderr)
+        print("usage: python -m mnist_jax.compare WORKDIR_A WORKDIR_B [--allow-added]", file=sys.stderr)
         return 2
-    diffs = compare_workdirs(*map(pathlib.Path, args))
+    diffs = compare_workdirs(*map(pathlib.Path, args), allow_added=allow_added)
     for line in diffs[:50]:
         print(line)
     n = len(list(pathlib.Path(args[0]).rglob("metrics.json")))

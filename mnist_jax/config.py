@@ -18,6 +18,9 @@ import re
 import ml_collections
 import numpy as np
 
+from mnist_jax.kernels import CONV_IMPLS
+from mnist_jax.train import OPTIMIZERS, SCHEDULES
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -25,8 +28,17 @@ class ConfigError(ValueError):
     """A config or command line that cannot be run; the message says why."""
 
 
-def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """`get_config()` of a Python config file."""
+def split_config_arg(arg: str | os.PathLike) -> tuple[pathlib.Path, str | None]:
+    """`configs/x.py:quick` -> (configs/x.py, "quick"); a plain path -> (path, None)."""
+    text = str(arg)
+    head, sep, tail = text.rpartition(":")
+    if sep and head.endswith(".py") and tail and "/" not in tail:
+        return pathlib.Path(head), tail
+    return pathlib.Path(text), None
+
+
+def load_config_module(path: str | os.PathLike):
+    """The Python module of a config file; ConfigError when it cannot be loaded."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"--config: no such file {str(path)!r}")
@@ -42,10 +54,19 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
         raise ConfigError(f"--config: {str(path)!r} cannot be loaded ({type(err).__name__}: {err})") from None
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"--config: {str(path)!r} has no get_config()")
+    return module
+
+
+def load_config_file(arg: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of a Python config file, or `get_config(ARG)` for `path.py:ARG` (the
+    ml_collections convention; the study's configs take a profile, e.g. `configs/mlp.py:quick`)."""
+    path, profile = split_config_arg(arg)
+    module = load_config_module(path)
     try:
-        config = module.get_config()
+        config = module.get_config() if profile is None else module.get_config(profile)
     except Exception as err:
-        raise ConfigError(f"--config: get_config() of {str(path)!r} raised {type(err).__name__}: {err}") from None
+        raise ConfigError(f"--config: get_config({'' if profile is None else repr(profile)}) of {str(path)!r} raised "
+                          f"{type(err).__name__}: {err}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"--config: get_config() of {str(path)!r} returned a {type(config).__name__}, "
                           "not an ml_collections.ConfigDict")
@@ -147,7 +168,12 @@ def _is_plain_name(x) -> bool:
     return isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", x) is not None and x not in (".", "..")
 
 
-# field name -> (test, what is allowed)
+def _one_of(allowed: tuple[str, ...]):
+    """A rule: the value is one of `allowed` (the library's own list, so the two never drift)."""
+    return (lambda v: v in allowed, "one of " + ", ".join(repr(a) for a in allowed))
+
+
+# field name -> (test, what is allowed); every config's fields of that name are checked
 RULES = {
     "experiment": (_is_plain_name, "a plain name (letters, digits, '_', '-', '.'; no folder)"),
     "seed": (lambda v: _is_int(v) and 0 <= v < SEED_LIMIT, f"an integer in 0..{SEED_LIMIT - 1}"),
@@ -162,17 +188,18 @@ RULES = {
     "dropout_rate": (_is_rate, "a number in [0, 1) (as float32)"),
     "input_dropout_rate": (_is_rate, "a number in [0, 1) (as float32)"),
     "noise_level": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "label_smoothing": (_is_rate, "a number in [0, 1) (as float32)"),
     "chunk_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "checkpoint_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "run_chunk": (lambda v: _is_int(v) and v >= 0,
-                  "an integer >= 0 (0 = automatic: all runs at once, conv nets on a CPU one at a time)"),
-    "optimizer": (lambda v: v in ("sgd", "momentum", "adam"), "one of 'sgd', 'momentum', 'adam'"),
-    "schedule": (lambda v: v in ("constant", "cosine", "warmup_cosine"), "one of 'constant', 'cosine', 'warmup_cosine'"),
+                  "an integer >= 0 (0 = automatic: what the model says, sweep.default_run_chunk)"),
+    "optimizer": _one_of(OPTIMIZERS),
+    "schedule": _one_of(SCHEDULES),
     "protocol": (lambda v: v in ("holdout", "study"), "'holdout' or 'study'"),
     "reuse": (lambda v: v in ("same_code", "any"), "'same_code' or 'any'"),
     "max_shift": (lambda v: _is_int(v) and 0 <= v <= 8, "an integer in 0..8 (0 = off)"),
     "train_images": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = the whole training split)"),
-    "conv_impl": (lambda v: v in ("auto", "fused", "im2col", "lax"), "one of 'auto', 'fused', 'im2col', 'lax'"),
+    "conv_impl": _one_of(("auto", *CONV_IMPLS)),
     "dense": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = none)"),
     "padding": (lambda v: v in ("VALID", "SAME"), "'VALID' or 'SAME'"),
     "denoiser_epochs": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = the same as epochs)"),
@@ -210,8 +237,8 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
             ok, allowed = RULES[name]
             if not ok(value):
                 raise ConfigError(f"config.{path}={value!r} is not allowed: expected {allowed}")
-        elif name in LIST_RULES:
-            ok, allowed = LIST_RULES[name]
+        elif name in LIST_RULES or (name.endswith("_values") and name[:-len("_values")] in RULES):
+            ok, allowed = LIST_RULES.get(name) or RULES[name[:-len("_values")]]
             if not isinstance(value, (list, tuple)) or len(value) == 0:
                 raise ConfigError(f"config.{path}={value!r} is not allowed: expected a non-empty list of {allowed}")
             for item in value:

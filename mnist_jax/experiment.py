@@ -13,7 +13,6 @@ import os
 import pathlib
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +22,11 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import data as data_lib
-from mnist_jax import provenance
+from mnist_jax import provenance, sweep
+from mnist_jax import train as train_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
-from mnist_jax.config import REPO_ROOT, ConfigError, load_config_file, parse_args
+from mnist_jax.config import REPO_ROOT, ConfigError, load_config_module, parse_args
 from mnist_jax.provenance import describe_devices
 from mnist_jax.sweep import SweepResult, num_runs, train_grid
 from mnist_jax.train import Task, TrainSpec
@@ -61,9 +61,16 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Splits, float]:
-    """The splits of `config` on the device, and the seconds it took."""
+    """The splits of `config` on the device, and the seconds it took; with `train_images` > 0
+    only the first that many images of the training split are trained on."""
     start = time.perf_counter()
     splits = data_lib.load_splits(n_val=config.get("n_val", 5000), protocol=config.get("protocol", "holdout"))
+    n_train = config.get("train_images", 0)
+    if n_train:
+        if n_train > splits.train_x.shape[0]:
+            raise ConfigError(f"config.train_images={n_train} is larger than the training split "
+                              f"({splits.train_x.shape[0]})")
+        splits = splits._replace(train_x=splits.train_x[:n_train], train_y=splits.train_y[:n_train])
     jax.block_until_ready(splits)
     if config.batch_size > splits.train_x.shape[0]:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training set "
@@ -92,32 +99,55 @@ class Progress:
         self.bar.close()
 
 
-def run_chunk(config: ml_collections.ConfigDict, convolutional: bool = False, backend: str | None = None) -> int | None:
-    """Runs per compiled program: `config.run_chunk`, or when it is 0 (automatic) all at once,
-    except convolutional nets on a CPU, which train one run at a time: XLA:CPU runs a vmapped
-    convolutional step about 1.7x slower per run than a single one (`benchmarks/cnn_speed.py
-    --runs 5`: 18.8 s against 10.9 s per run-epoch of the study's CNN), while dense nets gain
-    from vmapping. None means all runs at once."""
-    chunk = config.get("run_chunk", 0)
-    if chunk:
-        return chunk
-    return 1 if convolutional and (backend or jax.default_backend()) == "cpu" else None
+def run_chunk(config: ml_collections.ConfigDict, task: Task, backend: str | None = None) -> int | None:
+    """Runs per compiled program: `config.run_chunk`, or when it is 0 (automatic) what the task
+    says about itself (`sweep.default_run_chunk`). None means all runs at once."""
+    return config.get("run_chunk", 0) or sweep.default_run_chunk(task, backend)
+
+
+def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
+    """The base seeds of a config's runs: seed, seed + 1, ..., seed + seeds - 1."""
+    return [config.seed + i for i in range(config.seeds)]
+
+
+def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
+    """The static training setup of a config (or of a sub-config such as `classifier`)."""
+    return TrainSpec(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.get("optimizer", "sgd"),
+                     schedule=config.get("schedule", "constant"))
+
+
+def hparams(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | None = None,
+            **swept: list[float]) -> dict[str, list[float]]:
+    """{name: values} of every traced hyperparameter the task and optimizer read: the config
+    field of that name, unless `swept` gives the values. ConfigError when the config lacks one."""
+    spec = spec or train_spec(config)
+    out = {}
+    for name in train_lib.expected_hparams(task, spec):
+        if name in swept:
+            out[name] = [float(v) for v in swept[name]]
+        elif name in config:
+            out[name] = [float(config[name])]
+        else:
+            raise ConfigError(f"config.{name} is missing: this experiment's task reads the hyperparameter {name!r}")
+    unknown = sorted(set(swept) - set(out))
+    if unknown:
+        raise ConfigError(f"swept hyperparameters {unknown} are not read by this task (it reads {sorted(out)})")
+    return out
 
 
 def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: Any,
           data: data_lib.Splits, name: str = "train", spec: TrainSpec | None = None,
-          metric: str = "val_accuracy", convolutional: bool = False) -> SweepResult:
+          metric: str = "val_accuracy") -> SweepResult:
     """`train_grid` with the config's spec, a progress bar, and checkpoints in workdir/checkpoints/name.
 
     A workdir that already holds checkpoints of this training resumes from the newest one.
-    `metric` is the history entry shown in the progress bar; `convolutional` picks the automatic
-    `run_chunk` of conv nets. `seeds`: (R,) run seeds, or per-stream seeds {stream: (R,)}.
+    `metric` is the history entry shown in the progress bar. `seeds`: (R,) run seeds, or
+    per-stream seeds {stream: (R,)}. How many runs share a program: `run_chunk`.
     """
-    spec = spec or TrainSpec(epochs=config.epochs, batch_size=config.batch_size,
-                             optimizer=config.get("optimizer", "sgd"), schedule=config.get("schedule", "constant"))
+    spec = spec or train_spec(config)
     ckpt_dir = workdir / "checkpoints" / name
     mark_checkpoints_code(workdir)
-    chunk = run_chunk(config, convolutional)
+    chunk = run_chunk(config, task)
     n_runs = num_runs(seeds)
     bar = Progress(spec.epochs * int(np.ceil(n_runs / (chunk or n_runs))), name, metric)
     try:
@@ -129,6 +159,44 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, 
     if result.resumed_from_epoch is not None:
         print(f"{name}: resumed from the checkpoint of epoch {result.resumed_from_epoch} in {ckpt_dir}")
     return result
+
+
+def train_seeds(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, data: data_lib.Splits,
+                **swept: list[float]) -> tuple[dict, np.ndarray, SweepResult]:
+    """(hp, seeds, result): the config's seeds x any `swept` values of the task's traced
+    hyperparameters as one grid, trained (`train`) and its params saved (`save_params`)."""
+    hp, seeds = sweep.grid(seeds_of(config), **hparams(config, task, **swept))
+    result = train(config, workdir, task, hp, seeds, data)
+    save_params(workdir, result.state.params)
+    return hp, seeds, result
+
+
+def entry_point(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], default_config: str,
+                description: str = "", module_name: str = "") -> Callable[[list[str] | None], int]:
+    """The `main(argv)` of an experiment module: `main(run, argv, default_config, description)`.
+
+    The module's last line is `main = experiment.entry_point(run, "configs/x.py", __doc__, __name__)`:
+    run as a script (`python -m experiments.x`, so `module_name == "__main__"`), it also runs
+    `main` and exits with its code.
+    """
+
+    def entry(argv: list[str] | None = None) -> int:
+        return main(run, argv, default_config, description)
+
+    if module_name == "__main__":
+        sys.exit(entry())
+    return entry
+
+
+def train_classifier(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+    """The classifier a config describes (`tasks.classifier_from_config`), trained over its seeds:
+    (data, data seconds, model, hp, seeds, result)."""
+    from mnist_jax import tasks
+
+    data, data_seconds = load_data(config)
+    model, task = tasks.classifier_from_config(config)
+    hp, seeds, result = train_seeds(config, workdir, task, data)
+    return data, data_seconds, model, hp, seeds, result
 
 
 def save_params(workdir: pathlib.Path, params: Any, name: str = "params") -> None:
@@ -148,6 +216,65 @@ def load_params(workdir: pathlib.Path, like: Any, name: str = "params") -> Any:
         return ckpt.restore(like)
     finally:
         ckpt.close()
+
+
+def run_count(metrics: dict) -> int:
+    """How many runs an experiment trained (and saved params of): the rows of its `runs` table,
+    else of its per-epoch history, else its seed list (metrics that have neither)."""
+    if "runs" in metrics:
+        return len(metrics["runs"])
+    history = metrics.get("history") or {}
+    if history:
+        return len(next(iter(history.values())))
+    return len(metrics["seeds"])
+
+
+def init_shapes(model) -> Any:
+    """Shapes of one run's params of `model` (nothing is allocated)."""
+    from mnist_jax import models
+
+    x = jnp.zeros((1, *data_lib.IMAGE_SHAPE))
+    if isinstance(model, models.VAE):
+        return jax.eval_shape(lambda: model.init(jax.random.key(0), x, jax.random.key(1), jnp.zeros((1,), jnp.int32)))
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+
+
+def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: str = "params",
+                runs: list[int] | None = None):
+    """(model, params) of one trained run of a workdir: the model of config `block`, from the
+    params in `params_dir` (leading run axis).
+
+    `runs`: the indices in that checkpoint the user picks from (default: every run of the
+    experiment); `run_index` is a position in it, range-checked (ConfigError), and a run that
+    diverged is a CheckpointError.
+    """
+    from mnist_jax import models
+
+    model = models.from_config(block)
+    metrics_path = workdir / "metrics.json"
+    if not metrics_path.exists():
+        raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
+    metrics = read_json(metrics_path)
+    n_saved = run_count(metrics) if runs is None else None
+    runs = list(range(n_saved)) if runs is None else runs
+    if not 0 <= run_index < len(runs):
+        raise ConfigError(f"--seed {run_index}: this workdir has runs 0..{len(runs) - 1}")
+    one = init_shapes(model)
+    n_total = n_saved or max(runs) + 1
+    like = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n_total, *a.shape), a.dtype), one)
+    index = runs[run_index]
+    params = jax.tree_util.tree_map(lambda a: a[index], load_params(workdir, like, params_dir))
+    flagged = bool(metrics["runs"][index]["diverged"]) if "runs" in metrics and params_dir == "params" else False
+    check_not_diverged(flagged, params, run_index)
+    return model, params
+
+
+def check_not_diverged(flagged: bool, params, run_index: int) -> None:
+    """CheckpointError when run `run_index` diverged (its metrics say so or its params are not finite)."""
+    finite = all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree_util.tree_leaves(params))
+    if flagged or not finite:
+        raise CheckpointError(f"run {run_index} of this workdir diverged (its loss or parameters are not finite): "
+                              "its predictions mean nothing; pick another run with --seed or retrain")
 
 
 def history_summary(history: dict[str, np.ndarray]) -> dict:
@@ -206,13 +333,17 @@ class Interrupted(Exception):
     """A nested experiment was interrupted and has said so: exit 130 without another message."""
 
 
-def check_experiment(config: ml_collections.ConfigDict, default_config: str, accepts: tuple[str, ...]) -> str:
-    """The config's experiment name; ConfigError when it is another command's config file."""
+def check_experiment(config: ml_collections.ConfigDict, default_config: str) -> str:
+    """The config's experiment name; ConfigError when the registry (`configs/`) says another
+    command runs that experiment."""
+    from mnist_jax import registry
+
     name = experiment_name(config, default_config)
-    expected = {experiment_name(load_config_file(REPO_ROOT / default_config), default_config), *accepts}
-    if name not in expected:
-        raise ConfigError(f"--config is a config of experiment {name!r}; this command runs "
-                          f"{' or '.join(repr(e) for e in sorted(expected))}")
+    this = load_config_module(REPO_ROOT / default_config).ENTRY
+    entries = registry.entries_of(name)
+    if this not in entries:
+        runs = f"is run by {' or '.join(sorted(entries))}" if entries else "is not registered in configs/"
+        raise ConfigError(f"--config is a config of experiment {name!r}, which {runs}; this command is {this}")
     return name
 
 
@@ -252,17 +383,17 @@ def with_provenance(metrics: dict, prov: dict) -> dict:
 
 
 def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
-         default_config: str, description: str = "", accepts: tuple[str, ...] = ()) -> int:
+         default_config: str, description: str = "") -> int:
     """Parse, validate, open and lock the workdir, run, and commit config.json / metrics.json.
 
-    `accepts` names experiments besides the default config's that this command runs (their
-    config files). User errors print one line and return 2; missing data or a bad checkpoint
-    return 1; Ctrl-C returns 130 with the epoch a rerun resumes from.
+    The command runs every config whose ENTRY names it (`registry`). User errors print one line
+    and return 2; missing data or a bad checkpoint return 1; Ctrl-C returns 130 with the epoch a
+    rerun resumes from.
     """
     workdir = None
     try:
         path, config = parse_args(argv, default_config, description)
-        check_experiment(config, default_config, accepts)
+        check_experiment(config, default_config)
         preflight(config)
         workdir = workdir_lib.Workdir.open(path, experiment_name(config, default_config))
         run_in_workdir(workdir, run, config, provenance.command_line(argv, run.__module__))
@@ -284,28 +415,6 @@ def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: l
             workdir.remove_if_unused()
     print(f"wrote {workdir.root / 'metrics.json'}")
     return 0
-
-
-def divergence(history: dict[str, np.ndarray], seeds: np.ndarray, hp: dict[str, np.ndarray]) -> list[dict]:
-    """One record per diverged run ({run, seed, epoch, hyperparameters}), each also warned about.
-
-    A run diverges when its training loss or params stop being finite; the compiled program marks
-    it (`history["diverged"]`), and statistics over runs leave it out.
-    """
-    records = []
-    for r in np.flatnonzero(np.asarray(history["diverged"])[:, -1]):
-        epoch = int(np.argmax(np.asarray(history["diverged"])[r])) + 1
-        values = {k: float(v[r]) for k, v in hp.items()}
-        records.append({"run": int(r), "seed": int(seeds[r]), "epoch": epoch, "hparams": values})
-        described = ", ".join(f"{k}={v:g}" for k, v in values.items())
-        warnings.warn(f"run {r} (seed {int(seeds[r])}, {described}) diverged in epoch {epoch}: its loss was not "
-                      "finite; it is excluded from the statistics", RuntimeWarning, stacklevel=2)
-    return records
-
-
-def final_of_finite(history: dict[str, np.ndarray], key: str) -> np.ndarray:
-    """The last epoch's `key` per run, NaN for runs that diverged (so stats.summary skips them)."""
-    return np.where(np.asarray(history["diverged"])[:, -1], np.nan, np.asarray(history[key])[:, -1])
 
 
 def model_blocks(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, ml_collections.ConfigDict]]:

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.data import Splits
-from mnist_jax.train import STREAMS, RunState, Task, TrainSpec, init_state, train_epochs
+from mnist_jax.train import STREAMS, RunState, Task, TrainSpec, check_hparams, init_state, train_epochs
 
 
 def grid(seeds: list[int] | np.ndarray, **values: list[float]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -63,6 +63,13 @@ def _runs_shape(seeds: Any) -> tuple:
     """A hashable description of the seeds' structure and shapes (one compiled program each)."""
     leaves, treedef = jax.tree_util.tree_flatten(seeds)
     return str(treedef), tuple(np.shape(a) for a in leaves)
+
+
+def default_run_chunk(task: Task, backend: str | None = None) -> int | None:
+    """How many runs of `task` share one program when nothing else says: one at a time on the
+    backends where the task's vmapped step is slower per run (`Task.vmap_slow_on`), else all at
+    once (None). The one place the execution policy is decided."""
+    return 1 if (backend or jax.default_backend()) in task.vmap_slow_on else None
 
 
 def runs_mesh(devices: list | None = None) -> Mesh:
@@ -163,6 +170,7 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
     resumes from the newest checkpoint, ending with the same numbers as an uninterrupted run.
     `progress(epochs_done_in_this_call, metrics)` is called after every chunk of epochs.
     """
+    check_hparams(task, spec, hp)  # before anything compiles
     trainer = trainer or GridTrainer(task, spec)
     n_runs = num_runs(seeds)
     if n_runs == 0:

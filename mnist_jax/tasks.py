@@ -6,7 +6,7 @@ Each task is a `train.Task` of pure functions; its hyperparameters come from the
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -14,21 +14,17 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import generative, losses, noise
+from mnist_jax import augment as augment_lib
+from mnist_jax import generative, losses, models, noise, regularizers
 from mnist_jax.data import IMAGE_SHAPE, Splits, preprocess_images
 from mnist_jax.train import Batch, HParams, Task, stream_key
 
 EVAL_BATCH = 1000
 
-# Call arguments a model may take from hp (traced), by name.
-MODEL_HPARAMS = ("dropout_rate", "input_dropout_rate")
-
 
 def model_kwargs(model: nn.Module, hp: HParams) -> dict:
-    """The traced call arguments of `model` that `hp` provides."""
-    # inspect.signature follows the wrapper Flax puts around __call__ (its __code__ is the wrapper's)
-    names = set(inspect.signature(type(model).__call__).parameters)
-    return {k: hp[k] for k in MODEL_HPARAMS if k in hp and k in names}
+    """The traced call arguments of `model` (`models.traced_hparams`), from hp."""
+    return {k: hp[k] for k in models.traced_hparams(model)}
 
 
 def batched(fn: Callable[[jax.Array], jax.Array], x: jax.Array, batch_size: int = EVAL_BATCH) -> jax.Array:
@@ -57,11 +53,15 @@ def classification_metrics(model: nn.Module, params, x: jax.Array, y: jax.Array,
     }
 
 
-def classifier_task(model: nn.Module, augment: Callable | None = None, augment_stream: str = "augment") -> Task:
+def classifier_task(model: nn.Module, augment: Callable | None = None, augment_stream: str = "augment",
+                    augment_hparams: tuple[str, ...] = (), label_smoothing: bool = False) -> Task:
     """Softmax classification with categorical cross-entropy (the study's sections 2-3).
 
     `augment(key, x_float, hp) -> x_float` runs on each training batch inside the step, with a key
-    of the stream `augment_stream` ("noise" where it corrupts); dropout draws from "dropout".
+    of the stream `augment_stream` ("noise" where it corrupts), reading `augment_hparams` from hp;
+    dropout draws from "dropout". `label_smoothing=True` trains against targets (1 - s) one-hot +
+    s / 10 with s = hp["label_smoothing"] (traced); evaluation reports the plain cross-entropy.
+    Hyperparameters: the model's traced ones, the augmentation's, and label_smoothing if on.
     """
 
     def init(key, hp):
@@ -75,13 +75,28 @@ def classifier_task(model: nn.Module, augment: Callable | None = None, augment_s
         if augment is not None:
             x = augment(aug_key, x, hp)
         logits = model.apply(params, x, train=True, rngs={"dropout": drop_key}, **model_kwargs(model, hp))
-        return losses.cross_entropy(logits, batch.y), {"accuracy": losses.correct(logits, batch.y)}
+        targets = batch.y
+        if label_smoothing:
+            s = hp["label_smoothing"]
+            targets = (1.0 - s) * jax.nn.one_hot(batch.y, logits.shape[-1]) + s / logits.shape[-1]
+        return losses.cross_entropy(logits, targets), {"accuracy": losses.correct(logits, batch.y)}
 
     def evaluate(params, data: Splits, hp, key):
         return {**classification_metrics(model, params, data.val_x, data.val_y, "val"),
                 **classification_metrics(model, params, data.test_x, data.test_y, "test")}
 
-    return Task(init, loss, evaluate)
+    smoothing = ("label_smoothing",) if label_smoothing else ()
+    return Task(init, loss, evaluate, hparams=(*models.traced_hparams(model), *augment_hparams, *smoothing),
+                vmap_slow_on=models.vmap_slow_on(model))
+
+
+def classifier_from_config(config, model_cfg=None) -> tuple[nn.Module, Task]:
+    """(model, task) of a classifier config: its `model` block (or `model_cfg`), the random-shift
+    augmentation when `max_shift` > 0, label smoothing when it has a `label_smoothing` field, and
+    the regularizers it names (`regularizers.from_config`)."""
+    model = models.from_config(model_cfg if model_cfg is not None else config.model)
+    task = classifier_task(model, augment=augment_lib.from_config(config), label_smoothing="label_smoothing" in config)
+    return model, task.with_hooks(*regularizers.from_config(config))
 
 
 def vae_negative_elbo(model: nn.Module, params, x_bin: jax.Array, labels: jax.Array, key: jax.Array,
@@ -125,7 +140,7 @@ def vae_task(model: nn.Module) -> Task:
         return {"val_neg_elbo": val.mean(), "test_neg_elbo": test.mean(), "test_reconstruction": rec.mean(),
                 "test_kl": kl.mean()}
 
-    return Task(init, loss, evaluate)
+    return Task(init, loss, evaluate, vmap_slow_on=models.vmap_slow_on(model))
 
 
 # --- Salt-and-pepper noise and denoising (the study's section 4) ---
@@ -203,7 +218,7 @@ def denoise_task(model: nn.Module, eval_seed: int = 0, corrupt: Callable = noise
     def evaluate(params, data: Splits, hp, key):
         return denoise_metrics(model, params, data.val_x, hp["noise_level"], eval_noise_key(eval_seed, "val"), "val")
 
-    return Task(init, loss, evaluate)
+    return Task(init, loss, evaluate, hparams=("noise_level",), vmap_slow_on=models.vmap_slow_on(model))
 
 
 def noisy_classification_metrics(model: nn.Module, params, x: jax.Array, y: jax.Array, level, key: jax.Array,
@@ -234,14 +249,14 @@ def noisy_classifier_task(model: nn.Module, denoiser: nn.Module | None = None, e
         x = noise.salt_and_pepper(key, x, hp["noise_level"])
         return denoised(denoiser, frozen(hp, "denoiser"), x) if denoiser is not None else x
 
-    base = classifier_task(model, augment=corrupt, augment_stream="noise")
+    base = classifier_task(model, augment=corrupt, augment_stream="noise", augment_hparams=("noise_level",))
 
     def evaluate(params, data: Splits, hp, key):
         dparams = frozen(hp, "denoiser") if denoiser is not None else None
         return noisy_classification_metrics(model, params, data.val_x, data.val_y, hp["noise_level"],
                                             eval_noise_key(eval_seed, "val"), "val", denoiser, dparams)
 
-    return Task(base.init, base.loss, evaluate)
+    return dataclasses.replace(base, evaluate=evaluate)
 
 
 def over_runs(fn: Callable, runs: tuple, shared: tuple = (), chunk: int = 4):

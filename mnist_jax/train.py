@@ -54,6 +54,26 @@ class Batch(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
+class Penalty:
+    """A term added to every batch's loss: `fn(params, hp[hparam]) -> scalar` (L2, say)."""
+
+    hparam: str
+    fn: Callable[[Params, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    """Applied to the params after every update: `fn(params, hp[hparam]) -> params` (max-norm, say)."""
+
+    hparam: str
+    fn: Callable[[Params, jax.Array], Params]
+
+
+class HParamError(ValueError):
+    """The traced hyperparameters of a run are not the ones its task and optimizer read."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     """What is trained, as pure functions of (params, ..., hp).
 
@@ -63,11 +83,27 @@ class Task:
 
     `keys` maps each of `STEP_STREAMS` to this step's key of that stream; a task takes a stream's
     key with `stream_key(keys, name)`, which also accepts one plain key standing for every stream.
+
+    `hparams` names every entry of `hp` that init, loss and evaluate read; `penalties` add terms
+    on the params to the loss and `constraints` act on the params after each update, each reading
+    its own entry. A run's `hp` holds exactly these names plus its optimizer's (`check_hparams`).
+    `vmap_slow_on`: backends on which a vmapped step costs more per run than a single run's, so
+    the runs of this task train one at a time there (`sweep.default_run_chunk`).
     """
 
     init: Callable[[jax.Array, HParams], Params]
     loss: Callable[[Params, Batch, jax.Array, HParams], tuple[jax.Array, dict]]
     evaluate: Callable[[Params, Splits, HParams, jax.Array], dict]
+    hparams: tuple[str, ...] = ()
+    penalties: tuple[Penalty, ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+    vmap_slow_on: tuple[str, ...] = ()
+
+    def with_hooks(self, *hooks: Penalty | Constraint) -> Task:
+        """This task with more penalties and constraints."""
+        return dataclasses.replace(
+            self, penalties=self.penalties + tuple(h for h in hooks if isinstance(h, Penalty)),
+            constraints=self.constraints + tuple(h for h in hooks if isinstance(h, Constraint)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +121,29 @@ class TrainSpec:
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+def optimizer_hparams(spec: TrainSpec) -> tuple[str, ...]:
+    """The traced hyperparameters the optimizer of `spec` reads."""
+    return ("learning_rate", "momentum") if spec.optimizer == "momentum" else ("learning_rate",)
+
+
+def expected_hparams(task: Task, spec: TrainSpec) -> tuple[str, ...]:
+    """Every name a run's `hp` must hold: the task's, its hooks', the optimizer's."""
+    names = [*optimizer_hparams(spec), *task.hparams, *(h.hparam for h in task.penalties + task.constraints)]
+    return tuple(dict.fromkeys(names))
+
+
+def check_hparams(task: Task, spec: TrainSpec, hp: Mapping[str, Any]) -> None:
+    """HParamError unless `hp` names exactly the hyperparameters the task and optimizer read:
+    an unknown name (a typo such as "L2") would be ignored, a missing one has no value."""
+    expected = expected_hparams(task, spec)
+    unknown = sorted(k for k in hp if k not in expected and "/" not in k)  # "name/path": frozen params (tasks.with_frozen)
+    missing = [k for k in expected if k not in hp]
+    if unknown or missing:
+        parts = ([f"unknown {unknown}"] if unknown else []) + ([f"missing {missing}"] if missing else [])
+        raise HParamError(f"hyperparameters {', '.join(parts)}: this task with the {spec.optimizer!r} optimizer "
+                          f"reads exactly {list(expected)}")
 
 
 class RunState(NamedTuple):
@@ -113,23 +172,10 @@ def make_optimizer(spec: TrainSpec, hp: HParams, n_train: int) -> optax.Gradient
     if spec.optimizer == "sgd":
         return optax.sgd(lr)
     if spec.optimizer == "momentum":
-        return optax.sgd(lr, momentum=hp.get("momentum", 0.9))
+        return optax.sgd(lr, momentum=hp["momentum"])
     if spec.optimizer == "adam":
         return optax.adam(lr)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {spec.optimizer!r}")
-
-
-def max_norm(params: Params, limit: jax.Array | float) -> Params:
-    """Rescale each unit's incoming weights to norm <= limit (no-op where limit <= 0)."""
-
-    def clip(path, leaf):
-        if getattr(path[-1], "key", None) != "kernel":
-            return leaf
-        norms = jnp.sqrt(jnp.sum(jnp.square(leaf), axis=tuple(range(leaf.ndim - 1)), keepdims=True))
-        scale = jnp.where((limit > 0) & (norms > limit), limit / jnp.maximum(norms, 1e-12), 1.0)
-        return leaf * scale
-
-    return jax.tree_util.tree_map_with_path(clip, params)
 
 
 def run_keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -209,6 +255,7 @@ def bootstrap_indices(seed: jax.Array, n: int) -> jax.Array:
 
 def init_state(task: Task, spec: TrainSpec, hp: HParams, seed: Seeds, n_train: int) -> RunState:
     """The state of a run before its first epoch (`one_bit` applied to the initial params)."""
+    check_hparams(task, spec, hp)
     seeds = stream_seeds(seed)
     init_key, _ = run_keys(seeds["init"])
     params = task.init(init_key, hp)
@@ -244,13 +291,20 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
     idx, mask = epoch_batches(perm_key, n, spec.batch_size)
     if isinstance(seed, Mapping) and "bootstrap" in seed:
         idx = jnp.where(seed["bootstrap"] >= 0, bootstrap_indices(seed["bootstrap"], n)[idx], idx)
-    l2 = hp.get("l2", 0.0)
+    check_hparams(task, spec, hp)
     train_rows = data.train_x.reshape(n, -1)
 
     def objective(params, batch, key):
         per_example, metrics = task.loss(params, batch, key, hp)
         count = jnp.maximum(batch.mask.sum(), 1.0)
-        loss = jnp.sum(per_example * batch.mask) / count + l2_penalty(params, l2)
+        loss = jnp.sum(per_example * batch.mask) / count
+        for penalty in task.penalties:
+            loss = loss + penalty.fn(params, hp[penalty.hparam])
+        if not task.penalties:
+            # A zero L2 term: before penalties were hooks every run carried one, and XLA:CPU fuses
+            # the step's gradients differently without it, which moves the numbers in the last
+            # bits. Kept so that every run computes exactly what it did before.
+            loss = loss + l2_penalty(params, 0.0)
         sums = {k: jnp.sum(v * batch.mask) for k, v in metrics.items()}
         sums["loss"] = jnp.sum(per_example * batch.mask)
         return loss, sums
@@ -266,8 +320,8 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
         grads, sums = jax.grad(objective, has_aux=True)(params, batch, keys)
         updates, opt_state = opt.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        if "max_norm" in hp:
-            params = max_norm(params, hp["max_norm"])
+        for constraint in task.constraints:
+            params = constraint.fn(params, hp[constraint.hparam])
         return (params, opt_state), sums
 
     steps = jnp.arange(idx.shape[0])

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mnist_jax import augment, models, sweep, tasks
+from mnist_jax import augment, kernels, models, sweep, tasks
 from mnist_jax.config import ConfigError, load_config_file, validate
 from mnist_jax.train import TrainSpec
 
@@ -115,28 +115,28 @@ def test_fused_conv_gradients_match_lax_for_input_and_kernel(channels):
     x = jnp.asarray(rng.normal(size=(3, 9, 8, channels)).astype(np.float32))
     k = jnp.asarray(rng.normal(size=(3, 3, channels, 5)).astype(np.float32))
     w = jnp.asarray(rng.normal(size=(3, 7, 6, 5)).astype(np.float32))
-    np.testing.assert_allclose(models.fused_conv(x, k), models.lax_conv(x, k), rtol=1e-4, atol=1e-4)
-    g = jax.grad(lambda x, k: jnp.sum(models.fused_conv(x, k) * w), argnums=(0, 1))(x, k)
-    g_ref = jax.grad(lambda x, k: jnp.sum(models.lax_conv(x, k) * w), argnums=(0, 1))(x, k)
+    np.testing.assert_allclose(kernels.fused_conv(x, k), kernels.lax_conv(x, k), rtol=1e-4, atol=1e-4)
+    g = jax.grad(lambda x, k: jnp.sum(kernels.fused_conv(x, k) * w), argnums=(0, 1))(x, k)
+    g_ref = jax.grad(lambda x, k: jnp.sum(kernels.lax_conv(x, k) * w), argnums=(0, 1))(x, k)
     for u, v in zip(g, g_ref, strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
     # vmapped over runs (the sweep's case) it is still the same convolution
     ks = jnp.stack([k, 2 * k])
-    np.testing.assert_allclose(jax.vmap(models.fused_conv, (None, 0))(x, ks)[1], 2 * models.lax_conv(x, k),
+    np.testing.assert_allclose(jax.vmap(kernels.fused_conv, (None, 0))(x, ks)[1], 2 * kernels.lax_conv(x, k),
                                rtol=1e-4, atol=1e-4)
 
 
 def test_dropout_zeroes_the_rate_and_keeps_the_mean():
     x = jnp.ones((200, 1000))
     for rate in (0.0, 0.2, 0.5, 0.8):
-        y = np.asarray(models.dropout(x, rate, jax.random.key(7)))
+        y = np.asarray(kernels.dropout(x, rate, jax.random.key(7)))
         dropped = np.mean(y == 0)
         assert abs(dropped - rate) < 0.005, (rate, dropped)
         assert abs(y.mean() - 1.0) < 0.02
         np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-6)
-    a, b = models.dropout(x, 0.5, jax.random.key(1)), models.dropout(x, 0.5, jax.random.key(2))
+    a, b = kernels.dropout(x, 0.5, jax.random.key(1)), kernels.dropout(x, 0.5, jax.random.key(2))
     assert np.any(np.asarray(a) != np.asarray(b))
-    np.testing.assert_array_equal(a, models.dropout(x, 0.5, jax.random.key(1)))
+    np.testing.assert_array_equal(a, kernels.dropout(x, 0.5, jax.random.key(1)))
 
 
 def test_im2col_conv_matches_a_direct_sum():
@@ -147,24 +147,24 @@ def test_im2col_conv_matches_a_direct_sum():
     for i in range(4):
         for j in range(5):
             direct[:, i, j] = np.einsum("bhwc,hwcf->bf", x[:, i:i + 3, j:j + 3], k)
-    np.testing.assert_allclose(models.im2col_conv(jnp.asarray(x), jnp.asarray(k)), direct, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(kernels.im2col_conv(jnp.asarray(x), jnp.asarray(k)), direct, rtol=1e-4, atol=1e-4)
 
 
 def test_max_pool_values_and_gradient():
     x = jnp.arange(2 * 5 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 5, 3) % 7.3
     ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    np.testing.assert_array_equal(models.max_pool_2x2(x), ref)
+    np.testing.assert_array_equal(kernels.max_pool_2x2(x), ref)
     w = jax.random.normal(jax.random.key(0), ref.shape)
-    g = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x) * w))(x)
+    g = jax.grad(lambda x: jnp.sum(kernels.max_pool_2x2(x) * w))(x)
     g_ref = jax.grad(lambda x: jnp.sum(jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
                                                                (1, 2, 2, 1), "VALID") * w))(x)
     np.testing.assert_allclose(g, g_ref)
 
 
 def test_default_conv_impl_per_backend():
-    assert models.default_conv_impl("cpu") == "fused"
-    assert models.default_conv_impl("gpu") == "lax"
-    assert models.default_conv_impl() in models.CONV_IMPLS
+    assert kernels.default_conv_impl("cpu") == "fused"
+    assert kernels.default_conv_impl("gpu") == "lax"
+    assert kernels.default_conv_impl() in kernels.CONV_IMPLS
 
 
 def test_random_shift_keeps_labels_shapes_and_pixels():
@@ -280,12 +280,13 @@ def test_cnn_figures_are_written(tmp_path):
 
 
 def test_best_config_builds_an_augmented_task_that_trains(tiny):
-    from experiments.cnn import architecture, setup
+    from mnist_jax import experiment
 
     config = load_config_file("configs/cnn_best.py")
-    model, task = setup(config)
-    assert architecture(model) == "Conv32s-Pool-Drop-Conv64s-Pool-Drop-Dense128-Drop"
-    hp, seeds = sweep.grid([0], learning_rate=[config.learning_rate], dropout_rate=[config.dropout_rate])
+    model, task = tasks.classifier_from_config(config)
+    assert models.architecture(model) == "Conv32s-Pool-Drop-Conv64s-Pool-Drop-Dense128-Drop"
+    hp, seeds = sweep.grid([0], **experiment.hparams(config, task))
+    assert sorted(hp) == ["dropout_rate", "learning_rate"]
     spec = TrainSpec(epochs=2, batch_size=64, optimizer=config.optimizer, schedule=config.schedule)
     history = sweep.train_grid(task, spec, hp, seeds, tiny).history
     assert np.all(np.isfinite(history["loss"])) and history["loss"][0, 1] < history["loss"][0, 0]
@@ -296,11 +297,15 @@ def test_automatic_run_chunk_trains_conv_nets_one_run_at_a_time_on_a_cpu():
 
     config = load_config_file("configs/cnn.py")
     assert config.run_chunk == 0
-    assert experiment.run_chunk(config, convolutional=True, backend="cpu") == 1
-    assert experiment.run_chunk(config, convolutional=True, backend="gpu") is None
-    assert experiment.run_chunk(config, convolutional=False, backend="cpu") is None
+    _, conv = tasks.classifier_from_config(config)
+    dense = tasks.classifier_task(models.MLP((8,)))
+    conv_vae = tasks.vae_task(models.VAE(latent=2, hidden=(8,), conv=True))
+    assert experiment.run_chunk(config, conv, backend="cpu") == 1
+    assert experiment.run_chunk(config, conv_vae, backend="cpu") == 1  # the model says so, whatever the experiment
+    assert experiment.run_chunk(config, conv, backend="gpu") is None
+    assert experiment.run_chunk(config, dense, backend="cpu") is None
     config.run_chunk = 3
-    assert experiment.run_chunk(config, convolutional=True, backend="cpu") == 3
+    assert experiment.run_chunk(config, conv, backend="cpu") == 3
 
 
 def test_accuracy_figure_zooms_past_a_far_first_epoch_and_says_so():

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from experiments import denoise, evaluate, noise_accuracy
-from mnist_jax import losses, models, noise, sweep, tasks
+from mnist_jax import denoising, losses, models, noise, sweep, tasks
 from mnist_jax.data import Splits, load_mnist
 from mnist_jax.train import Batch, TrainSpec
 
@@ -34,7 +34,7 @@ def test_autoencoder_shapes_range_and_size():
     assert images.min() >= 0 and images.max() <= 1
     widths = [784, 128, 96, 128, 784]
     assert models.param_count(params) == sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
-    assert denoise.layer_widths(model) == "-".join(map(str, widths))
+    assert denoising.layer_widths(model) == "-".join(map(str, widths))
 
 
 def test_binary_cross_entropy_matches_optax_and_stays_finite():
@@ -83,7 +83,7 @@ def test_denoisers_and_classifiers_train_as_one_vmapped_grid():
     hp_b = tasks.with_frozen({**hp, "learning_rate": np.full(2, 0.1, np.float32)}, "denoiser", ae.state.params)
     res = sweep.train_grid(tasks.noisy_classifier_task(clf, dae), TrainSpec(epochs=1, batch_size=64), hp_b, seeds, data)
     assert res.history["val_accuracy"].shape == (2, 1) and np.isfinite(res.history["loss"]).all()
-    metrics = denoise.test_metrics(dae, ae.state.params, hp["noise_level"], data, eval_seed=0)
+    metrics = denoising.test_metrics(dae, ae.state.params, hp["noise_level"], data, eval_seed=0)
     np.testing.assert_allclose(metrics["test_psnr_noisy"][0], 100.0, atol=1e-3)
 
 

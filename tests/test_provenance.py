@@ -162,7 +162,7 @@ def test_results_table_refuses_mixed_code_and_names_the_commit(tmp_path):
     (folder / "code.json").unlink()
     assert "belong to no commit" in results_table.render(folder)
     shutil.rmtree(folder / "cnn_search")  # a run that did not finish every experiment says which are missing
-    assert "Not in this run: cnn_search, variance_sources (not run" in results_table.render(folder)
+    assert "Not in this run: cnn_search, variance_sources, label_smoothing (not run" in results_table.render(folder)
     m = json.loads((folder / "mlp" / "metrics.json").read_text())
     m["provenance"]["code_id"] = "git:other"
     (folder / "mlp" / "metrics.json").write_text(json.dumps(m))

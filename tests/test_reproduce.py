@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from experiments import reproduce
+from experiments import l2_sweep, reproduce
+from mnist_jax import registry
 
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 
@@ -42,11 +43,11 @@ def quick_job(tmp_path_factory):
 def test_quick_profile_writes_a_report_whose_figures_and_numbers_are_real(quick_job):
     report = (quick_job / "REPORT.md").read_text()
     assert "Quick profile" in report
-    for stage in reproduce.STAGES:
+    for stage in registry.stages():
         assert (quick_job / stage.name / "metrics.json").exists(), stage.name
         assert "Not run" not in report
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(figures) >= len(reproduce.STAGES)
+    assert len(figures) >= len(registry.stages())
     for fig in figures:
         assert (quick_job / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
 
@@ -112,17 +113,16 @@ def test_unknown_experiment_and_profile_are_clear_errors(tmp_path, capsys):
 
 
 def test_report_says_which_sweep_values_differ_beyond_seed_noise():
-    from mnist_jax import report
 
     def row(v, mean, p):
         return {"l2": v, "test_error_pct": {"mean": mean}, "vs_first_value_welch": {"p_value": p}}
 
     rows = [row(0.0, 1.9, 1.0), row(1e-5, 1.85, 0.4), row(1e-3, 2.1, 0.001)]
-    text = report.beyond_noise(rows, "l2")
+    text = l2_sweep.beyond_noise(rows, "l2")
     assert "l2 = 0.001 is worse (p = 0.001) beyond seed noise" in text and "Welch p >= 0.40" in text
-    assert "no value differs beyond seed noise" in report.beyond_noise(rows[:2], "l2")
-    assert "is better" in report.beyond_noise([rows[0], row(1e-4, 1.7, 0.01)], "l2")
-    assert report.beyond_noise([rows[0], row(1e-4, 1.7, None)], "l2") == ""
+    assert "no value differs beyond seed noise" in l2_sweep.beyond_noise(rows[:2], "l2")
+    assert "is better" in l2_sweep.beyond_noise([rows[0], row(1e-4, 1.7, 0.01)], "l2")
+    assert l2_sweep.beyond_noise([rows[0], row(1e-4, 1.7, None)], "l2") == ""
 
 
 @pytest.mark.integration
@@ -131,9 +131,9 @@ def test_every_report_section_names_the_code_that_made_it(quick_job):
 
     report = (quick_job / "REPORT.md").read_text()
     code = provenance.short_code(provenance.code_version())
-    assert report.count(f"Made by {code} on ") == len(reproduce.STAGES)
+    assert report.count(f"Made by {code} on ") == len(registry.stages())
     assert f"Every result below was made by {code}." in report and "Mixed code" not in report
-    for stage in reproduce.STAGES:
+    for stage in registry.stages():
         m = json.loads((quick_job / stage.name / "metrics.json").read_text())
         assert m["schema_version"] == provenance.SCHEMA_VERSION
         assert m["provenance"]["code_id"] == provenance.code_id(), stage.name
@@ -163,3 +163,36 @@ def test_a_stage_made_by_other_code_is_trained_again_unless_reuse_any(quick_job,
     assert "not redone" in capsys.readouterr().out
     report = (job / "REPORT.md").read_text()
     assert "> **Mixed code**" in report and "commit 0000000: mlp" in report
+
+
+@pytest.mark.integration
+def test_evaluate_applies_every_stage_that_trains_a_model(quick_job, tmp_path, capsys):
+    import numpy as np
+
+    from experiments import evaluate
+
+    images = tmp_path / "x.npy"
+    np.save(images, np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8))
+    for stage in registry.stages():
+        workdir = quick_job / stage.name
+        m = json.loads((workdir / "metrics.json").read_text())
+        c = json.loads((workdir / "config.json").read_text())
+        args = ["--workdir", str(workdir), "--images", str(images), "--out", str(tmp_path / f"{stage.name}.npy")]
+        if stage.name == "cnn_search":
+            assert evaluate.main(args) == 2 and "saves no trained model" in capsys.readouterr().err
+            continue
+        if stage.name == "denoise":
+            args += ["--level", f"{c['noise_levels'][-1]:g}"]
+            n = c["seeds"]  # seeds at that level
+        elif stage.name == "noise_accuracy":
+            args += ["--curve", "denoised", "--level", f"{c['noise_levels'][-1]:g}"]
+            n = c["seeds"]
+        else:
+            n = len(m["runs"])  # every run: for a sweep, values x seeds (not its base seeds)
+            assert n == len(m["history"]["loss"])
+        assert evaluate.main([*args, "--seed", str(n - 1)]) == 0, stage.name
+        out = np.load(tmp_path / f"{stage.name}.npy")
+        assert out.shape[0] == 7 and (out.dtype == np.int64 or (0 <= out.min() and out.max() <= 1)), stage.name
+        capsys.readouterr()
+        assert evaluate.main([*args, "--seed", str(n)]) == 2, stage.name
+        assert f"this workdir has runs 0..{n - 1}" in capsys.readouterr().err, stage.name

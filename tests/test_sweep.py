@@ -17,8 +17,8 @@ SHARDED = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, "tests")
     from conftest import synthetic_splits
-    from mnist_jax import models, sweep, tasks, train
-    task = tasks.classifier_task(models.MLP((16,)))
+    from mnist_jax import models, regularizers, sweep, tasks, train
+    task = tasks.classifier_task(models.MLP((16,))).with_hooks(regularizers.L2)
     spec = train.TrainSpec(epochs=2, batch_size=64)
     hp, seeds = sweep.grid([0, 1, 2], l2=[0.0, 1e-3], learning_rate=[0.1])   # 6 runs
     hp = {k: v[:5] for k, v in hp.items()}; seeds = seeds[:5]                 # 5 runs: padding needed on 4 devices
@@ -96,7 +96,7 @@ def test_quick_l2_sweep_end_to_end(tmp_path):
     d = m["detectable"]
     assert d["seeds_per_value"] == 3 and d["difference_pct"] == pytest.approx(
         stats.detectable_difference(d["pooled_std_pct"], 3))
-    text = report.SECTIONS["l2_sweep"](m)
+    text = report.section("l2_sweep", m)
     assert "P(a run beats a run at the first value)" in text and "is detected with power 0.8" in text
 
 

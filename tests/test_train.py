@@ -5,18 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import losses, models, sweep, tasks, train
+from mnist_jax import losses, models, regularizers, sweep, tasks, train
 from mnist_jax.data import Splits
 
 SPEC = train.TrainSpec(epochs=3, batch_size=48)  # 256 examples: 5 full batches and one of 16
 
 
-def mlp_task(hidden=(32,)):
-    return tasks.classifier_task(models.MLP(hidden))
+def mlp_task(hidden=(32,), l2=False):
+    task = tasks.classifier_task(models.MLP(hidden))
+    return task.with_hooks(regularizers.L2) if l2 else task
 
 
-def hp1(lr=0.1, l2=0.0):
-    return {"learning_rate": jnp.float32(lr), "l2": jnp.float32(l2)}
+def hp1(lr=0.1):
+    return {"learning_rate": jnp.float32(lr)}
 
 
 def test_study_mlp_has_55050_parameters():
@@ -75,7 +76,7 @@ def test_masked_partial_batch_counts_every_example_once(tiny):
         return batch.y.astype(jnp.float32) + params["w"], {"ones": jnp.ones_like(batch.mask)}
 
     task = train.Task(init, loss, lambda params, data, hp, key: {})
-    _, hist = train.run(task, train.TrainSpec(epochs=2, batch_size=100), hp1(lr=0.0), 0, tiny)
+    _, hist = train.run(task, train.TrainSpec(epochs=2, batch_size=100), {"learning_rate": jnp.float32(0.0)}, 0, tiny)
     np.testing.assert_allclose(hist["loss"], [tiny.train_y.mean()] * 2, rtol=1e-6)
     np.testing.assert_allclose(hist["train_ones"], [1.0, 1.0], rtol=1e-6)
 
@@ -99,13 +100,13 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(tiny):
 
 def test_vmapped_runs_match_single_runs(tiny):
     hp, seeds = sweep.grid([0, 1, 2], learning_rate=[0.05, 0.2], l2=[1e-4])
-    many = sweep.train_grid(mlp_task(), SPEC, hp, seeds, tiny)
-    init_many = jax.vmap(lambda h, s: train.init_state(mlp_task(), SPEC, h, s, 256))(
+    many = sweep.train_grid(mlp_task(l2=True), SPEC, hp, seeds, tiny)
+    init_many = jax.vmap(lambda h, s: train.init_state(mlp_task(l2=True), SPEC, h, s, 256))(
         {k: jnp.asarray(v) for k, v in hp.items()}, jnp.asarray(seeds))
     for r in range(len(seeds)):
         one_hp = {k: v[r:r + 1] for k, v in hp.items()}
-        one = sweep.train_grid(mlp_task(), SPEC, one_hp, seeds[r:r + 1], tiny)
-        init_one = train.init_state(mlp_task(), SPEC, {k: jnp.float32(v[r]) for k, v in hp.items()}, seeds[r], 256)
+        one = sweep.train_grid(mlp_task(l2=True), SPEC, one_hp, seeds[r:r + 1], tiny)
+        init_one = train.init_state(mlp_task(l2=True), SPEC, {k: jnp.float32(v[r]) for k, v in hp.items()}, seeds[r], 256)
         for x, y in zip(jax.tree_util.tree_leaves(init_many.params), jax.tree_util.tree_leaves(init_one.params), strict=True):
             assert np.array_equal(np.asarray(x)[r], np.asarray(y))  # same initial params exactly
         np.testing.assert_allclose(many.history["loss"][r], one.history["loss"][0], rtol=1e-4)
@@ -164,11 +165,11 @@ def test_divergence_is_marked_per_run(tiny):
 
 def test_max_norm_caps_incoming_weight_norms():
     params = {"Dense_0": {"kernel": jnp.array([[3.0, 0.1], [4.0, 0.1]]), "bias": jnp.array([10.0, 10.0])}}
-    out = train.max_norm(params, 2.0)
+    out = regularizers.max_norm(params, 2.0)
     norms = np.linalg.norm(np.asarray(out["Dense_0"]["kernel"]), axis=0)
     np.testing.assert_allclose(norms, [2.0, np.sqrt(0.02)], rtol=1e-5)
     assert np.array_equal(out["Dense_0"]["bias"], params["Dense_0"]["bias"])
-    off = train.max_norm(params, 0.0)
+    off = regularizers.max_norm(params, 0.0)
     assert np.array_equal(off["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
 
 
@@ -209,7 +210,8 @@ def test_traced_dropout_rate_reaches_the_model(tiny):
     hp, seeds = sweep.grid([0], learning_rate=[0.1], dropout_rate=[0.0, 0.5], input_dropout_rate=[0.0])
     result = sweep.train_grid(task, SPEC, hp, seeds, tiny)
     assert not np.array_equal(result.history["loss"][0], result.history["loss"][1])
-    assert tasks.model_kwargs(models.MLP((4,), dropout=True), {"dropout_rate": 0.5, "noise": 1.0}) == {"dropout_rate": 0.5}
+    assert tasks.model_kwargs(models.MLP((4,), dropout=True), {"dropout_rate": 0.5, "input_dropout_rate": 0.1,
+                                                               "noise": 1.0}) == {"dropout_rate": 0.5, "input_dropout_rate": 0.1}
 
 
 def test_timing_counts_the_runs_each_program_call_trains(tiny):

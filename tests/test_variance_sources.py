@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import variance_sources
-from mnist_jax import report, train
+from mnist_jax import experiment, report, tasks, train
 from mnist_jax.config import parse_args
 
 
@@ -30,7 +30,8 @@ def test_configs_parse_and_name_known_sources(name, tmp_path):
     assert set(config.sources) <= set(variance_sources.SOURCES) and "all" in config.sources
     assert config.seeds >= 3 and variance_sources.describe_model(config)
     if name == "variance_sources_cnn":
-        assert "dropout" in config.sources and variance_sources.hparams(config)["dropout_rate"] == 0.5
+        _, task = tasks.classifier_from_config(config)
+        assert "dropout" in config.sources and experiment.hparams(config, task)["dropout_rate"] == [0.5]
 
 
 @pytest.mark.integration
@@ -62,7 +63,7 @@ def test_variance_sources_end_to_end(tmp_path):
     assert needed == sorted(needed, reverse=True) and needed[-1] >= 2
     assert {s["experiment"] for s in power["sweeps"]} == {"l2_sweep", "dropout_sweep", "cnn_search"}
     assert (tmp_path / "variance_sources.png").read_bytes()[:4] == b"\x89PNG"
-    text = report.SECTIONS["variance_sources"](m)
+    text = report.section("variance_sources", m)
     assert "Against Summers & Dinneen" in text and "seeds per arm" in text and "variance_sources.png" in text
     config = json.loads((tmp_path / "config.json").read_text())
-    assert "Summers & Dinneen" in report.ROWS["variance_sources"](m, config)[1]
+    assert "Summers & Dinneen" in report.row("variance_sources", m, config)[1]

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from experiments import evaluate, l2_sweep, mlp, reproduce, vae
-from mnist_jax import experiment, models, plots, stats, sweep, tasks
+from mnist_jax import experiment, models, plots, registry, stats, sweep, tasks
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError, parse_args
 from mnist_jax.train import TrainSpec
@@ -85,8 +85,8 @@ def test_interrupted_run_leaves_the_committed_config_and_results_together(tmp_pa
 
 def test_reproduce_does_not_take_an_interrupted_run_of_another_profile_for_complete(tmp_path):
     sub = tmp_path / "mlp"
-    quick = reproduce.stage_args(reproduce.STAGES[0], "quick", sub)
-    full = reproduce.stage_args(reproduce.STAGES[0], "full", sub)
+    quick = reproduce.stage_args(registry.stage("mlp"), "quick", sub)
+    full = reproduce.stage_args(registry.stage("mlp"), "full", sub)
     assert call_main(fake_run, quick, "configs/mlp.py") == 0
     assert call_main(interrupted_run, full, "configs/mlp.py") in (130, "escaped")
     assert reproduce.is_complete(quick, sub)
@@ -306,7 +306,7 @@ def test_evaluate_checks_out_before_any_compute(tmp_path, monkeypatch, capsys, o
     (tmp_path / "ro").mkdir()
     os.chmod(tmp_path / "ro", 0o555)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(evaluate, "restore_run", lambda *a: pytest.fail("restored before checking --out"))
+    monkeypatch.setattr(evaluate.experiment, "restore_run", lambda *a: pytest.fail("restored before checking --out"))
     # a folder nobody can write into: read-only for a user; for root (who writes anyway), /proc
     out = out.replace("RO", "/proc" if os.geteuid() == 0 and os.path.isdir("/proc") else "ro")
     assert evaluate.main(["--workdir", "nowhere", "--images", "x.npy", "--out", out]) == 2
@@ -350,7 +350,8 @@ def test_broken_config_files_are_one_line_errors(tmp_path, capsys, text, message
 
 def test_another_experiments_config_file_is_refused(tmp_path, capsys):
     assert mlp.main(["--workdir", str(tmp_path / "w"), "--config", "configs/cnn.py"]) == 2
-    assert "is a config of experiment 'cnn'; this command runs 'mlp'" in capsys.readouterr().err
+    assert ("is a config of experiment 'cnn', which is run by experiments.cnn; this command is experiments.mlp"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -412,7 +413,7 @@ def test_a_corrupt_checkpoint_message_is_short(tmp_path):
 
 
 def test_only_with_no_names_is_an_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: pytest.fail(f"would run {name}"))
+    monkeypatch.setattr(reproduce.registry.Experiment, "module", lambda self: pytest.fail(f"would run {self.name}"))
     assert reproduce.main(["--workdir", str(tmp_path / "r"), "--config.only=,"]) == 2
     assert "names no experiment" in capsys.readouterr().err
 
@@ -490,9 +491,11 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
 
 @pytest.mark.integration
 def test_reproduce_force_keeps_files_it_did_not_make(tmp_path, monkeypatch):
-    stage = reproduce.Stage("mlp", "experiments.mlp", "configs/mlp.py",
-                            quick=("--config.seeds=1", "--config.epochs=1", "--config.model.hidden=[8]"))
-    monkeypatch.setattr(reproduce, "STAGES", [stage])
+    small = tmp_path / "small_mlp.py"
+    small.write_text("from configs import mlp\n\nENTRY = 'experiments.mlp'\n\n\ndef get_config(profile='full'):\n"
+                     "    c = mlp.get_config(profile)\n    c.seeds, c.epochs, c.model.hidden = 1, 1, (8,)\n    return c\n")
+    stage = registry.Experiment("mlp", "experiments.mlp", small, 1)
+    monkeypatch.setattr(reproduce.registry, "stages", lambda: [stage])
     x = tmp_path / "X"
     assert reproduce.main(["--workdir", str(x), "--config.only=mlp"]) == 0
     (x / "mlp" / "mydata").mkdir()
@@ -678,8 +681,16 @@ def test_ctrl_c_in_a_reproduce_stage_exits_130_with_the_stages_line_only(tmp_pat
             print("interrupted; run again to resume from epoch 3", file=sys.stderr)
             return 130
 
-    monkeypatch.setattr(reproduce, "STAGES", [reproduce.Stage("mlp", "fake", "configs/mlp.py")])
-    monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: Stage)
+    class FakeStage:
+        name = "mlp"
+
+        def config_arg(self, profile):
+            return "configs/mlp.py"
+
+        def module(self):
+            return Stage
+
+    monkeypatch.setattr(reproduce.registry, "stages", lambda: [FakeStage()])
     assert reproduce.main(["--workdir", str(tmp_path / "r")]) == 130
     assert capsys.readouterr().err.strip() == "interrupted; run again to resume from epoch 3"
 

@@ -1,0 +1,49 @@
+"""What every experiment config shares: the run block and how a config sizes its quick profile.
+
+    c = base.get_config("mlp", epochs=10)          # the run block with this experiment's values
+    return base.sized(c, profile, seeds=3)         # the quick profile: these fields changed
+
+Not an experiment itself: it has no ENTRY, so `reproduce` and the registry skip it.
+"""
+
+import ml_collections
+
+PROFILES = ("full", "quick")
+
+
+def get_config(experiment: str, **fields) -> ml_collections.ConfigDict:
+    """The run block every experiment has, with `fields` set (and any new fields added)."""
+    c = ml_collections.ConfigDict()
+    c.experiment = experiment
+    c.seed = 0  # base seed; the runs use seed, seed + 1, ...
+    c.seeds = 5  # runs trained side by side in one vmapped program
+    c.epochs = 10
+    c.batch_size = 128
+    c.optimizer = "sgd"  # sgd | momentum | adam
+    c.schedule = "constant"  # constant | cosine | warmup_cosine
+    c.learning_rate = 0.1
+    c.n_val = 5000  # held out from the 60,000 training images
+    c.protocol = "holdout"  # or "study": train on 60,000, validate on the test set
+    c.chunk_epochs = 1  # epochs per call of the compiled program (progress, checkpoints between)
+    c.checkpoint_every = 1
+    c.run_chunk = 0  # runs per program (0 = automatic: what the model says, see sweep.default_run_chunk)
+    for name, value in fields.items():
+        c[name] = value
+    return c
+
+
+def sized(c: ml_collections.ConfigDict, profile: str, **quick) -> ml_collections.ConfigDict:
+    """`c` for `profile`: as it is for "full"; for "quick" with the `quick` fields set (a "__" in a
+    name is a dot: `model__hidden=(100,)` sets c.model.hidden)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile {profile!r}: expected one of {PROFILES}")
+    if profile == "quick":
+        for dotted, value in quick.items():
+            *parents, leaf = dotted.split("__")
+            node = c
+            for name in parents:
+                node = node[name]
+            if leaf not in node:
+                raise KeyError(f"quick profile sets {dotted.replace('__', '.')!r}, which the config does not have")
+            node[leaf] = value
+    return c

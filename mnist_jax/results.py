@@ -1,0 +1,96 @@
+"""Results of many runs: one record per run, and statistics that leave diverged runs out.
+
+Every experiment that trains runs builds its `runs` table here (one record per run: every
+traced hyperparameter, its seed, its final metrics, whether it diverged), so a diverged run is
+reported once and excluded from every summary the same way; `experiment.run_count` counts runs
+from this table.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mnist_jax import stats
+
+
+def diverged(history: dict[str, np.ndarray]) -> np.ndarray:
+    """(R,) bool: whether each run diverged (its loss or params stopped being finite)."""
+    return np.asarray(history["diverged"], bool)[:, -1]
+
+
+def masked(values: Any, history: dict[str, np.ndarray]) -> np.ndarray:
+    """values (R, ...) with NaN for the runs that diverged (so `stats.summary` skips them)."""
+    values = np.asarray(values, np.float64)
+    return np.where(diverged(history).reshape(-1, *([1] * (values.ndim - 1))), np.nan, values)
+
+
+def divergence(history: dict[str, np.ndarray], seeds: np.ndarray, hp: dict[str, np.ndarray]) -> list[dict]:
+    """One record per diverged run ({run, seed, epoch, hyperparameters}), each also warned about.
+
+    A run diverges when its training loss or params stop being finite; the compiled program marks
+    it (`history["diverged"]`), and statistics over runs leave it out.
+    """
+    records = []
+    for r in np.flatnonzero(np.asarray(history["diverged"])[:, -1]):
+        epoch = int(np.argmax(np.asarray(history["diverged"])[r])) + 1
+        values = {k: float(v[r]) for k, v in hp.items()}
+        records.append({"run": int(r), "seed": int(seeds[r]), "epoch": epoch, "hparams": values})
+        described = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        warnings.warn(f"run {r} (seed {int(seeds[r])}, {described}) diverged in epoch {epoch}: its loss was not "
+                      "finite; it is excluded from the statistics", RuntimeWarning, stacklevel=2)
+    return records
+
+
+def final_of_finite(history: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """The last epoch's `key` per run, NaN for runs that diverged (so stats.summary skips them)."""
+    return np.where(np.asarray(history["diverged"])[:, -1], np.nan, np.asarray(history[key])[:, -1])
+
+
+def runs_table(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndarray],
+               keys: Sequence[str] = (), **extra: Sequence) -> list[dict]:
+    """One record per run: its traced hyperparameters (frozen params left out), its seed (or
+    {stream: seed}), the last epoch's value of each history `keys` entry (None where the run
+    diverged), any `extra` per-run columns, and `diverged`."""
+    gone = diverged(history)
+    names = [k for k in hp if "/" not in k]
+    out = []
+    for r in range(len(gone)):
+        seed = ({k: int(np.asarray(v)[r]) for k, v in seeds.items()} if isinstance(seeds, dict)
+                else int(np.asarray(seeds)[r]))
+        record = {k: float(np.asarray(hp[k])[r]) for k in names}
+        record["seed"] = seed
+        for k in keys:
+            value = float(np.asarray(history[k])[r, -1])
+            record[k] = None if gone[r] or not np.isfinite(value) else value
+        for k, column in extra.items():
+            record[k] = column[r]
+        record["diverged"] = bool(gone[r])
+        out.append(record)
+    return out
+
+
+def summaries_by(values: np.ndarray, groups: np.ndarray, order: Sequence) -> list[dict]:
+    """`stats.summary` of the finite `values` of each group value in `order` (diverged runs are
+    NaN and so left out)."""
+    values, groups = np.asarray(values, np.float64), np.asarray(groups)
+    return [stats.summary(values[groups == g]) for g in order]
+
+
+def classifier_summary(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndarray]) -> dict:
+    """What a classifier experiment reports of its runs: seeds, the runs table, the history, the
+    final test and validation accuracy per run with their summaries (diverged runs left out),
+    test errors, and the diverged runs (each also warned about)."""
+    test_acc, val_acc = final_of_finite(history, "test_accuracy"), final_of_finite(history, "val_accuracy")
+    return {
+        "seeds": seeds,
+        "runs": runs_table(hp, seeds, history, ("test_accuracy", "val_accuracy", "test_errors")),
+        "history": history,
+        "test_accuracy": {"per_seed": test_acc, **stats.summary(test_acc)},
+        "test_errors": np.asarray(history["test_errors"])[:, -1],
+        "val_accuracy": {"per_seed": val_acc, **stats.summary(val_acc)},
+        "diverged": divergence(history, seeds, hp),
+    }
