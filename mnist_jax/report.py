@@ -61,6 +61,9 @@ def timing_line(m: dict) -> str:
     elif "compile_seconds" in t:
         line += (f" (compile {t['compile_seconds']:.1f} s; one epoch of all runs together, "
                  f"steady state: {t.get('steady_epoch_seconds', 0):.3f} s)")
+    if c := t.get("compilation"):  # every program the run compiled, from mnist_jax.compilation
+        line += (f". Programs: {c['programs']}, {c['cache_hits']} of them loaded from the persistent compilation cache; "
+                 f"{c['compile_seconds']:.1f} s compiling or loading them, {c['trace_lower_seconds']:.1f} s tracing and lowering")
     return line + "."
 
 
