@@ -14,9 +14,11 @@ bit-identical numbers (tested, and `python -m mnist_jax.compare` on the two runs
 - a cache folder of your own (`JAX_COMPILATION_CACHE_DIR`, or `jax_compilation_cache_dir` set
   before `mnist_jax` is imported) is kept, and so is your `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`;
 - a cache folder that cannot be created or written leaves the cache off with one line on stderr;
-  JAX itself turns a failed read or write of an entry into a warning and compiles, never an error.
-  (JAX writes an entry in place: a process killed in the middle of that write leaves a truncated
-  entry, which every later process warns about and compiles again; delete the folder to clear it.)
+  JAX itself turns a failed read or write of an entry into a warning and compiles, never an error;
+- each entry is written atomically (`atomic_writes`: a temporary file, then a rename), where JAX
+  writes it in place: a process killed in the middle of the write (the tests kill runs with
+  SIGKILL), or two processes writing one entry at once, would leave a damaged entry that every
+  later process warns about and compiles again, since JAX never replaces an entry.
 
 The cache is trusted code: do not point it at a folder that others can write.
 
@@ -29,6 +31,7 @@ experiment compiled (`experiment.run_in_workdir` records it in metrics.json `tim
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import sys
@@ -102,7 +105,59 @@ def enable_cache(environ: dict | None = None) -> str | None:
         jax.config.update("jax_compilation_cache_dir", path)
     if JAX_MIN_TIME_ENV not in environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    atomic_writes()
     return path
+
+
+def _put_atomically(folder: pathlib.Path, key: str, value: bytes) -> None:
+    """jax's LRUCache.put without eviction (an existing entry is kept), through a temporary file."""
+    from jax._src import lru_cache
+
+    path = folder / f"{key}{lru_cache._CACHE_SUFFIX}"
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # never read by jax
+    try:
+        tmp.write_bytes(value)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _make_atomic(cache) -> None:
+    from jax._src import lru_cache
+
+    if type(cache) is not lru_cache.LRUCache or cache.eviction_enabled or "://" in str(cache.path):
+        return  # another cache, one with eviction (and its lock), or a remote file system: JAX's own writes
+    cache.put = functools.partial(_put_atomically, pathlib.Path(os.fspath(cache.path)))
+
+
+def atomic_writes() -> bool:
+    """Make JAX's file cache write each entry atomically; False where this jax's private
+    `compilation_cache.get_file_cache` is not there to wrap (JAX's own writes then)."""
+    try:
+        from jax._src import compilation_cache as cc
+        from jax._src import lru_cache
+    except ImportError:
+        return False
+    if not (callable(getattr(cc, "get_file_cache", None)) and hasattr(lru_cache, "LRUCache")
+            and hasattr(lru_cache, "_CACHE_SUFFIX")):
+        return False
+    original = cc.get_file_cache
+    if getattr(original, "_mnist_jax_atomic", False):
+        return True
+
+    def get_file_cache(path):
+        made = original(path)
+        if made is not None:
+            _make_atomic(made[0])
+        return made
+
+    get_file_cache._mnist_jax_atomic = True
+    cc.get_file_cache = get_file_cache
+    if getattr(cc, "_cache", None) is not None:  # initialized before mnist_jax was imported
+        _make_atomic(cc._cache)
+    return True
 
 
 def cache_dir() -> str | None:

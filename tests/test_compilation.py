@@ -96,6 +96,32 @@ def test_an_unwritable_cache_folder_leaves_the_cache_off_and_the_run_working(tmp
     assert len(out["stderr"].strip().splitlines()) == 1
 
 
+CRASHING_WRITE = """
+import json, os, sys
+import mnist_jax, jax, jax.numpy as jnp
+from mnist_jax import compilation
+
+def crash(src, dst):
+    raise OSError("killed between writing an entry and renaming it")
+
+os.replace = crash  # what a kill in the middle of a write leaves behind
+out = jax.jit(lambda x: x * 3 + 1)(jnp.arange(7.0))
+print(json.dumps({"files": sorted(os.listdir(compilation.cache_dir())), "out": out.tolist()}))
+"""
+
+
+def test_a_write_interrupted_before_its_rename_leaves_no_entry_to_damage_later_runs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in (compilation.CACHE_ENV, compilation.JAX_DIR_ENV)}
+    env.update(MNIST_JAX_CACHE=str(tmp_path), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", CRASHING_WRITE], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr  # a failed write is a warning, never an error
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["out"] == [3.0 * i + 1 for i in range(7)]
+    # JAX alone would have left complete-looking entries written in place; nothing half-written remains.
+    assert out["files"] == [], out["files"]
+    assert "Error writing persistent compilation cache entry" in proc.stderr
+
+
 def test_counts_follow_compilations_in_this_process():
     width = 1 + int(np.random.default_rng().integers(1000, 2000))  # a shape no other test compiles
     x, wider = jnp.ones(width), jnp.ones(width + 1)
