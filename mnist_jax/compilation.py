@@ -74,11 +74,12 @@ def default_dir() -> pathlib.Path:
 
 
 def _writable_dir(path: pathlib.Path) -> bool:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(path, os.W_OK | os.X_OK)
+    """Whether `path` is, or can be made, a writable folder; creates nothing (JAX makes the folder
+    when it first writes to it, so importing mnist_jax leaves the file system as it was)."""
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 def enable_cache(environ: dict | None = None) -> str | None:
