@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mnist_jax import compilation, provenance, sweep
 from mnist_jax import data as data_lib
-from mnist_jax import provenance, sweep
 from mnist_jax import train as train_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
@@ -313,7 +313,7 @@ def run_in_workdir(workdir: workdir_lib.Workdir, run: Callable[[ml_collections.C
     if other_code:
         print(f"{workdir.root}: its checkpoints were written by other code ({other_code}); a resumed run says so "
               "in its provenance")
-    started, start = provenance.now(), time.perf_counter()
+    started, start, compiled = provenance.now(), time.perf_counter(), compilation.counts()
     try:
         metrics = run(config, run_dir)
     except ConfigError:
@@ -321,6 +321,7 @@ def run_in_workdir(workdir: workdir_lib.Workdir, run: Callable[[ml_collections.C
             workdir.abandon()
         raise
     metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
+    metrics["timing"]["compilation"] = compilation.since(compiled)  # every program of the run, not only training's
     prov = provenance.collect(command, started)
     if other_code:
         prov["checkpoints_from"] = other_code

@@ -65,6 +65,9 @@ def timing_line(m: dict) -> str:
         line += (f" (compile {t['compile_seconds']:.1f} s; one epoch of the {n} run{'s' * (n > 1)} one program "
                  f"call trains, steady state: {t['steady_epoch_seconds']:.3f} s, "
                  f"{t['steady_run_epoch_seconds']:.3f} s per run-epoch)")
+    if c := t.get("compilation"):  # every program the run compiled, from mnist_jax.compilation
+        line += (f". Programs: {c['programs']}, {c['cache_hits']} of them loaded from the persistent compilation cache; "
+                 f"{c['compile_seconds']:.1f} s compiling or loading them, {c['trace_lower_seconds']:.1f} s tracing and lowering")
     return line + "."
 
 

@@ -163,7 +163,8 @@ def test_max_pool_values_and_gradient():
 
 def test_default_conv_impl_per_backend():
     assert kernels.default_conv_impl("cpu") == "fused"
-    assert kernels.default_conv_impl("gpu") == "lax"
+    assert kernels.default_conv_impl("gpu") == "fused"  # measured on an H100: fused 0.07 s, lax 0.11 s per epoch
+    assert kernels.default_conv_impl("tpu") == "lax"  # not measured: the library convolution
     assert kernels.default_conv_impl() in kernels.CONV_IMPLS
 
 
