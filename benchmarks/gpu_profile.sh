@@ -11,7 +11,10 @@
 #        the default) and in a third with MNIST_JAX_DETERMINISTIC=0; `mnist_jax.compare` says
 #        whether the numbers are identical, and the timings give the cost of determinism;
 #     OUT/log.txt and OUT/runs.tgz (metrics, configs, REPORT.md, figures; no checkpoints) come back.
-# Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full).
+#   A second call on the same (warm) machine with WARM=1 runs STAGES again into runs/gpu_warm with the
+#   persistent compilation cache the first call filled (.cache/gpu_profile/xla, git-ignored, kept
+#   between calls), no determinism runs: compile seconds per stage, cold against warm.
+# Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full), WARM.
 set -u
 if [ "${1:-}" = prepare ]; then
   PY=${PY:-python}
@@ -28,11 +31,14 @@ print('commit', m['commit'][:7], 'dirty' if m['dirty'] else 'clean', len(m['file
   du -sh .gpu && exit 0
 fi
 T0=$(date +%s); BUDGET=${BUDGET:-560}; PY=${PY:-python3}; PROFILE=${PROFILE:-full}
-STAGES=${STAGES:-"mlp dropout_sweep l2_sweep cnn denoise cnn_best noise_accuracy vae cnn_search"}
-declare -A NEED=([mlp]=20 [dropout_sweep]=35 [l2_sweep]=40 [cnn]=30 [denoise]=40 [cnn_best]=45 [noise_accuracy]=90
-                 [vae]=100 [cnn_search]=120)
-SCRATCH=$(mktemp -d); OUT=${OUT:-$SCRATCH/out}; mkdir -p "$OUT"; LOG=$OUT/log.txt; RUNS=runs/gpu; rm -rf "$RUNS" runs/det_*
-export PYTHONUNBUFFERED=1 MNIST_JAX_CACHE=$SCRATCH/cache MNIST_JAX_CODE_MANIFEST=$PWD/.gpu/manifest.json
+STAGES=${STAGES:-"mlp dropout_sweep l2_sweep label_smoothing cnn denoise cnn_best variance_sources noise_accuracy vae cnn_search"}
+declare -A NEED=([mlp]=20 [dropout_sweep]=35 [l2_sweep]=40 [label_smoothing]=30 [cnn]=30 [denoise]=40 [cnn_best]=45
+                 [variance_sources]=40 [noise_accuracy]=90 [vae]=100 [cnn_search]=120)
+WARM=${WARM:-0}
+SCRATCH=$(mktemp -d); OUT=${OUT:-$SCRATCH/out}; mkdir -p "$OUT"; LOG=$OUT/log.txt
+if [ "$WARM" = 1 ]; then RUNS=runs/gpu_warm; else RUNS=runs/gpu; rm -rf .cache/gpu_profile; fi
+rm -rf "$RUNS" runs/det_*
+export PYTHONUNBUFFERED=1 MNIST_JAX_CACHE=$PWD/.cache/gpu_profile MNIST_JAX_CODE_MANIFEST=$PWD/.gpu/manifest.json
 mkdir -p $MNIST_JAX_CACHE && cp .gpu/mnist_uint8_v1.npz $MNIST_JAX_CACHE/
 $PY -c "import ml_collections" 2>/dev/null || { $PY -m pip install -q --no-index --no-deps --no-compile \
   --target "$SCRATCH/site" .gpu/whl/*.whl && export PYTHONPATH=$SCRATCH/site; }
@@ -52,7 +58,7 @@ done_list=""
 for s in $STAGES; do
   [ "$(left)" -gt "${NEED[$s]:-30}" ] || { echo "== $s skipped: $(left) s left, it needs about ${NEED[$s]:-30}" >>"$LOG"; continue; }
   stage "$s" "$RUNS" && done_list="$done_list,$s"
-  if [ "$s" = dropout_sweep ]; then
+  if [ "$s" = dropout_sweep ] && [ "$WARM" != 1 ]; then
     stage dropout_sweep runs/det_b
     stage dropout_sweep runs/det_off MNIST_JAX_DETERMINISTIC=0
     { echo "== determinism: the profile's dropout_sweep against a second process, deterministic ops on (default)"
@@ -71,6 +77,13 @@ done
 [ -n "$done_list" ] && timeout 60 $PY -m experiments.reproduce --workdir "$RUNS" --config.profile=$PROFILE \
   --config.only=${done_list#,} >>"$LOG" 2>&1
 echo "== total $(( $(date +%s) - T0 )) s" >>"$LOG"
-find runs/gpu runs/det_b runs/det_off \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*checkpoint*' -not -path '*params*' \
+$PY -c "
+import json, pathlib
+for m in sorted(pathlib.Path('$RUNS').glob('*/metrics.json')):
+    c = json.loads(m.read_text()).get('timing', {}).get('compilation') or {}
+    print('== compile', m.parent.name, 'programs', c.get('programs'), 'cache hits', c.get('cache_hits'),
+          'compile s %.1f' % c.get('compile_seconds', 0), 'trace+lower s %.1f' % c.get('trace_lower_seconds', 0))
+" >>"$LOG" 2>&1
+find "$RUNS" runs/det_b runs/det_off \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*checkpoint*' -not -path '*params*' \
   | tar -czf "$OUT/runs.tgz" -T - 2>>"$LOG"
 tail -c 11000 "$LOG"
