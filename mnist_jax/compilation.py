@@ -5,8 +5,8 @@ Persistent cache: importing `mnist_jax` points JAX's persistent compilation cach
 process (a second run of an experiment, a resumed run, `reproduce`, the test suite) loads the
 programs the first one compiled instead of compiling them again. XLA:CPU supports it in jax 0.10
 (measured: `benchmarks/compile_cache.py`, README). Every program is written to the cache
-(`MIN_COMPILE_SECONDS` = 0; JAX's default is 1 s): in the quick profile on a 2-core CPU, 105 of
-its 142 programs compile in under 1 s each, 7.1 s of its 142.6 s of compiling, which a second run
+(`MIN_COMPILE_SECONDS` = 0; JAX's default is 1 s): in the quick profile on a 2-core CPU, 108 of
+its 142 programs compile in under 1 s each, 7.2 s of its 96 s of compiling, which a second run
 then loads too (24 MB for the whole profile). A loaded program is the same executable, so it gives
 bit-identical numbers (tested, and `python -m mnist_jax.compare` on the two runs of the benchmark).
 
