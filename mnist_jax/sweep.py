@@ -4,7 +4,9 @@ A grid of R runs (seeds x continuous hyperparameters, flattened) is padded to a 
 the device count, placed with a `NamedSharding` over a mesh with one axis, "runs", and trained
 by one compiled program; the padding is dropped from every result. The same call runs on one
 CPU, on `XLA_FLAGS=--xla_force_host_platform_device_count=N`, or on several GPUs. A grid too
-large for memory is trained `run_chunk` runs at a time.
+large for memory is trained `run_chunk` runs at a time. In a multi-process run
+(`mnist_jax.distributed`) the mesh holds every process's devices: inputs become global arrays
+built from the same host data in every process, and results are gathered into every process.
 
 The driver calls the compiled program one chunk of epochs at a time, so progress, checkpoints
 and resume live between chunks, never inside compiled code.
