@@ -151,9 +151,9 @@ class GridTrainer:
         state = jax.eval_shape(self._init_fn(data.train_x.shape[0]), hp, seeds)
         _, hist = jax.eval_shape(self._epochs_fn(1), state, hp, seeds, data)
         history = {k: jax.ShapeDtypeStruct((v.shape[0], epochs_done), v.dtype) for k, v in hist.items()}
-        if not self.run_sharding.is_fully_addressable:  # several processes: restore global arrays
-            state = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.run_sharding), state)
-            history = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.replicated) for k, v in history.items()}
+        # Restored onto this mesh, whatever devices and processes wrote the checkpoint.
+        state = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.run_sharding), state)
+        history = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.replicated) for k, v in history.items()}
         return {"state": state, "history": history}
 
 

@@ -110,7 +110,7 @@ def test_only_process_0_writes_the_workdir(sweeps):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("victim", [1])
+@pytest.mark.parametrize("victim", [0, 1])  # the writer, which holds the workdir's lock, or the other
 def test_a_killed_process_stops_the_run_and_the_rerun_resumes_to_the_same_numbers(sweeps, tmp_path, victim):
     workdir = tmp_path / "killed"
     port = launch.free_port()
@@ -129,7 +129,8 @@ def test_a_killed_process_stops_the_run_and_the_rerun_resumes_to_the_same_number
         survivor = procs[1 - victim]
         _, err = survivor.communicate(timeout=120)  # it stops by itself: its next collective fails
         assert survivor.returncode != 0
-        assert "another process of this run has stopped" in err
+        if victim == 1:  # without process 0 (the coordinator) JAX's runtime may end process 1 first
+            assert "another process of this run has stopped" in err
     finally:
         for p in procs:
             if p.poll() is None:
@@ -137,7 +138,9 @@ def test_a_killed_process_stops_the_run_and_the_rerun_resumes_to_the_same_number
             p.wait()
     assert not (workdir / "metrics.json").exists() and not (workdir / "config.json").exists()
 
-    resumed = launched(workdir)
+    # rerun as 2 processes again, or (after losing process 1) as one process of 4 devices: the
+    # checkpoint is restored onto whatever mesh the rerun has, and the numbers are the same
+    resumed = launched(workdir) if victim == 0 else single(workdir, 4)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     m = metrics(workdir)
     assert 1 <= m["resumed_from_epoch"] < 3
