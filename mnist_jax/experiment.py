@@ -276,6 +276,10 @@ def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: l
     if distributed.initialize():
         try:
             code = _main(run, argv, default_config, description, accepts)
+        except SystemExit as err:  # --help, or a usage error of the argument parser: the same everywhere
+            code = err.code if isinstance(err.code, int) else 1
+            if code == 0:
+                raise
         except BaseException as err:  # noqa: BLE001 - anything unexpected must stop every process
             distributed.exit_now(1, err)
         if code != 0:
