@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from scipy import stats as sps
 
-from mnist_jax import experiment, generative, models, plots, results, stats, sweep, tasks
+from mnist_jax import distributed, experiment, generative, models, plots, results, stats, sweep, tasks
 from mnist_jax.config import ConfigError
 from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, study, table, timing_line
 from mnist_jax.train import TrainSpec
@@ -186,7 +186,8 @@ def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
     samples = [draw(model, run_params(result.state.params, i), jax.random.fold_in(jax.random.fold_in(base_key, 2), i),
                     labels) for i in range(len(seeds))]
     sample_seconds = (time.perf_counter() - start) / len(seeds)
-    np.save(workdir / "samples.npy", samples[0].astype(np.float32))
+    if distributed.is_writer():  # in a multi-process run, process 0 alone writes the workdir
+        np.save(workdir / "samples.npy", samples[0].astype(np.float32))
     cls_model, cls_params, cls_info = get_classifier(config, workdir, data)
     test_probs, test_feats = generative.classify(cls_model, cls_params, data.test_x)
     _, train_feats = generative.classify(cls_model, cls_params, data.train_x[: data.test_x.shape[0]])

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import compilation, provenance, sweep
+from mnist_jax import compilation, distributed, provenance, sweep
 from mnist_jax import data as data_lib
 from mnist_jax import train as train_lib
 from mnist_jax import workdir as workdir_lib
@@ -88,7 +88,7 @@ class Progress:
         # On a terminal the bar redraws freely; in a log file it writes a line at most every 30 s.
         interactive = sys.stderr.isatty()
         self.bar = tqdm(total=total_epochs, desc=desc, unit="epoch", dynamic_ncols=True,
-                        mininterval=0.1 if interactive else 30.0)
+                        mininterval=0.1 if interactive else 30.0, disable=not distributed.is_writer())
 
     def __call__(self, n: int, metrics: dict) -> None:
         self.bar.update(n)
@@ -146,7 +146,8 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, 
     """
     spec = spec or train_spec(config)
     ckpt_dir = workdir / "checkpoints" / name
-    mark_checkpoints_code(workdir)
+    if distributed.is_writer():
+        mark_checkpoints_code(workdir)
     chunk = run_chunk(config, task)
     n_runs = num_runs(seeds)
     bar = Progress(spec.epochs * int(np.ceil(n_runs / (chunk or n_runs))), name, metric)
@@ -299,25 +300,34 @@ def experiment_name(config: ml_collections.ConfigDict, default_config: str) -> s
     return config.get("experiment", None) or pathlib.Path(default_config).stem
 
 
-def run_in_workdir(workdir: workdir_lib.Workdir, run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict],
-                   config: ml_collections.ConfigDict, command: str) -> dict:
+def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict],
+                   config: ml_collections.ConfigDict, command: str, path: str | os.PathLike | None = None) -> dict:
     """Run `config` in the workdir's run directory and commit its outputs with its metrics, whose
     provenance names `command` and the code (and the code that wrote any checkpoints it resumed).
 
     The run resumes the unfinished run of the same config, if any; the committed config.json,
     metrics.json and everything else change only at the commit, all together. A ConfigError
     raised by `run` before it trained leaves the workdir as it was.
+
+    In a multi-process run only process 0 has the open `workdir` and begins and commits the run;
+    the others (`workdir` None) train in the run directory under `path` once process 0 made it.
     """
-    run_dir = workdir.begin(to_jsonable(config.to_dict()))
-    other_code = foreign_checkpoints(run_dir)
-    if other_code:
-        print(f"{workdir.root}: its checkpoints were written by other code ({other_code}); a resumed run says so "
-              "in its provenance")
+    def begin() -> tuple[pathlib.Path, str | None]:
+        run_dir = workdir.begin(to_jsonable(config.to_dict()))
+        other_code = foreign_checkpoints(run_dir)
+        if other_code:
+            print(f"{workdir.root}: its checkpoints were written by other code ({other_code}); a resumed run says so "
+                  "in its provenance")
+        return run_dir, other_code
+
+    began = distributed.on_writer(begin)
+    shared = (pathlib.Path(path or ".").resolve() / workdir_lib.META / workdir_lib.RUN, None)
+    run_dir, other_code = began if workdir is not None else shared
     started, start, compiled = provenance.now(), time.perf_counter(), compilation.counts()
     try:
         metrics = run(config, run_dir)
     except ConfigError:
-        if workdir_lib.checkpoint_epoch(run_dir) == 0:
+        if workdir is not None and workdir_lib.checkpoint_epoch(run_dir) == 0:
             workdir.abandon()
         raise
     metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
@@ -326,7 +336,7 @@ def run_in_workdir(workdir: workdir_lib.Workdir, run: Callable[[ml_collections.C
     if other_code:
         prov["checkpoints_from"] = other_code
     metrics = with_provenance(metrics, prov)
-    workdir.commit(lambda d: write_json(d / "metrics.json", metrics))
+    distributed.on_writer(lambda: workdir.commit(lambda d: write_json(d / "metrics.json", metrics)))
     return metrics
 
 
@@ -390,32 +400,63 @@ def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: l
     The command runs every config whose ENTRY names it (`registry`). User errors print one line
     and return 2; missing data or a bad checkpoint return 1; Ctrl-C returns 130 with the epoch a
     rerun resumes from.
+
+    Started as several processes (`mnist_jax.distributed`), every process trains and process 0
+    alone opens, locks and commits the workdir and prints; a process that fails ends at once
+    with its exit code, which stops the others (`distributed.exit_now`).
     """
+    if distributed.initialize():
+        try:
+            code = _main(run, argv, default_config, description)
+        except SystemExit as err:  # --help, or a usage error of the argument parser: the same everywhere
+            code = err.code if isinstance(err.code, int) else 1
+            if code == 0:
+                raise
+        except BaseException as err:  # noqa: BLE001 - anything unexpected must stop every process
+            distributed.exit_now(1, err)
+        if code != 0:
+            distributed.exit_now(code)
+        return code
+    return _main(run, argv, default_config, description)
+
+
+def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
+          default_config: str, description: str) -> int:
     workdir = None
     try:
         path, config = parse_args(argv, default_config, description)
         check_experiment(config, default_config)
         preflight(config)
-        workdir = workdir_lib.Workdir.open(path, experiment_name(config, default_config))
-        run_in_workdir(workdir, run, config, provenance.command_line(argv, run.__module__))
+        workdir = distributed.on_writer(lambda: workdir_lib.Workdir.open(path, experiment_name(config, default_config)))
+        run_in_workdir(workdir, run, config, provenance.command_line(argv, run.__module__), path)
+    except distributed.WriterFailed as err:  # process 0 has said why
+        return err.code
     except KeyboardInterrupt:
         epoch = workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None else 0
-        print(f"interrupted; run again to resume from epoch {epoch}", file=sys.stderr)
+        if distributed.is_writer():
+            print(f"interrupted; run again to resume from epoch {epoch}", file=sys.stderr)
         return 130
     except Interrupted:
         return 130
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if distributed.is_writer():  # every process checks the same config: process 0 says it
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except (data_lib.DataUnavailableError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_who()}{err}", file=sys.stderr)
         return 1
     finally:
         if workdir is not None:
             workdir.close()
             workdir.remove_if_unused()
-    print(f"wrote {workdir.root / 'metrics.json'}")
+    if workdir is not None:
+        print(f"wrote {workdir.root / 'metrics.json'}")
     return 0
+
+
+def _who() -> str:
+    """'process K: ' in a multi-process run, where an error may be one process's own."""
+    return f"process {distributed.process_index()}: " if distributed.is_multiprocess() else ""
 
 
 def model_blocks(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, ml_collections.ConfigDict]]:

@@ -9,7 +9,7 @@ import functools
 import json
 import pathlib
 
-from mnist_jax import provenance, registry
+from mnist_jax import distributed, provenance, registry
 from mnist_jax.config import load_config_file
 
 
@@ -126,6 +126,8 @@ def write_report(workdir: pathlib.Path, names: list[str], profile: str, out: pat
         head.append(f"Every result below was made by {next(iter(made_by))}.")
     parts[2 if profile == "quick" else 1:2 if profile == "quick" else 1] = head
     path = pathlib.Path(out) if out is not None else workdir / "REPORT.md"
+    if not distributed.is_writer():  # in a multi-process run, process 0 alone writes the workdir
+        return path
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n\n".join(parts) + "\n")
     tmp.replace(path)

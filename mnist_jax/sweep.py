@@ -4,7 +4,9 @@ A grid of R runs (seeds x continuous hyperparameters, flattened) is padded to a 
 the device count, placed with a `NamedSharding` over a mesh with one axis, "runs", and trained
 by one compiled program; the padding is dropped from every result. The same call runs on one
 CPU, on `XLA_FLAGS=--xla_force_host_platform_device_count=N`, or on several GPUs. A grid too
-large for memory is trained `run_chunk` runs at a time.
+large for memory is trained `run_chunk` runs at a time. In a multi-process run
+(`mnist_jax.distributed`) the mesh holds every process's devices: inputs become global arrays
+built from the same host data in every process, and results are gathered into every process.
 
 The driver calls the compiled program one chunk of epochs at a time, so progress, checkpoints
 and resume live between chunks, never inside compiled code.
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mnist_jax import distributed
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.data import Splits
 from mnist_jax.train import STREAMS, RunState, Task, TrainSpec, check_hparams, init_state, train_epochs
@@ -130,6 +133,11 @@ class GridTrainer:
 
     def place(self, hp: dict, seeds: Any, data: Splits):
         """Put run-axis inputs sharded over "runs" and the data replicated on the mesh."""
+        if not self.run_sharding.is_fully_addressable:  # several processes: global arrays from host data
+            place = lambda a, dtype, s: distributed.global_array(np.asarray(a, dtype), s)  # noqa: E731
+            hp = {k: place(v, np.float32, self.run_sharding) for k, v in hp.items()}
+            seeds = jax.tree_util.tree_map(lambda a: place(a, np.int32, self.run_sharding), seeds)
+            return hp, seeds, jax.tree_util.tree_map(lambda a: place(a, np.asarray(a).dtype, self.replicated), data)
         hp = {k: jax.device_put(jnp.asarray(v, jnp.float32), self.run_sharding) for k, v in hp.items()}
         seeds = jax.tree_util.tree_map(lambda a: jax.device_put(jnp.asarray(a, jnp.int32), self.run_sharding), seeds)
         return hp, seeds, jax.device_put(data, self.replicated)
@@ -150,6 +158,9 @@ class GridTrainer:
         state = jax.eval_shape(self._init_fn(data.train_x.shape[0]), hp, seeds)
         _, hist = jax.eval_shape(self._epochs_fn(1), state, hp, seeds, data)
         history = {k: jax.ShapeDtypeStruct((v.shape[0], epochs_done), v.dtype) for k, v in hist.items()}
+        # Restored onto this mesh, whatever devices and processes wrote the checkpoint.
+        state = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.run_sharding), state)
+        history = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.replicated) for k, v in history.items()}
         return {"state": state, "history": history}
 
 
@@ -196,7 +207,7 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
                                       f"training's {spec.epochs} epochs: it belongs to another config")
             done, tree = ckpt.restore_newest(lambda e, a=(hp_d, seeds_d, data_d): trainer.abstract(*a, e))
             state = jax.device_put(tree["state"], trainer.run_sharding)
-            chunks = [tree["history"]] if done else []
+            chunks = [distributed.gather(tree["history"])] if done else []
             resumed = done if resumed is None else min(resumed, done)
         else:
             state = trainer.init(hp_d, seeds_d, data_d)
@@ -207,17 +218,17 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
             state, hist = program(state, hp_d, seeds_d, data_d)
             hist = jax.block_until_ready(hist)
             elapsed = time.perf_counter() - t0
-            chunks.append(jax.device_get(hist))
+            chunks.append(distributed.gather(hist))
             done += n
             if ckpt is not None and (done % checkpoint_every == 0 or done == spec.epochs):
                 ckpt.save(done, {"state": state, "history": _concat(chunks)})
             if progress is not None:
-                progress(n, {k: np.asarray(v)[:n_real, -1] for k, v in hist.items()})
+                progress(n, {k: v[:n_real, -1] for k, v in chunks[-1].items()})
             train_seconds += elapsed
             epoch_times.extend([elapsed / n] * n)
         if ckpt is not None:
             ckpt.close()
-        states.append(jax.tree_util.tree_map(lambda a, n=n_real: np.asarray(a)[:n], jax.device_get(state)))
+        states.append(jax.tree_util.tree_map(lambda a, n=n_real: a[:n], distributed.gather(state)))
         histories.append({k: v[:n_real] for k, v in _concat(chunks).items()})
     state = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *states)
     history = {k: np.concatenate([h[k] for h in histories]) for k in histories[0]}

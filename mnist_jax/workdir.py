@@ -368,11 +368,17 @@ def committed_state(path: str | os.PathLike) -> dict | None:
 
 
 def discard(path: str | os.PathLike, experiment: str) -> None:
-    """Remove the runs mnist-jax made in the workdir `path` (committed and unfinished), nothing else."""
-    if not (pathlib.Path(path) / META / MARKER).exists():
-        return
-    with Workdir.open(path, experiment) as wd:
-        wd.discard()
+    """Remove the runs mnist-jax made in the workdir `path` (committed and unfinished), nothing else.
+    In a multi-process run process 0 does it and the others wait for it."""
+    from mnist_jax import distributed
+
+    def remove() -> None:
+        if not (pathlib.Path(path) / META / MARKER).exists():
+            return
+        with Workdir.open(path, experiment) as wd:
+            wd.discard()
+
+    distributed.on_writer(remove)
 
 
 def root_of(run_dir: pathlib.Path) -> pathlib.Path:
