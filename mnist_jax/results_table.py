@@ -107,6 +107,36 @@ def determinism_line(folder: pathlib.Path) -> str:
             f"({100 * (a['train_seconds'] / b['train_seconds'] - 1):+.0f} %).")
 
 
+WARM = "warm"
+
+
+def compile_line(folder: pathlib.Path, found: dict) -> str:
+    """Compile time of the run's stages (timing.compilation), and, when folder/warm holds the same
+    stages run again on the same machine with the compile cache the run filled, what that saves;
+    '' when the run recorded no compilation."""
+    def totals(metrics: list[dict]) -> tuple[float, float, int, int]:
+        cs = [m.get("timing", {}).get("compilation") or {} for m in metrics]
+        walls = [m.get("timing", {}).get("wall_seconds", 0.0) for m in metrics]
+        return (sum(walls), sum(c.get("compile_seconds", 0.0) for c in cs), sum(c.get("programs", 0) for c in cs),
+                sum(c.get("cache_hits", 0) for c in cs))
+
+    if not any((m.get("timing", {}).get("compilation")) for m, _ in found.values()):
+        return ""
+    wall, comp, programs, _ = totals([m for m, _ in found.values()])
+    line = (f"Compilation (persistent compilation cache empty at the start): {programs} programs, {comp:.0f} s of "
+            f"{wall:.0f} s of stage wall time.")
+    warm = stages(folder / WARM) if (folder / WARM).is_dir() else {}
+    if warm:
+        names = list(warm)
+        cold = totals([found[n][0] for n in names if n in found])
+        again = totals([warm[n][0] for n in names])
+        line += (f" The same {len(names)} stages again on the same machine with that cache warm ({folder.name}/{WARM}; "
+                 f"not run: {', '.join(n for n in found if n not in warm) or 'none'}): compile {again[1]:.1f} s "
+                 f"against {cold[1]:.1f} s cold ({again[3]} of {again[2]} programs loaded from the cache), stage wall "
+                 f"time {again[0]:.0f} s against {cold[0]:.0f} s.")
+    return line
+
+
 def render(folder: str | pathlib.Path, label: str | None = None) -> str:
     """The README block of `folder` (named `label` in the README, its path by default): which code
     and machine, then one row per experiment."""
@@ -129,6 +159,7 @@ def render(folder: str | pathlib.Path, label: str | None = None) -> str:
     if prov["code"].get("dirty") and not (folder / IDENTITY_FILE).exists():
         head += " **The tree had uncommitted changes**: these numbers belong to no commit."
     det = determinism_line(folder)
+    det = " ".join(x for x in (det, compile_line(folder, found)) if x)
     rows = []
     for name, (m, c) in found.items():
         wall = m.get("timing", {}).get("wall_seconds")

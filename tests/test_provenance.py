@@ -153,16 +153,20 @@ def test_results_table_refuses_mixed_code_and_names_the_commit(tmp_path):
     block = results_table.render(folder, "docs/results/x")
     assert block.count("\n| ") == 2 + len(results_table.stages(folder))  # header, rule, a row per experiment
     prov = json.loads((folder / "mlp" / "metrics.json").read_text())["provenance"]
-    identity = json.loads((folder / "code.json").read_text())  # the run saw a stale .git: checked by git
-    assert f"**commit {identity['commit'][:7]}** on **{prov['devices']}**" in block
+    assert f"**{provenance.short_code(prov['code'])}** on **{prov['devices']}**" in block
     assert "identical numbers" in block  # the determinism runs beside it
-    (folder / "code.json").write_text(json.dumps({**identity, "commit": "9953d09"}))
-    with pytest.raises(ValueError, match="does not match"):
+    assert "loaded from the cache" in block and "not run: cnn_search" in block  # the warm-cache run beside it
+    for path in folder.glob("*/metrics.json"):  # as if the run had seen uncommitted changes
+        m = json.loads(path.read_text())
+        m["provenance"]["code"]["dirty"] = True
+        path.write_text(json.dumps(m))
+    assert "belong to no commit" in results_table.render(folder)
+    (folder / "code.json").write_text(json.dumps({"recorded_code_id": prov["code_id"], "commit": "9953d09"}))
+    with pytest.raises(ValueError, match="does not match"):  # code.json must prove which commit's files it was
         results_table.render(folder)
     (folder / "code.json").unlink()
-    assert "belong to no commit" in results_table.render(folder)
     shutil.rmtree(folder / "cnn_search")  # a run that did not finish every experiment says which are missing
-    assert "Not in this run: cnn_search, variance_sources, label_smoothing (not run" in results_table.render(folder)
+    assert "Not in this run: cnn_search (not run" in results_table.render(folder)
     m = json.loads((folder / "mlp" / "metrics.json").read_text())
     m["provenance"]["code_id"] = "git:other"
     (folder / "mlp" / "metrics.json").write_text(json.dumps(m))
