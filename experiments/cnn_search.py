@@ -213,6 +213,9 @@ def section(m: dict) -> str:
         parts.append(f"Wall time {t.get('wall_seconds', 0):.1f} s on {t.get('device', 'an unknown device')}: "
                      f"{len(t['programs'])} training programs, {t['train_seconds']:.0f} s of training and "
                      f"{t['compile_seconds']:.0f} s of compiling; reused candidates are not trained again.")
+    if c := t.get("compilation"):  # every program of the stage, not only training's (mnist_jax.compilation)
+        parts.append(f"Programs of the whole stage: {c['programs']}, {c['cache_hits']} loaded from the persistent "
+                     f"compilation cache; {c['compile_seconds']:.1f} s compiling or loading them.")
     return "\n\n".join(parts)
 
 
