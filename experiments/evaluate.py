@@ -139,6 +139,9 @@ def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> t
     kind = config.get("model", {}).get("kind") if isinstance(config.get("model"), dict) else None
     if experiment_name == "noise_accuracy":
         return apply_noise_accuracy(workdir, config, x, args)
+    if (workdir / "metrics.json").exists() and not (workdir / "params").is_dir():
+        raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment_name!r} saves no trained model that "
+                          "evaluate can apply (it keeps only its statistics)")
     if args.level is not None and kind != "dae":
         raise ConfigError("--level applies to denoising workdirs (experiments.denoise, experiments.noise_accuracy) only")
     if kind == "dae":
