@@ -1,7 +1,7 @@
 """Compile time of the quick profile with an empty persistent compilation cache, then with the same cache.
 
-    python -m benchmarks.compile_cache --cold /tmp/q_cold --warm /tmp/q_warm [--cache DIR] [--profile quick]
-    python -m benchmarks.compile_cache --cold /tmp/q_cold --warm /tmp/q_warm --summarize   # read them again
+    python -m benchmarks.compile_cache --cold runs/q_cold --warm runs/q_warm [--cache DIR] [--profile quick]
+    python -m benchmarks.compile_cache --cold runs/q_cold --warm runs/q_warm --summarize   # read them again
 
 Runs `python -m experiments.reproduce` twice, each in a fresh process and a new workdir (both must
 not exist): first with JAX's persistent compilation cache pointed at an empty folder (`--cache`,

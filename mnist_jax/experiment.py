@@ -481,12 +481,7 @@ def param_count_of(block: ml_collections.ConfigDict, where: str) -> int:
     from mnist_jax import models
 
     try:
-        model = models.from_config(block)
-        rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1), "sample": jax.random.key(2),
-                "noise": jax.random.key(3)}
-        x = jnp.zeros((1, *data_lib.IMAGE_SHAPE))
-        extra = (jax.random.key(4), jnp.zeros((1,), jnp.int32)) if isinstance(model, models.VAE) else ()
-        shapes = jax.eval_shape(lambda: model.init(rngs, x, *extra))
+        shapes = init_shapes(models.from_config(block))
     except Exception as err:  # a model config is user input: any failure to build it is its error
         message = str(err).splitlines()[0][:200] if str(err) else ""
         if isinstance(err, ZeroDivisionError):

@@ -22,12 +22,6 @@ def diverged(history: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(history["diverged"], bool)[:, -1]
 
 
-def masked(values: Any, history: dict[str, np.ndarray]) -> np.ndarray:
-    """values (R, ...) with NaN for the runs that diverged (so `stats.summary` skips them)."""
-    values = np.asarray(values, np.float64)
-    return np.where(diverged(history).reshape(-1, *([1] * (values.ndim - 1))), np.nan, values)
-
-
 def divergence(history: dict[str, np.ndarray], seeds: np.ndarray, hp: dict[str, np.ndarray]) -> list[dict]:
     """One record per diverged run ({run, seed, epoch, hyperparameters}), each also warned about.
 
@@ -71,13 +65,6 @@ def runs_table(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndar
         record["diverged"] = bool(gone[r])
         out.append(record)
     return out
-
-
-def summaries_by(values: np.ndarray, groups: np.ndarray, order: Sequence) -> list[dict]:
-    """`stats.summary` of the finite `values` of each group value in `order` (diverged runs are
-    NaN and so left out)."""
-    values, groups = np.asarray(values, np.float64), np.asarray(groups)
-    return [stats.summary(values[groups == g]) for g in order]
 
 
 def classifier_summary(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndarray]) -> dict:
