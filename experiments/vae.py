@@ -10,11 +10,11 @@ vae_elbo.png and, for a conditional model, vae_conditional.png.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from scipy import stats as sps
@@ -74,7 +74,7 @@ def classifier_params_dir(workdir: pathlib.Path) -> str:
 
 def run_params(params, i: int):
     """The params of run i from a tree with a leading run axis."""
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(a[i]), params)
+    return jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a[i])), params)
 
 
 def final(history: dict, key: str) -> dict:
@@ -125,12 +125,11 @@ def get_classifier(config, workdir: pathlib.Path, data) -> tuple:
 
 def iwae_per_seed(model, params_all, n_runs: int, x_bin, labels, key, k: int, batch: int) -> dict:
     """IWAE bound and k-sample ELBO (mean over images, nats) of every run, with timing."""
-    fn = jax.jit(lambda p, x, y, kk: generative.iwae_log_likelihood(*generative.vae_functions(model, p), x, y, kk, k,
-                                                                     batch))
     ll, elbo, seconds = [], [], []
     for i in range(n_runs):
         start = time.perf_counter()
-        bound, elbo_k = jax.block_until_ready(fn(run_params(params_all, i), x_bin, labels, jax.random.fold_in(key, i)))
+        bound, elbo_k = jax.block_until_ready(_iwae(model, run_params(params_all, i), x_bin, labels,
+                                                    jax.random.fold_in(key, i), k, batch))
         seconds.append(time.perf_counter() - start)
         ll.append(float(bound.mean()))
         elbo.append(float(elbo_k.mean()))
@@ -148,24 +147,44 @@ def iwae_per_seed(model, params_all, n_runs: int, x_bin, labels, key, k: int, ba
 
 def sample_labels(conditional: bool, n: int) -> jax.Array:
     """Labels the samples are drawn with: digits 0-9 in turn for a conditional model (ignored otherwise)."""
-    return jnp.arange(n, dtype=jnp.int32) % 10 if conditional else jnp.zeros(n, jnp.int32)
+    return np.arange(n, dtype=np.int32) % 10 if conditional else np.zeros(n, np.int32)
+
+
+# The programs below take the model as a static argument and the params as arguments, so every run
+# and every call with the same shapes shares one compiled program (a closure over the params would
+# bake them into the program as constants and compile once per call).
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _iwae(model, params, x_bin, labels, key, k: int, batch: int):
+    return generative.iwae_log_likelihood(*generative.vae_functions(model, params), x_bin, labels, key, k, batch)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _draw(model, params, key, labels):
+    return generative.sample_prior(generative.vae_functions(model, params)[1], key, labels, model.latent)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _posterior_means(model, params, x_bin, labels):
+    encode = generative.vae_functions(model, params)[0]
+    return generative.map_batches(lambda xb, yb: encode(xb, yb)[0], (x_bin, labels), 1000)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_means(model, params, z, labels):
+    return jax.nn.sigmoid(generative.vae_functions(model, params)[1](z, labels))
 
 
 def draw(model, params, key, labels) -> np.ndarray:
-    decode = generative.vae_functions(model, params)[1]
-    fn = jax.jit(lambda k, y: generative.sample_prior(decode, k, y, model.latent))
-    return np.asarray(fn(key, labels))
+    return np.asarray(_draw(model, params, key, labels))
 
 
 def posterior_means(model, params, x_bin, labels) -> np.ndarray:
-    encode = generative.vae_functions(model, params)[0]
-    fn = jax.jit(lambda x, y: generative.map_batches(lambda xb, yb: encode(xb, yb)[0], (x, y), 1000))
-    return np.asarray(fn(x_bin, labels))
+    return np.asarray(_posterior_means(model, params, x_bin, labels))
 
 
 def decode_means(model, params, z, labels) -> np.ndarray:
-    decode = generative.vae_functions(model, params)[1]
-    return np.asarray(jax.jit(lambda zz, y: jax.nn.sigmoid(decode(zz, y)))(jnp.asarray(z), jnp.asarray(labels)))[..., 0]
+    return np.asarray(_decode_means(model, params, np.asarray(z, np.float32), np.asarray(labels, np.int32)))[..., 0]
 
 
 def describe(model_cfg, n_params: int) -> str:
@@ -189,8 +208,9 @@ def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
     if distributed.is_writer():  # in a multi-process run, process 0 alone writes the workdir
         np.save(workdir / "samples.npy", samples[0].astype(np.float32))
     cls_model, cls_params, cls_info = get_classifier(config, workdir, data)
-    test_probs, test_feats = generative.classify(cls_model, cls_params, data.test_x)
-    _, train_feats = generative.classify(cls_model, cls_params, data.train_x[: data.test_x.shape[0]])
+    test_x = np.asarray(data.test_x)  # host copies: indexing a device array eagerly compiles a program
+    test_probs, test_feats = generative.classify(cls_model, cls_params, test_x)
+    _, train_feats = generative.classify(cls_model, cls_params, np.asarray(data.train_x)[: test_x.shape[0]])
     cls_info["test_accuracy"] = float(np.mean(test_probs.argmax(-1) == np.asarray(data.test_y)))
     per_seed = []
     diverged = np.asarray(history["diverged"], bool)[:, -1]
@@ -246,36 +266,35 @@ def run0_figures(config: ml_collections.ConfigDict, workdir: pathlib.Path, data,
     if cond:
         rows = []
         for d in config.digits:
-            rows.append(draw(model, p0, jax.random.fold_in(jax.random.fold_in(base_key, 3), d), jnp.full(10, d, jnp.int32)))
+            rows.append(draw(model, p0, jax.random.fold_in(jax.random.fold_in(base_key, 3), d), np.full(10, d, np.int32)))
         plots.image_grid(np.stack(rows), workdir / "vae_conditional.png",
                          f"Class-conditional samples: a row per requested digit\n{name}\n"
                          "decoder Bernoulli means of z ~ N(0, I) with the digit's one-hot label",
                          xlabel="sample", ylabel="requested digit", row_labels=list(config.digits))
 
+    test_x, test_y = np.asarray(data.test_x), np.asarray(data.test_y)  # host copies (see judge_samples)
     idx = np.arange(N_RECONSTRUCTIONS)
     x_rec = test_bin[idx]
-    z_rec = posterior_means(model, p0, x_rec, data.test_y[idx])
-    recon = decode_means(model, p0, z_rec, data.test_y[idx])
-    plots.image_grid(np.stack([np.asarray(data.test_x[idx, ..., 0]) / 255.0, np.asarray(x_rec[..., 0]), recon]),
+    z_rec = posterior_means(model, p0, x_rec, test_y[idx])
+    recon = decode_means(model, p0, z_rec, test_y[idx])
+    plots.image_grid(np.stack([test_x[idx, ..., 0] / 255.0, x_rec[..., 0], recon]),
                      workdir / "vae_reconstructions.png",
                      f"Reconstructions of the first {N_RECONSTRUCTIONS} test digits by {name}\n"
                      "reconstruction: decoder Bernoulli means at the posterior mean of z",
                      xlabel="test image index", ylabel="",
                      row_labels=["test digit", "binarized input", "reconstruction"], col_labels=idx.tolist())
 
-    test_y = np.asarray(data.test_y)
     rows, row_labels = [], []
     for a, b in INTERPOLATION_PAIRS:
         ia = int(np.flatnonzero(test_y == a)[0])
         ib = int(np.flatnonzero(test_y == b)[1 if a == b else 0])
-        pair_y = jnp.asarray(test_y[[ia, ib]])
+        pair_y = test_y[[ia, ib]]
         za, zb = posterior_means(model, p0, test_bin[np.array([ia, ib])], pair_y)
         alphas = np.linspace(0.0, 1.0, 10)
         zs = (1 - alphas[:, None]) * za + alphas[:, None] * zb
         # A conditional model keeps the label of the start digit along the path.
         decoded = decode_means(model, p0, zs, np.full(len(alphas), test_y[ia], np.int32))
-        rows.append(np.concatenate([np.asarray(data.test_x[ia, None, ..., 0]) / 255.0, decoded,
-                                    np.asarray(data.test_x[ib, None, ..., 0]) / 255.0]))
+        rows.append(np.concatenate([test_x[ia, None, ..., 0] / 255.0, decoded, test_x[ib, None, ..., 0] / 255.0]))
         row_labels.append(f"#{ia} → #{ib}")
     plots.image_grid(np.stack(rows), workdir / "vae_interpolation.png",
                      f"Latent interpolation between test digits, {name}\n"
@@ -308,7 +327,7 @@ def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, m
         z1, z2 = np.meshgrid(values, values)  # rows: z2, columns: z1
         zs = np.stack([z1.ravel(), z2.ravel()], -1)
         manifold = decode_means(map_model, map_params, zs, np.zeros(len(zs), np.int32)).reshape(MAP_GRID, MAP_GRID, 28, 28)
-        means = posterior_means(map_model, map_params, test_bin, data.test_y)
+        means = posterior_means(map_model, map_params, test_bin, test_y)
         map_name = describe(ml_collections.ConfigDict(map_info["model"]) if "epochs" in map_info else config.model,
                             models.param_count(map_params))
         which = "trained for this figure" if "epochs" in map_info else "the main model"
@@ -333,7 +352,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     name = describe(config.model, n_params)
     run_desc = (f"{config.optimizer} lr {config.learning_rate} ({config.schedule}), batch {config.batch_size}, "
                 f"{config.epochs} epochs, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
-    test_bin = generative.fixed_binarization(data.test_x)
+    test_bin = np.asarray(jax.jit(generative.fixed_binarization)(data.test_x))  # one program; on the host: indexed below
     metrics = {
         "experiment": "vae",
         "model": config.model.to_dict(),
@@ -356,7 +375,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
 
     # Importance-weighted log-likelihood on the first iwae_images test images.
     n_iwae = config.iwae_images
-    metrics["iwae"] = iwae_per_seed(model, result.state.params, len(seeds), test_bin[:n_iwae], data.test_y[:n_iwae],
+    metrics["iwae"] = iwae_per_seed(model, result.state.params, len(seeds), test_bin[:n_iwae], np.asarray(data.test_y)[:n_iwae],
                                     jax.random.fold_in(base_key, 1), config.iwae_k, config.iwae_batch)
     metrics["iwae"]["subset"] = ("the whole test set" if n_iwae == data.test_x.shape[0]
                                  else f"the first {n_iwae} of {data.test_x.shape[0]} test images")

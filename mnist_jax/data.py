@@ -145,7 +145,8 @@ def load_splits(n_val: int = 5_000, protocol: str = "holdout", on_device: bool =
                 cache_dir: str | os.PathLike | None = None) -> Splits:
     """`make_splits(load_mnist())`, put on the default device as uint8 / int32."""
     splits = make_splits(load_mnist(cache_dir), n_val, protocol)
-    return Splits(*(jnp.asarray(a) for a in splits)) if on_device else splits
+    # device_put, not jnp.asarray: jnp.asarray of a NumPy array outside jit compiles a program per shape.
+    return Splits(*(jax.device_put(a) for a in splits)) if on_device else splits
 
 
 def preprocess_images(x: jax.Array) -> jax.Array:

@@ -64,14 +64,16 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[data_lib.Splits, float
     """The splits of `config` on the device, and the seconds it took; with `train_images` > 0
     only the first that many images of the training split are trained on."""
     start = time.perf_counter()
-    splits = data_lib.load_splits(n_val=config.get("n_val", 5000), protocol=config.get("protocol", "holdout"))
+    splits = data_lib.load_splits(n_val=config.get("n_val", 5000), protocol=config.get("protocol", "holdout"),
+                                  on_device=False)
     n_train = config.get("train_images", 0)
     if n_train:
         if n_train > splits.train_x.shape[0]:
             raise ConfigError(f"config.train_images={n_train} is larger than the training split "
                               f"({splits.train_x.shape[0]})")
         splits = splits._replace(train_x=splits.train_x[:n_train], train_y=splits.train_y[:n_train])
-    jax.block_until_ready(splits)
+    # Cut on the host, then put on the device: slicing a device array compiles a program per shape.
+    splits = jax.block_until_ready(data_lib.Splits(*(jax.device_put(a) for a in splits)))
     if config.batch_size > splits.train_x.shape[0]:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training set "
                           f"({splits.train_x.shape[0]} images)")

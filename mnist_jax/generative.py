@@ -8,6 +8,7 @@ classifier features instead of Inception ones).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -142,9 +143,14 @@ def penultimate_features(model: nn.Module, params, x: jax.Array) -> tuple[jax.Ar
 def classify(model: nn.Module, params, x: jax.Array, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """(softmax probabilities (N, 10), penultimate features (N, F)) of images x, in batches."""
 
-    fn = jax.jit(lambda p, xs: map_batches(lambda b: _probs_features(model, p, b), (xs,), batch_size))
-    probs, feats = fn(params, jnp.asarray(x))
+    probs, feats = _classify(model, params, x, batch_size)
     return np.asarray(probs), np.asarray(feats)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _classify(model: nn.Module, params, x: jax.Array, batch_size: int):
+    """`classify`'s program: one per model and input shape, shared by every call (params are arguments)."""
+    return map_batches(lambda b: _probs_features(model, params, b), (x,), batch_size)
 
 
 def _probs_features(model, params, xb):

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -138,8 +137,8 @@ class GridTrainer:
             hp = {k: place(v, np.float32, self.run_sharding) for k, v in hp.items()}
             seeds = jax.tree_util.tree_map(lambda a: place(a, np.int32, self.run_sharding), seeds)
             return hp, seeds, jax.tree_util.tree_map(lambda a: place(a, np.asarray(a).dtype, self.replicated), data)
-        hp = {k: jax.device_put(jnp.asarray(v, jnp.float32), self.run_sharding) for k, v in hp.items()}
-        seeds = jax.tree_util.tree_map(lambda a: jax.device_put(jnp.asarray(a, jnp.int32), self.run_sharding), seeds)
+        hp = {k: jax.device_put(np.asarray(v, np.float32), self.run_sharding) for k, v in hp.items()}
+        seeds = jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a, np.int32), self.run_sharding), seeds)
         return hp, seeds, jax.device_put(data, self.replicated)
 
     def init(self, hp, seeds, data: Splits) -> RunState:

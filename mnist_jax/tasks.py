@@ -7,6 +7,7 @@ Each task is a `train.Task` of pure functions; its hyperparameters come from the
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -262,6 +263,11 @@ def noisy_classifier_task(model: nn.Module, denoiser: nn.Module | None = None, e
 def over_runs(fn: Callable, runs: tuple, shared: tuple = (), chunk: int = 4):
     """`fn(*run_slice, *shared)` for every run of `runs` (pytrees with a leading run axis), jitted;
     `chunk` runs are vmapped at a time, so memory stays bounded for any number of runs. Arrays
-    like the test set go in `shared` (arguments, not constants baked into the program)."""
-    program = jax.jit(lambda runs, shared: jax.lax.map(lambda r: fn(*r, *shared), runs, batch_size=chunk))
-    return program(runs, shared)
+    like the test set go in `shared` (arguments, not constants baked into the program). Calls with
+    the same `fn` and `chunk` share one jitted program (compiled once per input shape)."""
+    return _over_runs_program(fn, chunk)(runs, shared)
+
+
+@functools.lru_cache(maxsize=64)
+def _over_runs_program(fn: Callable, chunk: int) -> Callable:
+    return jax.jit(lambda runs, shared: jax.lax.map(lambda r: fn(*r, *shared), runs, batch_size=chunk))
