@@ -25,7 +25,8 @@ def get_config(experiment: str, **fields) -> ml_collections.ConfigDict:
     c.n_val = 5000  # held out from the 60,000 training images
     c.protocol = "holdout"  # or "study": train on 60,000, validate on the test set
     c.chunk_epochs = 1  # epochs per call of the compiled program (progress, checkpoints between)
-    c.checkpoint_every = 1
+    c.checkpoint_every = 1  # epochs between checkpoints ...
+    c.checkpoint_seconds = 30.0  # ... but not sooner than this after the last one (0: every time); the last epoch always
     c.run_chunk = 0  # runs per program (0 = automatic: what the model says, see sweep.default_run_chunk)
     for name, value in fields.items():
         c[name] = value
@@ -34,10 +35,14 @@ def get_config(experiment: str, **fields) -> ml_collections.ConfigDict:
 
 def sized(c: ml_collections.ConfigDict, profile: str, **quick) -> ml_collections.ConfigDict:
     """`c` for `profile`: as it is for "full"; for "quick" with the `quick` fields set (a "__" in a
-    name is a dot: `model__hidden=(100,)` sets c.model.hidden)."""
+    name is a dot: `model__hidden=(100,)` sets c.model.hidden).
+
+    The quick profile also checkpoints after every epoch (`checkpoint_seconds` 0): it is the smoke
+    test of every path, interruption and resume included, and its epochs are seconds long."""
     if profile not in PROFILES:
         raise ValueError(f"profile {profile!r}: expected one of {PROFILES}")
     if profile == "quick":
+        c.checkpoint_seconds = 0.0
         for dotted, value in quick.items():
             *parents, leaf = dotted.split("__")
             node = c

@@ -191,6 +191,8 @@ RULES = {
     "label_smoothing": (_is_rate, "a number in [0, 1) (as float32)"),
     "chunk_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "checkpoint_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "checkpoint_seconds": (lambda v: _is_number(v) and v >= 0,
+                           "a number of seconds >= 0 (0: a checkpoint every checkpoint_every epochs)"),
     "run_chunk": (lambda v: _is_int(v) and v >= 0,
                   "an integer >= 0 (0 = automatic: what the model says, sweep.default_run_chunk)"),
     "optimizer": _one_of(OPTIMIZERS),

@@ -156,7 +156,8 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, 
     try:
         result = train_grid(task, spec, hp, seeds, data, chunk_epochs=config.get("chunk_epochs", 1),
                             run_chunk=chunk, checkpoint_dir=str(ckpt_dir),
-                            checkpoint_every=config.get("checkpoint_every", 1), progress=bar)
+                            checkpoint_every=config.get("checkpoint_every", 1),
+                            checkpoint_seconds=config.get("checkpoint_seconds", 0.0), progress=bar)
     finally:
         bar.close()
     if result.resumed_from_epoch is not None:

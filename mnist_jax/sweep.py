@@ -169,15 +169,18 @@ def _concat(chunks: list[dict]) -> dict[str, np.ndarray]:
 
 def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: Any, data: Splits, *,
                chunk_epochs: int = 1, run_chunk: int | None = None, checkpoint_dir: str | None = None,
-               checkpoint_every: int = 1, progress: Callable[[int, dict], None] | None = None,
+               checkpoint_every: int = 1, checkpoint_seconds: float = 0.0,
+               progress: Callable[[int, dict], None] | None = None,
                trainer: GridTrainer | None = None) -> SweepResult:
     """Train R runs (hp {name: (R,)}, seeds (R,)) for `spec.epochs` epochs as one program.
 
     `seeds` may also be a dict of per-stream seeds {stream: (R,)} (`stream_grid`, `train.STREAMS`).
 
     `run_chunk` bounds how many runs are trained at once (rounded up to the device count).
-    With `checkpoint_dir`, the state is saved every `checkpoint_every` epochs and a later call
-    resumes from the newest checkpoint, ending with the same numbers as an uninterrupted run.
+    With `checkpoint_dir`, the state is saved every `checkpoint_every` epochs, but not sooner than
+    `checkpoint_seconds` after the last save (0: every time), and always after the last epoch; a
+    later call resumes from the newest checkpoint, ending with the same numbers as an
+    uninterrupted run. A kill loses at most about `checkpoint_seconds` plus one chunk of training.
     `progress(epochs_done_in_this_call, metrics)` is called after every chunk of epochs.
     """
     check_hparams(task, spec, hp)  # before anything compiles
@@ -210,6 +213,7 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
             resumed = done if resumed is None else min(resumed, done)
         else:
             state = trainer.init(hp_d, seeds_d, data_d)
+        last_save = time.perf_counter()
         while done < spec.epochs:
             n = min(chunk_epochs, spec.epochs - done)
             program = trainer.epochs_program(n, state, hp_d, seeds_d, data_d)  # compiles once
@@ -219,8 +223,10 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
             elapsed = time.perf_counter() - t0
             chunks.append(distributed.gather(hist))
             done += n
-            if ckpt is not None and (done % checkpoint_every == 0 or done == spec.epochs):
+            due = done % checkpoint_every == 0 and time.perf_counter() - last_save >= checkpoint_seconds
+            if ckpt is not None and (due or done == spec.epochs):
                 ckpt.save(done, {"state": state, "history": _concat(chunks)})
+                last_save = time.perf_counter()
             if progress is not None:
                 progress(n, {k: v[:n_real, -1] for k, v in chunks[-1].items()})
             train_seconds += elapsed

@@ -19,7 +19,7 @@ from experiments import evaluate, mlp
 from mnist_jax.config import ConfigError, load_config_file, parse_args
 from mnist_jax.data import preprocess_images
 
-SMALL = ["--config.seeds=2", "--config.epochs=8", "--config.model.hidden=[32]"]
+SMALL = ["--config.seeds=2", "--config.epochs=8", "--config.model.hidden=[32]", "--config.checkpoint_seconds=0"]
 
 
 def mlp_cmd(workdir, *extra):

@@ -110,3 +110,22 @@ def test_cnn_search_judge_gives_p_of_the_chosen_beating_each_other():
     d = verdict["detectable"]
     assert d["pooled_std"] == pytest.approx(0.001) and d["seeds_per_candidate"] == 3
     assert d["difference"] == pytest.approx(stats.detectable_difference(0.001, 3))
+
+
+def checkpointed_epochs(tmp_path, tiny, **policy) -> list[int]:
+    from mnist_jax import models, tasks, train
+
+    task = tasks.classifier_task(models.MLP((16,)))
+    hp, seeds = sweep.grid([0], learning_rate=[0.1])
+    sweep.train_grid(task, train.TrainSpec(epochs=3, batch_size=64), hp, seeds, tiny,
+                     checkpoint_dir=str(tmp_path), **policy)
+    run_dir = tmp_path / "runs_0-1"
+    return sorted(int(p.name) for p in run_dir.iterdir() if p.name.isdigit())
+
+
+def test_checkpoint_seconds_skips_saves_made_too_soon_but_always_saves_the_last_epoch(tmp_path, tiny):
+    # max_to_keep=2 keeps the two newest checkpoints: every epoch saved leaves epochs 2 and 3
+    assert checkpointed_epochs(tmp_path / "every", tiny) == [2, 3]
+    assert checkpointed_epochs(tmp_path / "every_0", tiny, checkpoint_seconds=0.0) == [2, 3]
+    # an hour between saves: epochs 1 and 2 come too soon, the last epoch is saved anyway
+    assert checkpointed_epochs(tmp_path / "hourly", tiny, checkpoint_seconds=3600.0) == [3]

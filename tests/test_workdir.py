@@ -26,7 +26,7 @@ from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError, parse_args
 from mnist_jax.train import TrainSpec
 
-S = ["--config.seeds=2", "--config.epochs=6", "--config.model.hidden=[32]"]
+S = ["--config.seeds=2", "--config.epochs=6", "--config.model.hidden=[32]", "--config.checkpoint_seconds=0"]
 
 
 def fake_run(config, run_dir):
@@ -710,7 +710,7 @@ def test_command_line_errors_are_one_line(command, capsys):
 @pytest.mark.integration
 def test_a_workdir_whose_checkpoints_are_all_corrupt_stops_with_one_line(tmp_path):
     w = tmp_path / "w"
-    small = ["--config.seeds=1", "--config.epochs=2", "--config.model.hidden=[8]"]
+    small = ["--config.seeds=1", "--config.epochs=2", "--config.model.hidden=[8]", "--config.checkpoint_seconds=0"]
     cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), *small]
     subprocess.run(cmd, check=True, capture_output=True)
     for f in (w / "checkpoints").rglob("*"):
