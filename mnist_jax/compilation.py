@@ -168,6 +168,20 @@ def cache_dir() -> str | None:
     return jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
 
 
+def cache_label(environ: dict | None = None) -> str | None:
+    """Which persistent cache this process uses, named without this machine's paths (None: off):
+    `<cache dir>/xla` (mnist_jax's default: $MNIST_JAX_CACHE/xla, else ~/.cache/mnist_jax/xla) or
+    `JAX_COMPILATION_CACHE_DIR` / `jax_compilation_cache_dir` (a folder of the user's own).
+    metrics.json records this label, so results copied from another machine hold no foreign path."""
+    path = cache_dir()
+    if path is None:
+        return None
+    if pathlib.Path(path).absolute() == default_dir().absolute():
+        return "<cache dir>/xla"
+    environ = os.environ if environ is None else environ
+    return JAX_DIR_ENV if environ.get(JAX_DIR_ENV) == path else "jax_compilation_cache_dir"
+
+
 def _on_duration(event: str, seconds: float, **_) -> None:
     key = _DURATIONS.get(event)
     if key is None:
@@ -207,8 +221,8 @@ def counts() -> dict:
 
 
 def since(before: dict) -> dict:
-    """The compilations after the `counts()` snapshot `before`, with the cache folder in use."""
+    """The compilations after the `counts()` snapshot `before`, with the cache in use (`cache_label`)."""
     now = counts()
     out = {k: now[k] - before.get(k, 0) for k in now}
-    out["persistent_cache"] = cache_dir()
+    out["persistent_cache"] = cache_label()
     return out

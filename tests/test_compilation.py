@@ -28,7 +28,8 @@ def f(x, w):
 
 x = jax.random.normal(jax.random.key(0), (32, 48))
 out = f(x, jax.random.normal(jax.random.key(1), (48, 48)) / 7)
-print(json.dumps({"counts": compilation.counts(), "dir": compilation.cache_dir(), "out": out.tolist()}))
+print(json.dumps({"counts": compilation.counts(), "dir": compilation.cache_dir(), "label": compilation.cache_label(),
+                  "out": out.tolist()}))
 """
 
 
@@ -56,7 +57,7 @@ def test_a_second_process_loads_its_programs_from_the_default_cache_with_identic
     env = {"MNIST_JAX_CACHE": str(tmp_path)}
     first = run_program(env)
     folder = tmp_path / "xla"
-    assert first["dir"] == str(folder)
+    assert first["dir"] == str(folder) and first["label"] == "<cache dir>/xla"
     c = first["counts"]
     assert c["programs"] >= 1 and c["cache_hits"] == 0 and c["cache_misses"] == c["programs"]
     assert any("jit_f" in name for name in cache_files(folder))
@@ -71,7 +72,7 @@ def test_a_second_process_loads_its_programs_from_the_default_cache_with_identic
 
 def test_opt_out_leaves_jax_without_a_cache(tmp_path):
     off = run_program({"MNIST_JAX_CACHE": str(tmp_path), compilation.CACHE_ENV: "0"})
-    assert off["dir"] is None
+    assert off["dir"] is None and off["label"] is None
     assert off["counts"]["cache_hits"] == off["counts"]["cache_misses"] == 0
     assert off["counts"]["programs"] >= 1  # still counted
     assert cache_files(tmp_path / "xla") == []
@@ -80,7 +81,7 @@ def test_opt_out_leaves_jax_without_a_cache(tmp_path):
 def test_a_users_own_jax_cache_folder_is_kept(tmp_path):
     mine = tmp_path / "mine"
     out = run_program({"MNIST_JAX_CACHE": str(tmp_path / "project"), compilation.JAX_DIR_ENV: str(mine)})
-    assert out["dir"] == str(mine)
+    assert out["dir"] == str(mine) and out["label"] == compilation.JAX_DIR_ENV  # named, not the path
     assert any("jit_f" in name for name in cache_files(mine))
     assert cache_files(tmp_path / "project" / "xla") == []
 
@@ -148,6 +149,7 @@ def test_run_in_workdir_records_every_compilation_of_the_run(tmp_path):
         metrics = experiment.run_in_workdir(wd, run, config, "test")
     c = metrics["timing"]["compilation"]
     assert c["programs"] >= 1 and c["compile_seconds"] > 0
-    assert c["persistent_cache"] == compilation.cache_dir()
+    assert c["persistent_cache"] == compilation.cache_label()  # a label, not a path of this machine
+    assert not os.path.isabs(c["persistent_cache"] or "")
     written = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert written["timing"]["compilation"]["programs"] == c["programs"]
