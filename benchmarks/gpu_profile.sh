@@ -14,7 +14,10 @@
 #   A second call on the same (warm) machine with WARM=1 runs STAGES again into runs/gpu_warm with the
 #   persistent compilation cache the first call filled (.cache/gpu_profile/xla, git-ignored, kept
 #   between calls), no determinism runs: compile seconds per stage, cold against warm.
-# Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full), WARM.
+#   With BENCH=1, after the stages: benchmarks/train_speed.py (dense net, 1 and 64 vmapped runs, no compile cache)
+#   with the default GPU settings and with variants (deterministic ops off, Triton GEMMs off, while loops in
+#   CUDA command buffers), as long as time is left.
+# Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full), WARM, BENCH.
 set -u
 if [ "${1:-}" = prepare ]; then
   PY=${PY:-python}
@@ -77,6 +80,15 @@ done
 [ -n "$done_list" ] && timeout 60 $PY -m experiments.reproduce --workdir "$RUNS" --config.profile=$PROFILE \
   --config.only=${done_list#,} >>"$LOG" 2>&1
 echo "== total $(( $(date +%s) - T0 )) s" >>"$LOG"
+if [ "${BENCH:-0}" = 1 ]; then  # the dense net, 1 run and 64 vmapped, with variants of the GPU settings
+  for v in "default" "MNIST_JAX_DETERMINISTIC=0" "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false" \
+           "XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL"; do
+    [ "$(left)" -gt 40 ] || { echo "== train_speed $v skipped: $(left) s left" >>"$LOG"; continue; }
+    echo "== train_speed $v" >>"$LOG"
+    env MNIST_JAX_COMPILE_CACHE=0 $([ "$v" = default ] || echo "$v") timeout 60 $PY benchmarks/train_speed.py \
+      --runs 1 64 --epochs 3 2>&1 | grep -v -i warning | tail -n 4 >>"$LOG"
+  done
+fi
 $PY -c "
 import json, pathlib
 for m in sorted(pathlib.Path('$RUNS').glob('*/metrics.json')):
