@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import machine  # noqa: E402
 from benchmarks.train_speed import bench  # noqa: E402
-from mnist_jax import data, models, sweep, tasks, train  # noqa: E402
+from mnist_jax import data, models, regularizers, sweep, tasks, train  # noqa: E402
 
 
 def timed_grid(task, spec, hp, seeds, splits, trainer) -> float:
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     splits = data.load_splits()
     hidden = tuple(args.hidden)
-    task = tasks.classifier_task(models.MLP(hidden))
+    task = tasks.classifier_task(models.MLP(hidden)).with_hooks(regularizers.L2)  # the L2 sweep reads l2
     spec = train.TrainSpec(epochs=args.epochs, batch_size=128)
     factors = np.concatenate([[0.0], np.logspace(-6, -3, args.factors - 1)])
     hp, seeds = sweep.grid(list(range(args.seeds)), learning_rate=[0.1], l2=factors)

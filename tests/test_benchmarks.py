@@ -1,0 +1,25 @@
+"""The speed benchmarks still run against the library (they are not timed here: benchmarks/ holds
+every speed claim, and a claim needs a benchmark that works). Each runs its smallest case."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import cnn_speed, denoise_speed, sweep_speed, train_speed
+
+
+@pytest.mark.integration
+def test_the_dense_and_sweep_benchmarks_run(capsys):
+    train_speed.main(["--runs", "1", "2", "--epochs", "1", "--hidden", "8"])
+    sweep_speed.main(["--factors", "2", "--seeds", "1", "--epochs", "1", "--runs", "1", "--hidden", "8"])
+    out = capsys.readouterr().out
+    assert out.count("| 1 |") == 2 and "| 2 |" in out and "ratio (b) / (a)" in out
+
+
+@pytest.mark.integration
+def test_the_cnn_and_denoising_benchmarks_run(capsys):
+    assert cnn_speed.main(["--impls", "fused", "--epochs", "1", "--train-images", "256", "--no-mlp"]) in (0, None)
+    assert denoise_speed.main(["--runs", "1", "--noise", "threefry16", "--train-noise", "threefry16", "--epochs", "1",
+                               "--train-images", "256"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "fused" in out and "threefry16" in out
