@@ -130,8 +130,10 @@ def compile_line(folder: pathlib.Path, found: dict) -> str:
         names = list(warm)
         cold = totals([found[n][0] for n in names if n in found])
         again = totals([warm[n][0] for n in names])
-        line += (f" The same {len(names)} stages again on the same machine with that cache warm ({folder.name}/{WARM}; "
-                 f"not run: {', '.join(n for n in found if n not in warm) or 'none'}): compile {again[1]:.1f} s "
+        skipped = [n for n in found if n not in warm]
+        which = f"the same {len(names)} stages" if skipped else f"all {len(names)} stages"
+        line += (f" {which.capitalize()} again on the same machine with that cache warm ({folder.name}/{WARM}"
+                 f"{'; not run: ' + ', '.join(skipped) if skipped else ''}): compile {again[1]:.1f} s "
                  f"against {cold[1]:.1f} s cold ({again[3]} of {again[2]} programs loaded from the cache), stage wall "
                  f"time {again[0]:.0f} s against {cold[0]:.0f} s.")
     return line

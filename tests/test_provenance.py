@@ -155,7 +155,11 @@ def test_results_table_refuses_mixed_code_and_names_the_commit(tmp_path):
     prov = json.loads((folder / "mlp" / "metrics.json").read_text())["provenance"]
     assert f"**{provenance.short_code(prov['code'])}** on **{prov['devices']}**" in block
     assert "identical numbers" in block  # the determinism runs beside it
-    assert "loaded from the cache" in block and "not run: cnn_search" in block  # the warm-cache run beside it
+    n = len(results_table.stages(folder))
+    assert "loaded from the cache" in block and f"All {n} stages again" in block  # the warm-cache run beside it
+    shutil.rmtree(folder / "warm" / "cnn_search")  # a warm run that skipped a stage names it
+    assert f"The same {n - 1} stages again" in results_table.render(folder) and "not run: cnn_search" in \
+        results_table.render(folder)
     for path in folder.glob("*/metrics.json"):  # as if the run had seen uncommitted changes
         m = json.loads(path.read_text())
         m["provenance"]["code"]["dirty"] = True
