@@ -14,10 +14,13 @@
 #   A second call on the same (warm) machine with WARM=1 runs STAGES again into runs/gpu_warm with the
 #   persistent compilation cache the first call filled (.cache/gpu_profile/xla, git-ignored, kept
 #   between calls), no determinism runs: compile seconds per stage, cold against warm.
+#   With ONE_PROCESS=1, the stages run as one `reproduce` process (how users run the job: the process
+#   start, imports and backend initialisation are paid once), stage times from its "done in" lines.
 #   With BENCH=1, after the stages: benchmarks/train_speed.py (dense net, 1 and 64 vmapped runs, no compile cache)
 #   with the default GPU settings and with variants (deterministic ops off, Triton GEMMs off, while loops in
 #   CUDA command buffers), as long as time is left.
-# Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full), WARM, BENCH.
+# Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full), WARM, BENCH,
+# ONE_PROCESS.
 set -u
 if [ "${1:-}" = prepare ]; then
   PY=${PY:-python}
@@ -58,6 +61,14 @@ stage() {  # name, workdir, extra environment assignments...
   tr '\r' '\n' <"$SCRATCH/stage.log" | grep -v '%|' | tail -n 14 >>"$LOG"; return $rc
 }
 done_list=""
+if [ "${ONE_PROCESS:-0}" = 1 ]; then  # the job as users run it: every stage in one reproduce process
+  t=$(date +%s)
+  timeout "$(left)" $PY -m experiments.reproduce --workdir "$RUNS" --config.profile=$PROFILE \
+    --config.only="$(echo $STAGES | tr ' ' ',')" >"$SCRATCH/stage.log" 2>&1
+  echo "== one process, stages $STAGES: rc=$? wall=$(( $(date +%s) - t )) s" >>"$LOG"
+  tr '\r' '\n' <"$SCRATCH/stage.log" | grep -E '^\[|done in|^wrote .*REPORT' >>"$LOG"
+  STAGES=""  # no stage-by-stage pass (and no determinism runs) after it
+fi
 for s in $STAGES; do
   [ "$(left)" -gt "${NEED[$s]:-30}" ] || { echo "== $s skipped: $(left) s left, it needs about ${NEED[$s]:-30}" >>"$LOG"; continue; }
   stage "$s" "$RUNS" && done_list="$done_list,$s"
