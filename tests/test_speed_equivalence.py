@@ -54,3 +54,18 @@ def test_train_epoch_equals_the_jax_permutation_and_clamped_gather_formulation(t
     idx, _ = train.epoch_batches(jax.random.key(1), data.train_x.shape[0], SPEC.batch_size)
     rows = data.train_x.reshape(data.train_x.shape[0], -1)
     np.testing.assert_array_equal(rows.at[idx].get(mode="promise_in_bounds"), jnp.take(rows, idx, axis=0, mode="clip"))
+
+
+@pytest.mark.parametrize("model", [models.CNN(conv_impl="fused"),
+                                   models.CNN(filters=(32, 64), pool=(True, True), padding="SAME", dense=128,
+                                              dense_dropout=True, conv_impl="fused")],
+                         ids=["study_cnn", "best_cnn"])
+def test_conv_eval_batch_gives_the_logits_of_batches_of_1000(model, tiny):
+    """Convolutional nets evaluate in smaller batches on the CPU; every image's logits are those
+    of the batches of 1,000 they were computed in before, bit for bit (a partial batch too)."""
+    params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    x = jnp.asarray(np.concatenate([tiny.train_x] * 5))[:1100]  # 1,100 images: a partial last batch either way
+    small = tasks.classifier_logits(model, params, x)
+    assert tasks.eval_batch_size(model, "cpu") == tasks.CONV_EVAL_BATCH_CPU < tasks.EVAL_BATCH
+    np.testing.assert_array_equal(small, tasks.classifier_logits(model, params, x, tasks.EVAL_BATCH))
+    assert tasks.eval_batch_size(models.MLP((64, 64)), "cpu") == tasks.eval_batch_size(model, "gpu") == tasks.EVAL_BATCH
