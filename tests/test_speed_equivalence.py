@@ -69,3 +69,25 @@ def test_conv_eval_batch_gives_the_logits_of_batches_of_1000(model, tiny):
     assert tasks.eval_batch_size(model, "cpu") == tasks.CONV_EVAL_BATCH_CPU < tasks.EVAL_BATCH
     np.testing.assert_array_equal(small, tasks.classifier_logits(model, params, x, tasks.EVAL_BATCH))
     assert tasks.eval_batch_size(models.MLP((64, 64)), "cpu") == tasks.eval_batch_size(model, "gpu") == tasks.EVAL_BATCH
+
+
+@pytest.mark.parametrize("vmapped", [False, True])
+def test_first_layer_kernel_gradient_is_the_einsum_of_stacked_patches(vmapped):
+    """The one-channel conv's kernel gradient from patch rows (kh * kw, B * H * W) is the
+    contraction of the (B, H, W, kh * kw) patches it replaced, bit for bit (alone and vmapped)."""
+    from mnist_jax import kernels
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((32, 28, 28, 1), np.float32))
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 32), np.float32))
+    dy = jnp.asarray(rng.standard_normal((32, 26, 26, 32), np.float32))
+
+    def new(x, dy):
+        return kernels._fused_bwd((x, kernel), dy)[1]
+
+    def old(x, dy):
+        return jnp.einsum("bhwk,bhwf->kf", kernels._patches(x, 3, 3, 26, 26), dy).reshape(kernel.shape)
+
+    if vmapped:
+        new, old, x, dy = jax.vmap(new), jax.vmap(old), x[None], dy[None]
+    np.testing.assert_array_equal(jax.jit(new)(x, dy), jax.jit(old)(x, dy))
