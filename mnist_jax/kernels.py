@@ -102,7 +102,7 @@ def _fused_bwd(residuals, dy):
     if c == 1:
         # The patches as (kh * kw, B * ho * wo) rows, the layout XLA gives the contraction's operand
         # anyway: stacked on the last axis they were built as kh * kw size-1 slices, then
-        # transposed (a fifth of the CNN's step on the CPU); built as rows the same dot reads the
+        # transposed (about 3 of the 25 ms of a CNN step on the CPU); built as rows the same dot reads the
         # same numbers, bit for bit (tested).
         cols = jnp.stack([x[:, i:i + ho, j:j + wo, 0].reshape(-1) for i in range(kh) for j in range(kw)])
         d_kernel = jnp.einsum("kn,nf->kf", cols, dy.reshape(-1, f)).reshape(kernel.shape)
