@@ -18,11 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 from benchmarks.common import machine, time_grid_epochs  # noqa: E402
-from mnist_jax import data, models, sweep, tasks, train  # noqa: E402
+from mnist_jax import data, models, regularizers, sweep, tasks, train  # noqa: E402
 
 
 def bench(hidden: tuple[int, ...], runs: int, epochs: int, batch: int, optimizer: str, splits) -> dict:
-    task = tasks.classifier_task(models.MLP(hidden))
+    # as experiments.mlp trains it: the L2 hook with a traced factor (0 for the study's baseline)
+    task = tasks.classifier_task(models.MLP(hidden)).with_hooks(regularizers.L2)
     spec = train.TrainSpec(epochs=epochs + 1, batch_size=batch, optimizer=optimizer)
     hp, seeds = sweep.grid(list(range(runs)), learning_rate=[0.1])
     timing, _ = time_grid_epochs(task, spec, hp, seeds, splits, epochs)

@@ -98,7 +98,16 @@ def _fused_fwd(x, kernel):
 def _fused_bwd(residuals, dy):
     x, kernel = residuals
     kh, kw, c, f = kernel.shape
-    d_kernel = jnp.einsum("bhwk,bhwf->kf", _patches(x, kh, kw, dy.shape[1], dy.shape[2]), dy).reshape(kernel.shape)
+    ho, wo = dy.shape[1], dy.shape[2]
+    if c == 1:
+        # The patches as (kh * kw, B * ho * wo) rows, the layout XLA gives the contraction's operand
+        # anyway: stacked on the last axis they were built as kh * kw size-1 slices, then
+        # transposed (about 3 of the 25 ms of a CNN step on the CPU); built as rows the same dot reads the
+        # same numbers, bit for bit (tested).
+        cols = jnp.stack([x[:, i:i + ho, j:j + wo, 0].reshape(-1) for i in range(kh) for j in range(kw)])
+        d_kernel = jnp.einsum("kn,nf->kf", cols, dy.reshape(-1, f)).reshape(kernel.shape)
+    else:
+        d_kernel = jnp.einsum("bhwk,bhwf->kf", _patches(x, kh, kw, ho, wo), dy).reshape(kernel.shape)
     _, x_vjp = jax.vjp(lambda x: _fused_forward(x, kernel), x)  # unused for the input images: XLA drops it
     return x_vjp(dy)[0], d_kernel
 
