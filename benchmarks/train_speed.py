@@ -25,7 +25,7 @@ def bench(hidden: tuple[int, ...], runs: int, epochs: int, batch: int, optimizer
     # as experiments.mlp trains it: the L2 hook with a traced factor (0 for the study's baseline)
     task = tasks.classifier_task(models.MLP(hidden)).with_hooks(regularizers.L2)
     spec = train.TrainSpec(epochs=epochs + 1, batch_size=batch, optimizer=optimizer)
-    hp, seeds = sweep.grid(list(range(runs)), learning_rate=[0.1])
+    hp, seeds = sweep.grid(list(range(runs)), learning_rate=[0.1], l2=[0.0])
     timing, _ = time_grid_epochs(task, spec, hp, seeds, splits, epochs)
     epoch = timing["median_epoch_seconds"]
     return {"runs": runs, "compile_s": timing["compile_seconds"], "epoch_s": epoch, "per_run_epoch_s": epoch / runs}
