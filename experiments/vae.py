@@ -145,7 +145,7 @@ def iwae_per_seed(model, params_all, n_runs: int, x_bin, labels, key, k: int, ba
     }
 
 
-def sample_labels(conditional: bool, n: int) -> jax.Array:
+def sample_labels(conditional: bool, n: int) -> np.ndarray:
     """Labels the samples are drawn with: digits 0-9 in turn for a conditional model (ignored otherwise)."""
     return np.arange(n, dtype=np.int32) % 10 if conditional else np.zeros(n, np.int32)
 
