@@ -455,7 +455,10 @@ def mlp_cmd(workdir, *extra):
 def wait_for_checkpoint(workdir, proc, epoch, timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        steps = [p for p in workdir.rglob("*") if p.is_dir() and p.name.isdigit() and p.parent.name.startswith("runs_")]
+        try:
+            steps = [p for p in workdir.rglob("*") if p.is_dir() and p.name.isdigit() and p.parent.name.startswith("runs_")]
+        except FileNotFoundError:  # a folder renamed while it was walked (orbax's temporary ones, the run's own)
+            steps = []
         if any(int(p.name) >= epoch for p in steps):
             return
         time.sleep(0.05)
