@@ -109,4 +109,5 @@ for m in sorted(pathlib.Path('$RUNS').glob('*/metrics.json')):
 " >>"$LOG" 2>&1
 find "$RUNS" runs/det_b runs/det_off \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*checkpoint*' -not -path '*params*' \
   | tar -czf "$OUT/runs.tgz" -T - 2>>"$LOG"
+sed -i "s|$PWD/||g" "$LOG"  # paths relative to the project root: the log is committed, the GPU machine's root is not ours
 tail -c 11000 "$LOG"
