@@ -27,7 +27,7 @@ import tempfile
 import time
 
 from benchmarks.common import machine
-from experiments.reproduce import STAGES
+from mnist_jax import registry
 
 COMPILE_LOG = re.compile(r"Finished XLA compilation of (\S+) in ([0-9.e-]+) sec")
 
@@ -37,13 +37,16 @@ def log_path(workdir: pathlib.Path) -> pathlib.Path:
     return workdir.parent / f"{workdir.name}.log"
 
 
-def run_job(workdir: pathlib.Path, cache: pathlib.Path, profile: str, log: pathlib.Path, log_compiles: bool) -> float:
-    """Wall seconds of one reproduce job in a fresh process; its output goes to `log`."""
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache))
+def run_job(workdir: pathlib.Path, cache: pathlib.Path, profile: str, log: pathlib.Path, log_compiles: bool,
+            only: str = "", extra_env: dict | None = None, extra_args: list[str] | None = None) -> float:
+    """Wall seconds of one reproduce job (the stages `only` names, else all; `extra_args` added to
+    its command line) in a fresh process; its output goes to `log`."""
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), **(extra_env or {}))
     env.pop("MNIST_JAX_COMPILE_CACHE", None)
     if log_compiles:
         env["JAX_LOG_COMPILES"] = "1"
     cmd = [sys.executable, "-m", "experiments.reproduce", "--workdir", str(workdir), f"--config.profile={profile}"]
+    cmd += ([f"--config.only={only}"] if only else []) + list(extra_args or [])
     start = time.perf_counter()
     with open(log, "w") as out:
         code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
@@ -56,7 +59,7 @@ def run_job(workdir: pathlib.Path, cache: pathlib.Path, profile: str, log: pathl
 def stage_compilation(workdir: pathlib.Path) -> dict[str, dict]:
     """{stage: timing.compilation of its metrics.json} for the stages the job ran."""
     out = {}
-    for stage in STAGES:
+    for stage in registry.stages():
         path = workdir / stage.name / "metrics.json"
         if path.exists():
             out[stage.name] = json.loads(path.read_text())["timing"].get("compilation", {})

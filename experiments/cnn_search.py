@@ -64,11 +64,18 @@ def judge(rows: list[dict], alpha: float) -> dict:
             "welch_vs_chosen": tests, "matters_beyond_seed_noise": matters, "detectable": detectable}
 
 
-def train_candidate(config, workdir, data, model_cfg, name: str, dropout_rates: list[float]):
-    """Train one architecture for every seed (and dropout rate) in one vmapped program."""
+def candidate(config, data, model_cfg, dropout_rates: list[float]) -> tuple:
+    """(model, task, hp, seeds, trainer) of one architecture for every seed (and dropout rate),
+    its programs compiling in the background from now on (`experiment.prepare`)."""
     model, task = tasks.classifier_from_config(config, model_cfg)
     hp, seeds = sweep.grid(experiment.seeds_of(config), **experiment.hparams(config, task, dropout_rate=dropout_rates))
-    result = experiment.train(config, workdir, task, hp, seeds, data, name=name)
+    return model, task, hp, seeds, experiment.prepare(config, task, hp, seeds, data)
+
+
+def train_candidate(config, workdir, data, prepared: tuple, name: str):
+    """Train a `candidate` for every seed (and dropout rate) in one vmapped program."""
+    model, task, hp, seeds, trainer = prepared
+    result = experiment.train(config, workdir, task, hp, seeds, data, name=name, trainer=trainer)
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     timing = {**result.timing, "runs": len(seeds), "program": name,
               "runs_table": results.runs_table(hp, seeds, result.history, ("val_accuracy", "test_accuracy"),
@@ -105,12 +112,14 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             f"{r['label']} {stats.fmt(r['val_accuracy']['mean'], '.2f', 100)} %" for r in rows))
         return verdict["chosen_value"]
 
-    # Round 1: conv filters (both layers), no hidden dense layer.
+    # Round 1: conv filters (both layers), no hidden dense layer. Every candidate of a round is
+    # known before the first trains: all of them start compiling now (in the background).
     rows = []
+    prepared = {f: candidate(config, data, model_cfg(filters=tuple(f for _ in config.model.filters), dense=0),
+                             [config.dropout_rate]) for f in config.filters_candidates}
     for f in config.filters_candidates:
-        cfg = model_cfg(filters=tuple(f for _ in config.model.filters), dense=0)
-        round1[f] = model, hist, n_params, timing = train_candidate(config, workdir, data, cfg, f"round1_filters{f}",
-                                                                    [config.dropout_rate])
+        round1[f] = model, hist, n_params, timing = train_candidate(config, workdir, data, prepared[f],
+                                                                    f"round1_filters{f}")
         trainings.append(timing)
         rows.append(candidate_row(f"{f} filters", f, hist, slice(None), n_params, timing))
         rows[-1]["architecture"] = models.architecture(model)
@@ -119,13 +128,14 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
 
     # Round 2: a dense layer after flatten (0 = none, i.e. round 1's winner).
     rows = []
+    prepared = {d: candidate(config, data, model_cfg(filters=tuple(filters for _ in config.model.filters), dense=d),
+                             [config.dropout_rate]) for d in config.dense_candidates if d != 0}
     for d in config.dense_candidates:
-        cfg = model_cfg(filters=tuple(filters for _ in config.model.filters), dense=d)
         if d == 0:  # the same runs as round 1's winner: same architecture, seeds and program
             round2[d] = model, hist, n_params, timing = round1[filters]
         else:
-            round2[d] = model, hist, n_params, timing = train_candidate(config, workdir, data, cfg, f"round2_dense{d}",
-                                                                        [config.dropout_rate])
+            round2[d] = model, hist, n_params, timing = train_candidate(config, workdir, data, prepared[d],
+                                                                        f"round2_dense{d}")
             trainings.append(timing)
         rows.append(candidate_row(f"Dense {d}" if d else "none", d, hist, slice(None), n_params, timing))
         rows[-1]["architecture"] = models.architecture(model)
@@ -139,7 +149,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     model, _, n_params, _ = winner
     new_rates = [r for r in config.dropout_rates if r != config.dropout_rate]
     if new_rates:
-        _, hist, _, timing = train_candidate(config, workdir, data, cfg, "round3_dropout", new_rates)
+        _, hist, _, timing = train_candidate(config, workdir, data, candidate(config, data, cfg, new_rates),
+                                             "round3_dropout")
         trainings.append(timing)
     rows = []
     for r in config.dropout_rates:

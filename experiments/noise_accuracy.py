@@ -93,22 +93,34 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     seed_list = [config.seed + i for i in range(config.seeds)]
     n_levels, n_seeds = len(levels), len(seed_list)
 
+    # The three classifier trainings, known before the autoencoders train: their programs compile in
+    # the background from now on (the denoised one's from the shapes of the autoencoders to come).
+    noisy_task = tasks.noisy_classifier_task(clf, None, config.seed)
+    denoised_task = tasks.noisy_classifier_task(clf, dae, config.seed)
+    clean_task = tasks.classifier_task(clf)
+    hp, seeds = sweep.grid(seed_list, **experiment.hparams(config, noisy_task, noise_level=levels))
+    hp_c, seeds_c = sweep.grid(seed_list, **experiment.hparams(config, clean_task))
+    ae_shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype),
+                                       experiment.init_shapes(dae))
+    trainers = {"noisy": experiment.prepare(config, noisy_task, hp, seeds, data),
+                "denoised": experiment.prepare(config, denoised_task, tasks.with_frozen(hp, "denoiser", ae_shapes),
+                                               seeds, data),
+                "clean": experiment.prepare(config, clean_task, hp_c, seeds_c, data)}
+
     ae_spec = TrainSpec(epochs=ae_epochs, batch_size=config.denoiser.batch_size, optimizer=config.denoiser.optimizer)
     ae, hp_ae, _ = denoising.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
                                              learning_rate=config.denoiser.learning_rate)
     experiment.save_params(workdir, ae.state.params, name="denoiser_params")
 
-    noisy_task = tasks.noisy_classifier_task(clf, None, config.seed)
-    hp, seeds = sweep.grid(seed_list, **experiment.hparams(config, noisy_task, noise_level=levels))
     assert np.array_equal(hp["noise_level"], hp_ae["noise_level"])  # run r of (b) uses autoencoder r
     results = {
-        "noisy": experiment.train(config, workdir, noisy_task, hp, seeds, data, name="noisy"),
-        "denoised": experiment.train(config, workdir, tasks.noisy_classifier_task(clf, dae, config.seed),
-                                     tasks.with_frozen(hp, "denoiser", ae.state.params), seeds, data, name="denoised"),
+        "noisy": experiment.train(config, workdir, noisy_task, hp, seeds, data, name="noisy",
+                                  trainer=trainers["noisy"]),
+        "denoised": experiment.train(config, workdir, denoised_task, tasks.with_frozen(hp, "denoiser", ae.state.params),
+                                     seeds, data, name="denoised", trainer=trainers["denoised"]),
+        "clean": experiment.train(config, workdir, clean_task, hp_c, seeds_c, data, name="clean",
+                                  trainer=trainers["clean"]),
     }
-    clean_task = tasks.classifier_task(clf)
-    hp_c, seeds_c = sweep.grid(seed_list, **experiment.hparams(config, clean_task))
-    results["clean"] = experiment.train(config, workdir, clean_task, hp_c, seeds_c, data, name="clean")
     for name, result in results.items():
         experiment.save_params(workdir, result.state.params, name=f"{name}_params")
 

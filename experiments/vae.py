@@ -83,16 +83,59 @@ def final(history: dict, key: str) -> dict:
     return {"per_seed": values, **stats.summary(values)}
 
 
-def train_vae(config, workdir, data, model_cfg, seeds, name):
+def vae_training(config, model_cfg, seeds) -> tuple:
+    """(model, task, hp, seeds) of VAEs of `model_cfg`, one per seed."""
     model = build(model_cfg, "model")
-    result = experiment.train(config, workdir, tasks.vae_task(model),
-                              *sweep.grid(seeds, learning_rate=[config.learning_rate]), data, name=name,
-                              metric="val_neg_elbo")
+    return model, tasks.vae_task(model), *sweep.grid(seeds, learning_rate=[config.learning_rate])
+
+
+def train_vae(config, workdir, data, plan: tuple, name, trainer=None):
+    """(model, SweepResult) of a `vae_training` plan, trained (by `trainer`, if one was prepared)."""
+    model, task, hp, seeds = plan
+    result = experiment.train(config, workdir, task, hp, seeds, data, name=name, metric="val_neg_elbo", trainer=trainer)
     return model, result
 
 
-def get_classifier(config, workdir: pathlib.Path, data) -> tuple:
-    """(model, params, info) of the classifier that judges the samples: loaded or trained here."""
+def classifier_training(config) -> tuple | None:
+    """(model, task, hp, seeds, spec) of the judge's classifier when this run trains it, else None."""
+    cls = config.classifier
+    if cls.workdir:
+        return None
+    model = build(cls.model, "classifier.model")
+    spec = TrainSpec(epochs=min(cls.epochs, config.epochs), batch_size=cls.batch_size, optimizer=cls.optimizer,
+                     schedule=cls.schedule)
+    task = tasks.classifier_task(model)
+    return model, task, *sweep.grid([cls.seed], **experiment.hparams(cls, task, spec)), spec
+
+
+def map_training(config) -> tuple | None:
+    """(config, model block, model, task, hp, seeds) of the 2-D VAE trained for vae_latent.png, or
+    None when the main model is 2-D and unconditional (it draws the map) or `map_epochs` is 0."""
+    if (config.model.latent == 2 and not config.model.conditional) or config.map_epochs <= 0:
+        return None
+    map_cfg = ml_collections.ConfigDict(config.model.to_dict() | {"latent": 2, "conditional": False})
+    map_config = ml_collections.ConfigDict(config.to_dict())
+    map_config.epochs = min(config.epochs, config.map_epochs)
+    return map_config, map_cfg, *vae_training(map_config, map_cfg, [config.seed])
+
+
+def prepare_side_trainings(config, data) -> dict:
+    """{"classifier", "vae_2d"}: (plan, trainer) of the judge's classifier and of the 2-D VAE
+    (those this run trains), their programs compiling in the background from now on while the
+    main VAEs train (`experiment.prepare`)."""
+    out = {}
+    if (plan := classifier_training(config)) is not None:
+        _, task, hp, seeds, spec = plan
+        out["classifier"] = plan, experiment.prepare(config, task, hp, seeds, data, spec)
+    if (plan := map_training(config)) is not None:
+        map_config, _, _, task, hp, seeds = plan
+        out["vae_2d"] = plan, experiment.prepare(map_config, task, hp, seeds, data)
+    return out
+
+
+def get_classifier(config, workdir: pathlib.Path, data, prepared: tuple | None = None) -> tuple:
+    """(model, params, info) of the classifier that judges the samples: loaded or trained here
+    (`prepared`: its (plan, trainer) from `prepare_side_trainings`, if any)."""
     cls = config.classifier
     if cls.workdir:
         path = pathlib.Path(cls.workdir)
@@ -108,12 +151,8 @@ def get_classifier(config, workdir: pathlib.Path, data) -> tuple:
             model, params = experiment.restore_run(path, cls_config["model"], 0)
             info = {"source": f"run 0 of {cls.workdir}", "model": cls_config["model"]}
     else:
-        model = build(cls.model, "classifier.model")
-        spec = TrainSpec(epochs=min(cls.epochs, config.epochs), batch_size=cls.batch_size, optimizer=cls.optimizer,
-                         schedule=cls.schedule)
-        task = tasks.classifier_task(model)
-        hp, seeds = sweep.grid([cls.seed], **experiment.hparams(cls, task, spec))
-        result = experiment.train(config, workdir, task, hp, seeds, data, name="classifier", spec=spec)
+        (model, task, hp, seeds, spec), trainer = prepared or (classifier_training(config), None)
+        result = experiment.train(config, workdir, task, hp, seeds, data, name="classifier", spec=spec, trainer=trainer)
         experiment.save_params(workdir, result.state.params, "classifier_params")
         params = run_params(result.state.params, 0)
         info = {"source": "trained in this run", "model": cls.model.to_dict(), "epochs": spec.epochs,
@@ -193,7 +232,8 @@ def describe(model_cfg, n_params: int) -> str:
     return f"VAE ({arch}, latent {model_cfg.latent}{cond}, {n_params:,} params)"
 
 
-def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, result, base_key):
+def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, result, base_key,
+                  classifier_trainer=None):
     """Prior samples of every run judged by a classifier: (samples, the sample_quality block of
     metrics.json, seconds per run to draw them); run 0's samples go to samples.npy."""
     seeds = experiment.seeds_of(config)
@@ -207,7 +247,7 @@ def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
     sample_seconds = (time.perf_counter() - start) / len(seeds)
     if distributed.is_writer():  # in a multi-process run, process 0 alone writes the workdir
         np.save(workdir / "samples.npy", samples[0].astype(np.float32))
-    cls_model, cls_params, cls_info = get_classifier(config, workdir, data)
+    cls_model, cls_params, cls_info = get_classifier(config, workdir, data, classifier_trainer)
     test_x = np.asarray(data.test_x)  # host copies: indexing a device array eagerly compiles a program
     test_probs, test_feats = generative.classify(cls_model, cls_params, test_x)
     _, train_feats = generative.classify(cls_model, cls_params, np.asarray(data.train_x)[: test_x.shape[0]])
@@ -304,23 +344,23 @@ def run0_figures(config: ml_collections.ConfigDict, workdir: pathlib.Path, data,
 
 
 
-def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, p0, test_bin) -> dict | None:
+def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, p0, test_bin,
+               prepared: tuple | None = None) -> dict | None:
     """vae_latent.png: the 2-D latent space of the main model if it is 2-D and unconditional, else
-    of a 2-D model trained here for `map_epochs` epochs (none when 0); what it shows, or None."""
+    of a 2-D model trained here for `map_epochs` epochs (none when 0; `prepared`: its (plan,
+    trainer) from `prepare_side_trainings`, if any); what it shows, or None."""
     cond = bool(config.model.conditional)
     test_y = np.asarray(data.test_y)
     map_info = None
+    plan, trainer = prepared or (map_training(config), None)
     if config.model.latent == 2 and not cond:
         map_model, map_params, map_info = model, p0, {"model": "the main model (latent 2)"}
-    elif config.map_epochs > 0:
-        map_cfg = config.model.to_dict() | {"latent": 2, "conditional": False}
-        map_config = ml_collections.ConfigDict(config.to_dict())
-        map_config.epochs = min(config.epochs, config.map_epochs)
-        map_model, map_result = train_vae(map_config, workdir, data, ml_collections.ConfigDict(map_cfg), [config.seed],
-                                          "vae_2d")
+    elif plan is not None:
+        map_config, map_cfg, *training = plan
+        map_model, map_result = train_vae(map_config, workdir, data, tuple(training), "vae_2d", trainer)
         experiment.save_params(workdir, map_result.state.params, "params_2d")
         map_params = run_params(map_result.state.params, 0)
-        map_info = {"model": map_cfg, "epochs": map_config.epochs, "seed": config.seed,
+        map_info = {"model": map_cfg.to_dict(), "epochs": map_config.epochs, "seed": config.seed,
                     "test_neg_elbo": float(map_result.history["test_neg_elbo"][0, -1]), "timing": map_result.timing}
     if map_info is not None:
         values = sps.norm.ppf(np.linspace(0.03, 0.97, MAP_GRID)).astype(np.float32)
@@ -344,7 +384,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     seeds = experiment.seeds_of(config)
     base_key = jax.random.key(config.seed)
 
-    model, result = train_vae(config, workdir, data, config.model, seeds, "vae")
+    side = prepare_side_trainings(config, data)  # compiled in the background while the VAEs train
+    model, result = train_vae(config, workdir, data, vae_training(config, config.model, seeds), "vae")
     experiment.save_params(workdir, result.state.params)
     history = result.history
     p0 = run_params(result.state.params, 0)
@@ -380,10 +421,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     metrics["iwae"]["subset"] = ("the whole test set" if n_iwae == data.test_x.shape[0]
                                  else f"the first {n_iwae} of {data.test_x.shape[0]} test images")
 
-    samples, metrics["sample_quality"], sample_seconds = judge_samples(config, workdir, data, model, result, base_key)
+    samples, metrics["sample_quality"], sample_seconds = judge_samples(config, workdir, data, model, result, base_key,
+                                                                       side.get("classifier"))
     run0_figures(config, workdir, data, model, p0, samples[0], test_bin, f"{name}, run seed {seeds[0]}", run_desc,
                  base_key)
-    map_info = latent_map(config, workdir, data, model, p0, test_bin)
+    map_info = latent_map(config, workdir, data, model, p0, test_bin, side.get("vae_2d"))
     if map_info is not None:
         metrics["latent_map"] = map_info
 

@@ -137,16 +137,29 @@ def hparams(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | Non
     return out
 
 
+def prepare(config: ml_collections.ConfigDict, task: Task, hp: dict, seeds: Any, data: data_lib.Splits,
+            spec: TrainSpec | None = None) -> sweep.GridTrainer:
+    """Start compiling, in the background, the programs of a later `train(config, ..., trainer=)`
+    of this grid (`sweep.GridTrainer.precompile`): an experiment that trains several grids one
+    after the other prepares the next ones first, so their compilation overlaps training (or each
+    other). hp and seeds need only the right shapes: a hyperparameter another training will
+    produce can be a `jax.ShapeDtypeStruct`."""
+    spec = spec or train_spec(config)
+    return sweep.GridTrainer(task, spec).precompile(hp, seeds, data, run_chunk=run_chunk(config, task),
+                                                    chunk_epochs=config.get("chunk_epochs", 1))
+
+
 def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: Any,
           data: data_lib.Splits, name: str = "train", spec: TrainSpec | None = None,
-          metric: str = "val_accuracy") -> SweepResult:
+          metric: str = "val_accuracy", trainer: sweep.GridTrainer | None = None) -> SweepResult:
     """`train_grid` with the config's spec, a progress bar, and checkpoints in workdir/checkpoints/name.
 
     A workdir that already holds checkpoints of this training resumes from the newest one.
     `metric` is the history entry shown in the progress bar. `seeds`: (R,) run seeds, or
-    per-stream seeds {stream: (R,)}. How many runs share a program: `run_chunk`.
+    per-stream seeds {stream: (R,)}. How many runs share a program: `run_chunk`. `trainer`: the
+    one `prepare` returned for this training (its programs compiled ahead), if any.
     """
-    spec = spec or train_spec(config)
+    spec = spec or (trainer.spec if trainer is not None else train_spec(config))
     ckpt_dir = workdir / "checkpoints" / name
     if distributed.is_writer():
         mark_checkpoints_code(workdir)
@@ -157,7 +170,7 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, 
         result = train_grid(task, spec, hp, seeds, data, chunk_epochs=config.get("chunk_epochs", 1),
                             run_chunk=chunk, checkpoint_dir=str(ckpt_dir),
                             checkpoint_every=config.get("checkpoint_every", 1),
-                            checkpoint_seconds=config.get("checkpoint_seconds", 0.0), progress=bar)
+                            checkpoint_seconds=config.get("checkpoint_seconds", 0.0), progress=bar, trainer=trainer)
     finally:
         bar.close()
     if result.resumed_from_epoch is not None:
@@ -333,6 +346,8 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
         if workdir is not None and workdir_lib.checkpoint_epoch(run_dir) == 0:
             workdir.abandon()
         raise
+    finally:
+        sweep.cancel_ahead()  # nothing this run queued compiles into the next one
     metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
     metrics["timing"]["compilation"] = compilation.since(compiled)  # every program of the run, not only training's
     prov = provenance.collect(command, started)

@@ -23,3 +23,14 @@ def test_the_cnn_and_denoising_benchmarks_run(capsys):
                                "--train-images", "256"]) in (0, None)
     out = capsys.readouterr().out
     assert "fused" in out and "threefry16" in out
+
+
+@pytest.mark.parametrize("module", ["benchmarks.compile_cache", "benchmarks.reproduce_variants"])
+def test_the_compile_benchmarks_load(module):
+    """They run whole reproduce jobs (minutes), so here only their command line: an import that
+    broke (a name moved in the library) fails here, not in front of the next person timing it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True)
+    assert "usage:" in out.stdout
