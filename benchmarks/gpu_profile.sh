@@ -15,12 +15,17 @@
 #   persistent compilation cache the first call filled (.cache/gpu_profile/xla, git-ignored, kept
 #   between calls), no determinism runs: compile seconds per stage, cold against warm.
 #   With ONE_PROCESS=1, the stages run as one `reproduce` process (how users run the job: the process
-#   start, imports and backend initialisation are paid once), stage times from its "done in" lines.
+#   start, imports and backend initialisation are paid once), stage times from its "done in" lines;
+#   JOBS=N (with ONE_PROCESS=1) runs it with --config.jobs=N: up to N stages at once, each in its own process.
 #   With BENCH=1, after the stages: benchmarks/train_speed.py (dense net, 1 and 64 vmapped runs, no compile cache)
 #   with the default GPU settings and with variants (deterministic ops off, Triton GEMMs off, while loops in
 #   CUDA command buffers), as long as time is left.
+#   With AHEAD_BENCH=1, after that: benchmarks/reproduce_variants.py, the stages that train several grids
+#   (AHEAD_STAGES, default cnn_search,noise_accuracy,vae) cold, with MNIST_JAX_COMPILE_AHEAD=0 and with
+#   the default (compiling ahead on 4 threads on a 16-core machine), one repeat each, as long as time is
+#   left (about 2 x 180 s for the three at the full profile on an H100; STAGES=" " leaves the time to it).
 # Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full), WARM, BENCH,
-# ONE_PROCESS.
+# ONE_PROCESS, JOBS, AHEAD_BENCH, AHEAD_STAGES.
 set -u
 if [ "${1:-}" = prepare ]; then
   PY=${PY:-python}
@@ -64,9 +69,9 @@ done_list=""
 if [ "${ONE_PROCESS:-0}" = 1 ]; then  # the job as users run it: every stage in one reproduce process
   t=$(date +%s)
   timeout "$(left)" $PY -m experiments.reproduce --workdir "$RUNS" --config.profile=$PROFILE \
-    --config.only="$(echo $STAGES | tr ' ' ',')" >"$SCRATCH/stage.log" 2>&1
-  echo "== one process, stages $STAGES: rc=$? wall=$(( $(date +%s) - t )) s" >>"$LOG"
-  tr '\r' '\n' <"$SCRATCH/stage.log" | grep -E '^\[|done in|^wrote .*REPORT' >>"$LOG"
+    --config.only="$(echo $STAGES | tr ' ' ',')" --config.jobs=${JOBS:-1} >"$SCRATCH/stage.log" 2>&1
+  echo "== one process (jobs ${JOBS:-1}), stages $STAGES: rc=$? wall=$(( $(date +%s) - t )) s" >>"$LOG"
+  tr '\r' '\n' <"$SCRATCH/stage.log" | grep -E '^\[[0-9]|done in|^wrote .*REPORT|rror' | tail -n 60 >>"$LOG"
   STAGES=""  # no stage-by-stage pass (and no determinism runs) after it
 fi
 for s in $STAGES; do
@@ -99,6 +104,13 @@ if [ "${BENCH:-0}" = 1 ]; then  # the dense net, 1 run and 64 vmapped, with vari
     env MNIST_JAX_COMPILE_CACHE=0 $([ "$v" = default ] || echo "$v") timeout 60 $PY benchmarks/train_speed.py \
       --runs 1 64 --epochs 3 2>&1 | grep -v -i warning | tail -n 4 >>"$LOG"
   done
+fi
+if [ "${AHEAD_BENCH:-0}" = 1 ]; then  # compiling ahead against compiling on first use, cold
+  if [ "$(left)" -gt 120 ]; then
+    rm -rf runs/ahead; echo "== reproduce_variants: compiling ahead off and on, $(left) s left" >>"$LOG"
+    timeout "$(left)" $PY -m benchmarks.reproduce_variants --out runs/ahead --profile $PROFILE --repeats 1 \
+      --stages "${AHEAD_STAGES:-cnn_search,noise_accuracy,vae}" 2>&1 | grep -v -i warning | tail -n 14 >>"$LOG"
+  else echo "== reproduce_variants skipped: $(left) s left" >>"$LOG"; fi
 fi
 $PY -c "
 import json, pathlib

@@ -19,4 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     # same_code: keep a complete stage only if the code that made it is the code running now
     # (its provenance.code_id); any: keep complete stages whatever code made them (REPORT.md says so)
     c.reuse = "same_code"
+    # stages run at once, each in its own process (1: one after the other, in this process); their
+    # numbers are the same, their timings are not (they share the machine)
+    c.jobs = 1
     return c

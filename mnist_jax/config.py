@@ -199,6 +199,7 @@ RULES = {
     "schedule": _one_of(SCHEDULES),
     "protocol": (lambda v: v in ("holdout", "study"), "'holdout' or 'study'"),
     "reuse": (lambda v: v in ("same_code", "any"), "'same_code' or 'any'"),
+    "jobs": (lambda v: _is_int(v) and 1 <= v <= 64, "an integer in 1..64 (stages at once)"),
     "max_shift": (lambda v: _is_int(v) and 0 <= v <= 8, "an integer in 0..8 (0 = off)"),
     "train_images": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = the whole training split)"),
     "conv_impl": _one_of(("auto", *CONV_IMPLS)),

@@ -196,3 +196,36 @@ def test_evaluate_applies_every_stage_that_trains_a_model(quick_job, tmp_path, c
         capsys.readouterr()
         assert evaluate.main([*args, "--seed", str(n)]) == 2, stage.name
         assert f"this workdir has runs 0..{n - 1}" in capsys.readouterr().err, stage.name
+
+
+@pytest.mark.integration
+def test_stages_in_parallel_processes_give_the_same_numbers(quick_job, tmp_path, capsys):
+    from mnist_jax import compare
+
+    job = tmp_path / "job"
+    shutil.copytree(quick_job, job)
+    assert reproduce.main(["--workdir", str(job), "--config.only=mlp,label_smoothing", "--config.force=True",
+                           "--config.jobs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "up to 2 at once" in out and "[mlp] " in out and "[label_smoothing] " in out
+    for name in ("mlp", "label_smoothing"):
+        assert compare.compare_workdirs(quick_job / name, job / name) == [], name
+        m = json.loads((job / name / "metrics.json").read_text())
+        assert m["provenance"]["command"].startswith(f"python -m experiments."), m["provenance"]["command"]
+
+
+def test_stage_processes_report_failures_and_share_the_gpu(tmp_path, capsys):
+    from mnist_jax.config import ConfigError
+
+    good = tmp_path / "good.json"
+    good.write_text('{"a": 1}')
+    ok = registry.Experiment("ok", "json.tool", good)
+    bad = registry.Experiment("bad", "json.tool", tmp_path / "missing.json")
+    started = []
+    with pytest.raises(ConfigError, match=r"bad \(exit code 2\)"):
+        reproduce.run_in_processes([ok, bad], lambda s: [str(s.config)], 2, started.append)
+    out = capsys.readouterr().out
+    assert started == [ok, bad] and "[ok] {" in out and '[ok]     "a": 1' in out and "[bad] usage:" in out
+    assert reproduce.stage_env(3, {})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.30"
+    mine = reproduce.stage_env(3, {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in mine and mine["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
