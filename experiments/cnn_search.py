@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import experiment, models, plots, provenance, results, stats, sweep, tasks
-from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, table
+from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, table, waited
 
 
 def candidate_row(label: str, value, hist: dict, rows: slice, n_params: int, timing: dict) -> dict:
@@ -179,7 +179,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "timing": {"data_seconds": data_seconds, "device": provenance.describe_devices(),
                    "programs": trainings,
                    "train_seconds": sum(t["train_seconds"] for t in trainings),
-                   "compile_seconds": sum(t["compile_seconds"] for t in trainings)},
+                   "compile_seconds": sum(t["compile_seconds"] for t in trainings),
+                   "compile_wait_seconds": sum(t["compile_wait_seconds"] for t in trainings)},
     }
 
 
@@ -223,7 +224,7 @@ def section(m: dict) -> str:
     if "programs" in t:
         parts.append(f"Wall time {t.get('wall_seconds', 0):.1f} s on {t.get('device', 'an unknown device')}: "
                      f"{len(t['programs'])} training programs, {t['train_seconds']:.0f} s of training and "
-                     f"{t['compile_seconds']:.0f} s of compiling; reused candidates are not trained again.")
+                     f"{t['compile_seconds']:.0f} s of compiling{waited(t)}; reused candidates are not trained again.")
     if c := t.get("compilation"):  # every program of the stage, not only training's (mnist_jax.compilation)
         parts.append(f"Programs of the whole stage: {c['programs']}, {c['cache_hits']} loaded from the persistent "
                      f"compilation cache; {c['compile_seconds']:.1f} s compiling or loading them.")

@@ -55,6 +55,15 @@ def ci(s: dict, scale: float = 100.0, digits: int = 2) -> str:
     return f"[{scale * s['ci_low']:.{digits}f}, {scale * s['ci_high']:.{digits}f}]"
 
 
+def waited(t: dict) -> str:
+    """', of which training waited W s' where some of a training's compile time ran ahead, in the
+    background (`sweep.GridTrainer.precompile`), else ''."""
+    wait = t.get("compile_wait_seconds")
+    if wait is None or wait >= t.get("compile_seconds", 0.0) - 0.05:
+        return ""
+    return f", of which training waited {wait:.1f} s"
+
+
 def timing_line(m: dict) -> str:
     """The wall time of a stage, and of its main training program: compile time and the steady
     epoch of the runs one call trains (an experiment without a main program: wall time only)."""
@@ -62,7 +71,7 @@ def timing_line(m: dict) -> str:
     line = f"Wall time {t.get('wall_seconds', 0):.1f} s on {t.get('device', 'an unknown device')}"
     if "runs_per_call" in t:
         n = t["runs_per_call"]
-        line += (f" (compile {t['compile_seconds']:.1f} s; one epoch of the {n} run{'s' * (n > 1)} one program "
+        line += (f" (compile {t['compile_seconds']:.1f} s{waited(t)}; one epoch of the {n} run{'s' * (n > 1)} one program "
                  f"call trains, steady state: {t['steady_epoch_seconds']:.3f} s, "
                  f"{t['steady_run_epoch_seconds']:.3f} s per run-epoch)")
     if c := t.get("compilation"):  # every program the run compiled, from mnist_jax.compilation

@@ -113,3 +113,15 @@ def test_a_compile_cancelled_with_its_experiment_is_done_on_first_use(tiny, buil
     result = sweep.train_grid(task, spec, hp, seeds, tiny, trainer=trainer)
     assert builds == ["MainThread"] * 2  # built on first use instead
     same_result(result, sweep.train_grid(task, spec, hp, seeds, tiny))
+
+
+def test_reports_say_how_much_of_the_compile_time_training_waited_for():
+    from mnist_jax import report
+
+    ahead = {"compile_seconds": 10.0, "compile_wait_seconds": 3.25}
+    assert report.waited(ahead) == ", of which training waited 3.2 s"
+    assert report.waited({"compile_seconds": 10.0, "compile_wait_seconds": 10.0}) == ""  # all on first use
+    assert report.waited({"compile_seconds": 10.0}) == ""  # metrics.json of code before compiling ahead
+    line = report.timing_line({"timing": {"wall_seconds": 20.0, "device": "cpu", "runs_per_call": 2,
+                                          "steady_epoch_seconds": 1.0, "steady_run_epoch_seconds": 0.5, **ahead}})
+    assert "(compile 10.0 s, of which training waited 3.2 s; one epoch" in line
