@@ -211,7 +211,7 @@ def test_stages_in_parallel_processes_give_the_same_numbers(quick_job, tmp_path,
     for name in ("mlp", "label_smoothing"):
         assert compare.compare_workdirs(quick_job / name, job / name) == [], name
         m = json.loads((job / name / "metrics.json").read_text())
-        assert m["provenance"]["command"].startswith(f"python -m experiments."), m["provenance"]["command"]
+        assert m["provenance"]["command"].startswith("python -m experiments."), m["provenance"]["command"]
 
 
 def test_stage_processes_report_failures_and_share_the_gpu(tmp_path, capsys):
