@@ -20,12 +20,14 @@
 #   With BENCH=1, after the stages: benchmarks/train_speed.py (dense net, 1 and 64 vmapped runs, no compile cache)
 #   with the default GPU settings and with variants (deterministic ops off, Triton GEMMs off, while loops in
 #   CUDA command buffers), as long as time is left.
-#   With AHEAD_BENCH=1, after that: benchmarks/reproduce_variants.py, the stages that train several grids
-#   (AHEAD_STAGES, default cnn_search,noise_accuracy,vae) cold, with MNIST_JAX_COMPILE_AHEAD=0 and with
-#   the default (compiling ahead on 4 threads on a 16-core machine), one repeat each, as long as time is
-#   left (about 2 x 180 s for the three at the full profile on an H100; STAGES=" " leaves the time to it).
+#   With VARIANTS=ahead|autotune|jobs, after that: benchmarks/reproduce_variants.py, VARIANT_STAGES (default
+#   cnn_search,noise_accuracy,vae) cold, one repeat per variant, as long as time is left (about 180 s a variant
+#   for the three at the full profile on an H100; STAGES=" " leaves the time to it): ahead = compiling ahead off
+#   (MNIST_JAX_COMPILE_AHEAD=0) and on (the default: 4 threads on 16 cores); autotune = the default against
+#   XLA_FLAGS=--xla_gpu_autotune_level=0 (GPU compile time; its last line says whether the numbers stay);
+#   jobs = --config.jobs=1 against 3.
 # Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full), WARM, BENCH,
-# ONE_PROCESS, JOBS, AHEAD_BENCH, AHEAD_STAGES.
+# ONE_PROCESS, JOBS, VARIANTS, VARIANT_STAGES.
 set -u
 if [ "${1:-}" = prepare ]; then
   PY=${PY:-python}
@@ -105,12 +107,18 @@ if [ "${BENCH:-0}" = 1 ]; then  # the dense net, 1 run and 64 vmapped, with vari
       --runs 1 64 --epochs 3 2>&1 | grep -v -i warning | tail -n 4 >>"$LOG"
   done
 fi
-if [ "${AHEAD_BENCH:-0}" = 1 ]; then  # compiling ahead against compiling on first use, cold
-  if [ "$(left)" -gt 120 ]; then
-    rm -rf runs/ahead; echo "== reproduce_variants: compiling ahead off and on, $(left) s left" >>"$LOG"
-    timeout "$(left)" $PY -m benchmarks.reproduce_variants --out runs/ahead --profile $PROFILE --repeats 1 \
-      --stages "${AHEAD_STAGES:-cnn_search,noise_accuracy,vae}" 2>&1 | grep -v -i warning | tail -n 14 >>"$LOG"
-  else echo "== reproduce_variants skipped: $(left) s left" >>"$LOG"; fi
+if [ -n "${VARIANTS:-}" ]; then  # a setting of the job against another, cold (benchmarks/reproduce_variants.py)
+  case "$VARIANTS" in
+    ahead) V=(--variant "ahead_off: MNIST_JAX_COMPILE_AHEAD=0" --variant "default:") ;;
+    autotune) V=(--variant "default:" --variant "autotune0: XLA_FLAGS=--xla_gpu_autotune_level=0") ;;
+    jobs) V=(--variant "jobs1:" --variant "jobs3: --config.jobs=3") ;;
+    *) echo "VARIANTS=$VARIANTS: expected ahead, autotune or jobs" >>"$LOG"; V=() ;;
+  esac
+  if [ ${#V[@]} -gt 0 ] && [ "$(left)" -gt 120 ]; then
+    rm -rf runs/variants; echo "== reproduce_variants $VARIANTS, $(left) s left" >>"$LOG"
+    timeout "$(left)" $PY -m benchmarks.reproduce_variants --out runs/variants --profile $PROFILE --repeats 1 \
+      --stages "${VARIANT_STAGES:-cnn_search,noise_accuracy,vae}" "${V[@]}" 2>&1 | grep -v -i warning | tail -n 16 >>"$LOG"
+  elif [ ${#V[@]} -gt 0 ]; then echo "== reproduce_variants skipped: $(left) s left" >>"$LOG"; fi
 fi
 $PY -c "
 import json, pathlib
