@@ -215,14 +215,17 @@ class GridTrainer:
             self._ahead[key] = pool.submit(self._build, fn, args, in_shardings, donate)
 
     def precompile(self, hp: dict, seeds: Any, data: Splits, *, run_chunk: int | None = None,
-                   chunk_epochs: int = 1) -> GridTrainer:
+                   chunk_epochs: int = 1, init: bool = True) -> GridTrainer:
         """Start compiling, in background threads, the programs `train_grid(..., trainer=self)`
-        will call for this grid (the same `run_chunk` and `chunk_epochs`); returns self.
+        will call for this grid (the same `run_chunk` and `chunk_epochs`; `init=False`: not the
+        init program); returns self.
 
         Only shapes are read: hp and seeds may hold `jax.ShapeDtypeStruct`s (hyperparameters that
         another training will produce). Nothing happens when compiling ahead is off
         (`ahead_threads`). A failed compile raises where `train_grid` takes the program."""
         check_hparams(self.task, self.spec, hp)
+        if _ahead_pool() is None:
+            return self
         per_call = runs_per_call(num_runs(seeds), run_chunk, self.n_devices)
 
         def like(a, dtype, sharding):
@@ -232,8 +235,9 @@ class GridTrainer:
         seeds_a = jax.tree_util.tree_map(lambda a: like(a, np.int32, self.run_sharding), seeds)
         data_a = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=self.replicated),
                                         data)
-        self._compile_ahead(("init", _runs_shape(seeds_a)), self._init_fn(data.train_x.shape[0]), (hp_a, seeds_a),
-                            (self.run_sharding, self.run_sharding))
+        if init:
+            self._compile_ahead(("init", _runs_shape(seeds_a)), self._init_fn(data.train_x.shape[0]), (hp_a, seeds_a),
+                                (self.run_sharding, self.run_sharding))
         state = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.run_sharding, weak_type=a.weak_type),
             jax.eval_shape(self._init_fn(data.train_x.shape[0]), hp_a, seeds_a))
@@ -303,6 +307,9 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
     if n_runs == 0:
         raise ValueError("the grid is empty: at least one run is needed")
     per_call = runs_per_call(n_runs, run_chunk, trainer.n_devices)
+    # The epoch programs compile in the background while this thread builds (or restores) the
+    # initial state, unless they were prepared earlier or compiling ahead is off.
+    trainer.precompile(hp, seeds, data, run_chunk=run_chunk, chunk_epochs=chunk_epochs, init=False)
     states, histories, epoch_times, resumed = [], [], [], None
     train_seconds = 0.0
     compile_before, wait_before = trainer.compile_seconds, trainer.compile_wait_seconds

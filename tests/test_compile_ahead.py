@@ -45,7 +45,9 @@ def test_precompiled_programs_are_used_and_give_the_same_numbers(tiny, builds):
     task, hp, seeds = dense_grid()
     spec = train.TrainSpec(epochs=3, batch_size=64)
     plain = sweep.train_grid(task, spec, hp, seeds, tiny, chunk_epochs=2)
-    assert builds == ["MainThread"] * 3  # init, 2 epochs, the last epoch
+    # on its own, train_grid builds the initial state here while its 2 epoch programs (2 epochs,
+    # the last epoch) compile in the background
+    assert builds.count("MainThread") == 1 and len(builds) == 3, builds
     builds.clear()
 
     trainer = sweep.GridTrainer(task, spec).precompile(hp, seeds, tiny, chunk_epochs=2)
