@@ -201,7 +201,9 @@ class GridTrainer:
         if key not in self._compiled:
             start = time.perf_counter()
             ahead = self._ahead.pop(key, None)
-            if ahead is not None and not ahead.cancelled():  # cancelled: queued when its experiment ended
+            # Still queued (behind other programs), or cancelled with its experiment: built here and
+            # now; the caller only ever waits for a compile that is already running.
+            if ahead is not None and not ahead.cancel():
                 self._compiled[key], seconds = ahead.result()
             else:
                 self._compiled[key], seconds = self._build(fn, args, in_shardings, donate)

@@ -29,6 +29,14 @@ def builds(monkeypatch):
     return seen
 
 
+def settle(trainer: sweep.GridTrainer) -> sweep.GridTrainer:
+    """Wait until the trainer's queued programs are built (a program still queued when training
+    asks for it is built by the caller instead)."""
+    for future in list(trainer._ahead.values()):
+        future.exception()
+    return trainer
+
+
 def dense_grid():
     task = tasks.classifier_task(models.MLP((16,))).with_hooks(regularizers.L2)
     hp, seeds = sweep.grid([0, 1], l2=[0.0, 1e-3], learning_rate=[0.1])
@@ -50,7 +58,7 @@ def test_precompiled_programs_are_used_and_give_the_same_numbers(tiny, builds):
     assert builds.count("MainThread") == 1 and len(builds) == 3, builds
     builds.clear()
 
-    trainer = sweep.GridTrainer(task, spec).precompile(hp, seeds, tiny, chunk_epochs=2)
+    trainer = settle(sweep.GridTrainer(task, spec).precompile(hp, seeds, tiny, chunk_epochs=2))
     ahead = sweep.train_grid(task, spec, hp, seeds, tiny, chunk_epochs=2, trainer=trainer)
     assert len(builds) == 3 and all(name.startswith("mnist_jax-compile-ahead") for name in builds), builds
     same_result(plain, ahead)
@@ -63,7 +71,7 @@ def test_hyperparameters_given_as_shapes_and_run_chunks(tiny, builds):
     task, hp, seeds = dense_grid()
     spec = train.TrainSpec(epochs=1, batch_size=64)
     shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in hp.items()}
-    trainer = sweep.GridTrainer(task, spec).precompile(shapes, seeds, tiny, run_chunk=3)
+    trainer = settle(sweep.GridTrainer(task, spec).precompile(shapes, seeds, tiny, run_chunk=3))
     result = sweep.train_grid(task, spec, hp, seeds, tiny, run_chunk=3, trainer=trainer)
     assert len(builds) == 2 and "MainThread" not in builds, builds
     same_result(result, sweep.train_grid(task, spec, hp, seeds, tiny, run_chunk=3))
@@ -73,7 +81,7 @@ def test_the_experiment_layer_prepares_what_train_runs(tiny, builds, tmp_path):
     task, hp, seeds = dense_grid()
     config = ml_collections.ConfigDict({"epochs": 2, "batch_size": 64, "optimizer": "sgd", "schedule": "constant",
                                         "chunk_epochs": 1, "checkpoint_every": 1, "checkpoint_seconds": 0.0})
-    trainer = experiment.prepare(config, task, hp, seeds, tiny)
+    trainer = settle(experiment.prepare(config, task, hp, seeds, tiny))
     result = experiment.train(config, tmp_path, task, hp, seeds, tiny, trainer=trainer)
     assert len(builds) == 2 and "MainThread" not in builds, builds
     assert result.history["loss"].shape == (4, 2)
@@ -114,6 +122,22 @@ def test_a_compile_cancelled_with_its_experiment_is_done_on_first_use(tiny, buil
     busy.set()
     result = sweep.train_grid(task, spec, hp, seeds, tiny, trainer=trainer)
     assert builds == ["MainThread"] * 2  # built on first use instead
+    builds.clear()
+
+
+def test_a_program_still_queued_when_needed_is_built_by_the_caller(tiny, builds, monkeypatch):
+    """With one thread busy on other programs, training does not wait behind them in the queue."""
+    monkeypatch.setenv(sweep.AHEAD_ENV, "1")
+    task, hp, seeds = dense_grid()
+    spec = train.TrainSpec(epochs=1, batch_size=64)
+    busy = threading.Event()
+    blocker = sweep._ahead_pool().submit(busy.wait, 60)
+    trainer = sweep.GridTrainer(task, spec).precompile(hp, seeds, tiny)
+    result = sweep.train_grid(task, spec, hp, seeds, tiny, trainer=trainer)
+    busy.set()
+    blocker.result()
+    assert builds == ["MainThread"] * 2
+    same_result(result, sweep.train_grid(task, spec, hp, seeds, tiny))
     same_result(result, sweep.train_grid(task, spec, hp, seeds, tiny))
 
 
