@@ -100,8 +100,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     clean_task = tasks.classifier_task(clf)
     hp, seeds = sweep.grid(seed_list, **experiment.hparams(config, noisy_task, noise_level=levels))
     hp_c, seeds_c = sweep.grid(seed_list, **experiment.hparams(config, clean_task))
-    ae_shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype),
-                                       experiment.init_shapes(dae))
+    ae_shapes = experiment.init_shapes(dae, runs=len(seeds))
     trainers = {"noisy": experiment.prepare(config, noisy_task, hp, seeds, data),
                 "denoised": experiment.prepare(config, denoised_task, tasks.with_frozen(hp, "denoiser", ae_shapes),
                                                seeds, data),

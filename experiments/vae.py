@@ -142,9 +142,7 @@ def get_classifier(config, workdir: pathlib.Path, data, prepared: tuple | None =
         cls_config = experiment.read_json(path / "config.json")
         if classifier_params_dir(path) == "classifier_params":  # the classifier a vae run trained
             model = build(ml_collections.ConfigDict(cls_config["classifier"]["model"]), "classifier.workdir")
-            like = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1, *a.shape), a.dtype),
-                                          experiment.init_shapes(model))
-            params = run_params(experiment.load_params(path, like, "classifier_params"), 0)
+            params = run_params(experiment.load_params(path, experiment.init_shapes(model, runs=1), "classifier_params"), 0)
             info = {"source": f"the classifier trained by the vae run in {cls.workdir}",
                     "model": cls_config["classifier"]["model"]}
         else:

@@ -246,14 +246,19 @@ def run_count(metrics: dict) -> int:
     return len(metrics["seeds"])
 
 
-def init_shapes(model) -> Any:
-    """Shapes of one run's params of `model` (nothing is allocated)."""
+def init_shapes(model, runs: int | None = None) -> Any:
+    """Shapes of one run's params of `model`, or of `runs` runs stacked on a leading run axis
+    (nothing is allocated)."""
     from mnist_jax import models
 
     x = jnp.zeros((1, *data_lib.IMAGE_SHAPE))
     if isinstance(model, models.VAE):
-        return jax.eval_shape(lambda: model.init(jax.random.key(0), x, jax.random.key(1), jnp.zeros((1,), jnp.int32)))
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+        one = jax.eval_shape(lambda: model.init(jax.random.key(0), x, jax.random.key(1), jnp.zeros((1,), jnp.int32)))
+    else:
+        one = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    if runs is None:
+        return one
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((runs, *a.shape), a.dtype), one)
 
 
 def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: str = "params",
@@ -276,9 +281,7 @@ def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: 
     runs = list(range(n_saved)) if runs is None else runs
     if not 0 <= run_index < len(runs):
         raise ConfigError(f"--seed {run_index}: this workdir has runs 0..{len(runs) - 1}")
-    one = init_shapes(model)
-    n_total = n_saved or max(runs) + 1
-    like = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((n_total, *a.shape), a.dtype), one)
+    like = init_shapes(model, runs=n_saved or max(runs) + 1)
     index = runs[run_index]
     params = jax.tree_util.tree_map(lambda a: a[index], load_params(workdir, like, params_dir))
     flagged = bool(metrics["runs"][index]["diverged"]) if "runs" in metrics and params_dir == "params" else False

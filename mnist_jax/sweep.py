@@ -237,12 +237,13 @@ class GridTrainer:
         seeds_a = jax.tree_util.tree_map(lambda a: like(a, np.int32, self.run_sharding), seeds)
         data_a = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=self.replicated),
                                         data)
+        init_fn = self._init_fn(data.train_x.shape[0])
         if init:
-            self._compile_ahead(("init", _runs_shape(seeds_a)), self._init_fn(data.train_x.shape[0]), (hp_a, seeds_a),
+            self._compile_ahead(("init", _runs_shape(seeds_a)), init_fn, (hp_a, seeds_a),
                                 (self.run_sharding, self.run_sharding))
         state = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.run_sharding, weak_type=a.weak_type),
-            jax.eval_shape(self._init_fn(data.train_x.shape[0]), hp_a, seeds_a))
+            jax.eval_shape(init_fn, hp_a, seeds_a))
         for n in epoch_chunks(self.spec.epochs, chunk_epochs):
             self._compile_ahead(("epochs", n, _runs_shape(seeds_a)), self._epochs_fn(n), (state, hp_a, seeds_a, data_a),
                                 (self.run_sharding, self.run_sharding, self.run_sharding, self.replicated), donate=(0,))
