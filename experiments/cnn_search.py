@@ -64,23 +64,24 @@ def judge(rows: list[dict], alpha: float) -> dict:
             "welch_vs_chosen": tests, "matters_beyond_seed_noise": matters, "detectable": detectable}
 
 
-def candidate(config, data, model_cfg, dropout_rates: list[float]) -> tuple:
-    """(model, task, hp, seeds, trainer) of one architecture for every seed (and dropout rate),
-    its programs compiling in the background from now on (`experiment.prepare`)."""
+def candidate(config, data, model_cfg, dropout_rates: list[float]) -> experiment.Training:
+    """The training of one architecture for every seed (and dropout rate), prepared: its
+    programs compile in the background from now on."""
     model, task = tasks.classifier_from_config(config, model_cfg)
     hp, seeds = sweep.grid(experiment.seeds_of(config), **experiment.hparams(config, task, dropout_rate=dropout_rates))
-    return model, task, hp, seeds, experiment.prepare(config, task, hp, seeds, data)
+    return experiment.Training(config, task, hp, seeds, model=model).prepare(data)
 
 
-def train_candidate(config, workdir, data, prepared: tuple, name: str):
+def train_candidate(workdir, data, training: experiment.Training, name: str):
     """Train a `candidate` for every seed (and dropout rate) in one vmapped program."""
-    model, task, hp, seeds, trainer = prepared
-    result = experiment.train(config, workdir, task, hp, seeds, data, name=name, trainer=trainer)
+    result = training.train(workdir, data, name)
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
-    timing = {**result.timing, "runs": len(seeds), "program": name,
-              "runs_table": results.runs_table(hp, seeds, result.history, ("val_accuracy", "test_accuracy"),
-                                               architecture=[models.architecture(model)] * len(seeds))}
-    return model, result.history, n_params, timing
+    n_runs = len(training.seeds)
+    timing = {**result.timing, "runs": n_runs, "program": name,
+              "runs_table": results.runs_table(training.hp, training.seeds, result.history,
+                                               ("val_accuracy", "test_accuracy"),
+                                               architecture=[models.architecture(training.model)] * n_runs)}
+    return training.model, result.history, n_params, timing
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -118,8 +119,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     prepared = {f: candidate(config, data, model_cfg(filters=tuple(f for _ in config.model.filters), dense=0),
                              [config.dropout_rate]) for f in config.filters_candidates}
     for f in config.filters_candidates:
-        round1[f] = model, hist, n_params, timing = train_candidate(config, workdir, data, prepared[f],
-                                                                    f"round1_filters{f}")
+        round1[f] = model, hist, n_params, timing = train_candidate(workdir, data, prepared[f], f"round1_filters{f}")
         trainings.append(timing)
         rows.append(candidate_row(f"{f} filters", f, hist, slice(None), n_params, timing))
         rows[-1]["architecture"] = models.architecture(model)
@@ -134,8 +134,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         if d == 0:  # the same runs as round 1's winner: same architecture, seeds and program
             round2[d] = model, hist, n_params, timing = round1[filters]
         else:
-            round2[d] = model, hist, n_params, timing = train_candidate(config, workdir, data, prepared[d],
-                                                                        f"round2_dense{d}")
+            round2[d] = model, hist, n_params, timing = train_candidate(workdir, data, prepared[d], f"round2_dense{d}")
             trainings.append(timing)
         rows.append(candidate_row(f"Dense {d}" if d else "none", d, hist, slice(None), n_params, timing))
         rows[-1]["architecture"] = models.architecture(model)
@@ -149,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     model, _, n_params, _ = winner
     new_rates = [r for r in config.dropout_rates if r != config.dropout_rate]
     if new_rates:
-        _, hist, _, timing = train_candidate(config, workdir, data, candidate(config, data, cfg, new_rates),
+        _, hist, _, timing = train_candidate(workdir, data, candidate(config, data, cfg, new_rates),
                                              "round3_dropout")
         trainings.append(timing)
     rows = []

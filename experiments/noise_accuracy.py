@@ -22,6 +22,7 @@ study's CNN (its fields in `config.classifier.cnn`):
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -101,10 +102,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     hp, seeds = sweep.grid(seed_list, **experiment.hparams(config, noisy_task, noise_level=levels))
     hp_c, seeds_c = sweep.grid(seed_list, **experiment.hparams(config, clean_task))
     ae_shapes = experiment.init_shapes(dae, runs=len(seeds))
-    trainers = {"noisy": experiment.prepare(config, noisy_task, hp, seeds, data),
-                "denoised": experiment.prepare(config, denoised_task, tasks.with_frozen(hp, "denoiser", ae_shapes),
-                                               seeds, data),
-                "clean": experiment.prepare(config, clean_task, hp_c, seeds_c, data)}
+    trainings = {"noisy": experiment.Training(config, noisy_task, hp, seeds),
+                 "denoised": experiment.Training(config, denoised_task, tasks.with_frozen(hp, "denoiser", ae_shapes), seeds),
+                 "clean": experiment.Training(config, clean_task, hp_c, seeds_c)}
+    trainings = {name: t.prepare(data) for name, t in trainings.items()}
 
     ae_spec = TrainSpec(epochs=ae_epochs, batch_size=config.denoiser.batch_size, optimizer=config.denoiser.optimizer)
     ae, hp_ae, _ = denoising.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
@@ -112,14 +113,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     experiment.save_params(workdir, ae.state.params, name="denoiser_params")
 
     assert np.array_equal(hp["noise_level"], hp_ae["noise_level"])  # run r of (b) uses autoencoder r
-    results = {
-        "noisy": experiment.train(config, workdir, noisy_task, hp, seeds, data, name="noisy",
-                                  trainer=trainers["noisy"]),
-        "denoised": experiment.train(config, workdir, denoised_task, tasks.with_frozen(hp, "denoiser", ae.state.params),
-                                     seeds, data, name="denoised", trainer=trainers["denoised"]),
-        "clean": experiment.train(config, workdir, clean_task, hp_c, seeds_c, data, name="clean",
-                                  trainer=trainers["clean"]),
-    }
+    # (b) trains with the autoencoders just trained, in the program compiled from their shapes
+    trainings["denoised"] = dataclasses.replace(trainings["denoised"],
+                                                hp=tasks.with_frozen(hp, "denoiser", ae.state.params))
+    results = {name: t.train(workdir, data, name) for name, t in trainings.items()}
     for name, result in results.items():
         experiment.save_params(workdir, result.state.params, name=f"{name}_params")
 

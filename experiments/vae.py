@@ -83,21 +83,20 @@ def final(history: dict, key: str) -> dict:
     return {"per_seed": values, **stats.summary(values)}
 
 
-def vae_training(config, model_cfg, seeds) -> tuple:
-    """(model, task, hp, seeds) of VAEs of `model_cfg`, one per seed."""
+def vae_training(config, model_cfg, seeds) -> experiment.Training:
+    """The training of VAEs of `model_cfg`, one per seed."""
     model = build(model_cfg, "model")
-    return model, tasks.vae_task(model), *sweep.grid(seeds, learning_rate=[config.learning_rate])
+    hp, seeds = sweep.grid(seeds, learning_rate=[config.learning_rate])
+    return experiment.Training(config, tasks.vae_task(model), hp, seeds, model=model)
 
 
-def train_vae(config, workdir, data, plan: tuple, name, trainer=None):
-    """(model, SweepResult) of a `vae_training` plan, trained (by `trainer`, if one was prepared)."""
-    model, task, hp, seeds = plan
-    result = experiment.train(config, workdir, task, hp, seeds, data, name=name, metric="val_neg_elbo", trainer=trainer)
-    return model, result
+def train_vae(workdir, data, training: experiment.Training, name):
+    """(model, SweepResult) of a `vae_training`, trained (with its compiled programs, if prepared)."""
+    return training.model, training.train(workdir, data, name, metric="val_neg_elbo")
 
 
-def classifier_training(config) -> tuple | None:
-    """(model, task, hp, seeds, spec) of the judge's classifier when this run trains it, else None."""
+def classifier_training(config) -> experiment.Training | None:
+    """The training of the judge's classifier when this run trains it, else None."""
     cls = config.classifier
     if cls.workdir:
         return None
@@ -105,37 +104,32 @@ def classifier_training(config) -> tuple | None:
     spec = TrainSpec(epochs=min(cls.epochs, config.epochs), batch_size=cls.batch_size, optimizer=cls.optimizer,
                      schedule=cls.schedule)
     task = tasks.classifier_task(model)
-    return model, task, *sweep.grid([cls.seed], **experiment.hparams(cls, task, spec)), spec
+    hp, seeds = sweep.grid([cls.seed], **experiment.hparams(cls, task, spec))
+    return experiment.Training(config, task, hp, seeds, spec, model)
 
 
-def map_training(config) -> tuple | None:
-    """(config, model block, model, task, hp, seeds) of the 2-D VAE trained for vae_latent.png, or
-    None when the main model is 2-D and unconditional (it draws the map) or `map_epochs` is 0."""
+def map_training(config) -> experiment.Training | None:
+    """The training of the 2-D VAE drawn in vae_latent.png (its config: `model` the 2-D block,
+    `epochs` the map's), or None when the main model is 2-D and unconditional (it draws the map)
+    or `map_epochs` is 0."""
     if (config.model.latent == 2 and not config.model.conditional) or config.map_epochs <= 0:
         return None
-    map_cfg = ml_collections.ConfigDict(config.model.to_dict() | {"latent": 2, "conditional": False})
     map_config = ml_collections.ConfigDict(config.to_dict())
+    map_config.model = ml_collections.ConfigDict(config.model.to_dict() | {"latent": 2, "conditional": False})
     map_config.epochs = min(config.epochs, config.map_epochs)
-    return map_config, map_cfg, *vae_training(map_config, map_cfg, [config.seed])
+    return vae_training(map_config, map_config.model, [config.seed])
 
 
-def prepare_side_trainings(config, data) -> dict:
-    """{"classifier", "vae_2d"}: (plan, trainer) of the judge's classifier and of the 2-D VAE
-    (those this run trains), their programs compiling in the background from now on while the
-    main VAEs train (`experiment.prepare`)."""
-    out = {}
-    if (plan := classifier_training(config)) is not None:
-        _, task, hp, seeds, spec = plan
-        out["classifier"] = plan, experiment.prepare(config, task, hp, seeds, data, spec)
-    if (plan := map_training(config)) is not None:
-        map_config, _, _, task, hp, seeds = plan
-        out["vae_2d"] = plan, experiment.prepare(map_config, task, hp, seeds, data)
-    return out
+def prepare_side_trainings(config, data) -> dict[str, experiment.Training]:
+    """{"classifier", "vae_2d"}: the judge's classifier and the 2-D VAE (those this run trains),
+    prepared: their programs compile in the background from now on while the main VAEs train."""
+    plans = {"classifier": classifier_training(config), "vae_2d": map_training(config)}
+    return {name: plan.prepare(data) for name, plan in plans.items() if plan is not None}
 
 
-def get_classifier(config, workdir: pathlib.Path, data, prepared: tuple | None = None) -> tuple:
+def get_classifier(config, workdir: pathlib.Path, data, prepared: experiment.Training | None = None) -> tuple:
     """(model, params, info) of the classifier that judges the samples: loaded or trained here
-    (`prepared`: its (plan, trainer) from `prepare_side_trainings`, if any)."""
+    (`prepared`: its training from `prepare_side_trainings`, if any)."""
     cls = config.classifier
     if cls.workdir:
         path = pathlib.Path(cls.workdir)
@@ -149,8 +143,9 @@ def get_classifier(config, workdir: pathlib.Path, data, prepared: tuple | None =
             model, params = experiment.restore_run(path, cls_config["model"], 0)
             info = {"source": f"run 0 of {cls.workdir}", "model": cls_config["model"]}
     else:
-        (model, task, hp, seeds, spec), trainer = prepared or (classifier_training(config), None)
-        result = experiment.train(config, workdir, task, hp, seeds, data, name="classifier", spec=spec, trainer=trainer)
+        training = prepared or classifier_training(config)
+        model, spec = training.model, training.spec
+        result = training.train(workdir, data, "classifier")
         experiment.save_params(workdir, result.state.params, "classifier_params")
         params = run_params(result.state.params, 0)
         info = {"source": "trained in this run", "model": cls.model.to_dict(), "epochs": spec.epochs,
@@ -231,9 +226,10 @@ def describe(model_cfg, n_params: int) -> str:
 
 
 def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, result, base_key,
-                  classifier_trainer=None):
-    """Prior samples of every run judged by a classifier: (samples, the sample_quality block of
-    metrics.json, seconds per run to draw them); run 0's samples go to samples.npy."""
+                  prepared_classifier: experiment.Training | None = None):
+    """Prior samples of every run judged by a classifier (`prepared_classifier`: its training from
+    `prepare_side_trainings`, if any): (samples, the sample_quality block of metrics.json, seconds
+    per run to draw them); run 0's samples go to samples.npy."""
     seeds = experiment.seeds_of(config)
     history = result.history
     cond = bool(config.model.conditional)
@@ -245,7 +241,7 @@ def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data
     sample_seconds = (time.perf_counter() - start) / len(seeds)
     if distributed.is_writer():  # in a multi-process run, process 0 alone writes the workdir
         np.save(workdir / "samples.npy", samples[0].astype(np.float32))
-    cls_model, cls_params, cls_info = get_classifier(config, workdir, data, classifier_trainer)
+    cls_model, cls_params, cls_info = get_classifier(config, workdir, data, prepared_classifier)
     test_x = np.asarray(data.test_x)  # host copies: indexing a device array eagerly compiles a program
     test_probs, test_feats = generative.classify(cls_model, cls_params, test_x)
     _, train_feats = generative.classify(cls_model, cls_params, np.asarray(data.train_x)[: test_x.shape[0]])
@@ -343,22 +339,22 @@ def run0_figures(config: ml_collections.ConfigDict, workdir: pathlib.Path, data,
 
 
 def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, p0, test_bin,
-               prepared: tuple | None = None) -> dict | None:
+               prepared: experiment.Training | None = None) -> dict | None:
     """vae_latent.png: the 2-D latent space of the main model if it is 2-D and unconditional, else
-    of a 2-D model trained here for `map_epochs` epochs (none when 0; `prepared`: its (plan,
-    trainer) from `prepare_side_trainings`, if any); what it shows, or None."""
+    of a 2-D model trained here for `map_epochs` epochs (none when 0; `prepared`: its training
+    from `prepare_side_trainings`, if any); what it shows, or None."""
     cond = bool(config.model.conditional)
     test_y = np.asarray(data.test_y)
     map_info = None
-    plan, trainer = prepared or (map_training(config), None)
+    training = prepared or map_training(config)
     if config.model.latent == 2 and not cond:
         map_model, map_params, map_info = model, p0, {"model": "the main model (latent 2)"}
-    elif plan is not None:
-        map_config, map_cfg, *training = plan
-        map_model, map_result = train_vae(map_config, workdir, data, tuple(training), "vae_2d", trainer)
+    elif training is not None:
+        map_config = training.config
+        map_model, map_result = train_vae(workdir, data, training, "vae_2d")
         experiment.save_params(workdir, map_result.state.params, "params_2d")
         map_params = run_params(map_result.state.params, 0)
-        map_info = {"model": map_cfg.to_dict(), "epochs": map_config.epochs, "seed": config.seed,
+        map_info = {"model": map_config.model.to_dict(), "epochs": map_config.epochs, "seed": config.seed,
                     "test_neg_elbo": float(map_result.history["test_neg_elbo"][0, -1]), "timing": map_result.timing}
     if map_info is not None:
         values = sps.norm.ppf(np.linspace(0.03, 0.97, MAP_GRID)).astype(np.float32)
@@ -383,7 +379,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     base_key = jax.random.key(config.seed)
 
     side = prepare_side_trainings(config, data)  # compiled in the background while the VAEs train
-    model, result = train_vae(config, workdir, data, vae_training(config, config.model, seeds), "vae")
+    model, result = train_vae(workdir, data, vae_training(config, config.model, seeds), "vae")
     experiment.save_params(workdir, result.state.params)
     history = result.history
     p0 = run_params(result.state.params, 0)

@@ -8,6 +8,7 @@ DESIGN.md (config.json, metrics.json, exit codes, clear errors).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -176,6 +177,34 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, 
     if result.resumed_from_epoch is not None:
         print(f"{name}: resumed from the checkpoint of epoch {result.resumed_from_epoch} in {ckpt_dir}")
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """One grid an experiment will train, as one value: what `train` takes, and the model.
+
+    An experiment that trains several grids one after the other plans them as Trainings,
+    `prepare`s the later ones before the first trains (their programs compile in the background)
+    and trains each in its turn. `config` gives the spec (unless `spec` does), the run chunk and
+    the checkpointing; `model` is the flax module the task trains, kept for the caller."""
+
+    config: ml_collections.ConfigDict
+    task: Task
+    hp: dict
+    seeds: Any
+    spec: TrainSpec | None = None
+    model: Any = None
+    trainer: sweep.GridTrainer | None = None
+
+    def prepare(self, data: data_lib.Splits) -> Training:
+        """This training, its programs compiling in the background from now on (`prepare`)."""
+        return dataclasses.replace(self, trainer=prepare(self.config, self.task, self.hp, self.seeds, data, self.spec))
+
+    def train(self, workdir: pathlib.Path, data: data_lib.Splits, name: str,
+              metric: str = "val_accuracy") -> SweepResult:
+        """`train` of this grid, with the programs `prepare` compiled if it was prepared."""
+        return train(self.config, workdir, self.task, self.hp, self.seeds, data, name=name, spec=self.spec,
+                     metric=metric, trainer=self.trainer)
 
 
 def train_seeds(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, data: data_lib.Splits,
