@@ -56,14 +56,18 @@ def run_job(workdir: pathlib.Path, cache: pathlib.Path, profile: str, log: pathl
     return wall
 
 
+def stage_timings(workdir: pathlib.Path, stages: list[str] | None = None) -> dict[str, dict]:
+    """{stage: `timing` of its metrics.json} for `stages` (each must have one), or by default for
+    every registered stage the job ran."""
+    names = stages if stages is not None else [s.name for s in registry.stages()]
+    paths = {name: workdir / name / "metrics.json" for name in names}
+    return {name: json.loads(path.read_text())["timing"] for name, path in paths.items()
+            if stages is not None or path.exists()}
+
+
 def stage_compilation(workdir: pathlib.Path) -> dict[str, dict]:
     """{stage: timing.compilation of its metrics.json} for the stages the job ran."""
-    out = {}
-    for stage in registry.stages():
-        path = workdir / stage.name / "metrics.json"
-        if path.exists():
-            out[stage.name] = json.loads(path.read_text())["timing"].get("compilation", {})
-    return out
+    return {name: t.get("compilation", {}) for name, t in stage_timings(workdir).items()}
 
 
 def compile_log_split(log: pathlib.Path, threshold: float = 1.0) -> dict:

@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 from benchmarks.common import machine
-from benchmarks.compile_cache import run_job
+from benchmarks.compile_cache import run_job, stage_timings
 from mnist_jax import registry, sweep
 
 DEFAULT_VARIANTS = [f"ahead_off: {sweep.AHEAD_ENV}=0", "default:"]
@@ -52,12 +52,9 @@ def parse_variant(text: str) -> tuple[str, dict, list[str]]:
 
 def stage_timing(workdir: pathlib.Path, stages: list[str]) -> dict[str, dict]:
     """{stage: {"wall": s, "compile": s, "programs": n}} from each stage's metrics.json."""
-    out = {}
-    for s in stages:
-        t = json.loads((workdir / s / "metrics.json").read_text())["timing"]
-        c = t.get("compilation", {})
-        out[s] = {"wall": t["wall_seconds"], "compile": c.get("compile_seconds", 0.0), "programs": c.get("programs", 0)}
-    return out
+    return {s: {"wall": t["wall_seconds"], "compile": t.get("compilation", {}).get("compile_seconds", 0.0),
+                "programs": t.get("compilation", {}).get("programs", 0)}
+            for s, t in stage_timings(workdir, stages).items()}
 
 
 def main() -> None:
