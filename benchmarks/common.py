@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import jax
 
@@ -21,6 +22,26 @@ def machine() -> str:
             f"{provenance.describe_devices()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
 
+def grid_epoch(task, spec, hp: dict, seeds, data) -> tuple[float, Callable[[], dict]]:
+    """(compile seconds, `call`) for the vmapped runs (hp, seeds) of `task`: each `call()` runs
+    one more epoch of the compiled whole-run program, blocked until ready, and returns its
+    history."""
+    from mnist_jax.sweep import GridTrainer, pad_runs
+
+    trainer = GridTrainer(task, spec)
+    hp, seeds = pad_runs((hp, seeds), trainer.n_devices)[0]
+    hp_d, seeds_d, data_d = trainer.place(hp, seeds, data)
+    state = [jax.block_until_ready(trainer.init(hp_d, seeds_d, data_d))]
+    start = time.perf_counter()
+    program = trainer.epochs_program(1, state[0], hp_d, seeds_d, data_d)
+    compile_s = time.perf_counter() - start
+
+    def call() -> dict:
+        state[0], hist = jax.block_until_ready(program(state[0], hp_d, seeds_d, data_d))
+        return hist
+    return compile_s, call
+
+
 def time_grid_epochs(task, spec, hp: dict, seeds, data, epochs: int) -> tuple[dict, dict]:
     """Compile time and steady-state epoch times of the vmapped runs (hp, seeds) of `task`.
 
@@ -28,20 +49,11 @@ def time_grid_epochs(task, spec, hp: dict, seeds, data, epochs: int) -> tuple[di
     reported apart; `epochs` more are timed, each blocked until ready. Returns the timings and
     the history of the last epoch.
     """
-    from mnist_jax.sweep import GridTrainer, pad_runs
-
-    trainer = GridTrainer(task, spec)
-    hp, seeds = pad_runs((hp, seeds), trainer.n_devices)[0]
-    hp_d, seeds_d, data_d = trainer.place(hp, seeds, data)
-    state = jax.block_until_ready(trainer.init(hp_d, seeds_d, data_d))
-    start = time.perf_counter()
-    program = trainer.epochs_program(1, state, hp_d, seeds_d, data_d)
-    compile_s = time.perf_counter() - start
+    compile_s, call = grid_epoch(task, spec, hp, seeds, data)
     times = []
     for _ in range(epochs + 1):
         start = time.perf_counter()
-        state, hist = program(state, hp_d, seeds_d, data_d)
-        jax.block_until_ready((state, hist))
+        hist = call()
         times.append(time.perf_counter() - start)
     return {"compile_seconds": compile_s, "epoch_seconds": times[1:], "first_call_seconds": times[0],
             "median_epoch_seconds": statistics.median(times[1:])}, hist

@@ -34,3 +34,32 @@ def test_the_compile_benchmarks_load(module):
 
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True)
     assert "usage:" in out.stdout
+
+
+def test_the_matmul_floor_times_the_training_steps_products(capsys):
+    """Its three ways of computing an epoch's products agree (so each times the same arithmetic),
+    and it runs end to end on a subset."""
+    import numpy as np
+
+    from benchmarks import matmul_floor
+
+    rng = np.random.default_rng(1)
+    ws = [rng.normal(0, 1, (a, b)).astype(np.float32) for a, b in ((12, 6), (6, 5), (5, 3))]
+    x, t = rng.random((4, 12)).astype(np.float32), rng.normal(0, 1, (4, 3)).astype(np.float32)
+    for a, b in zip(matmul_floor.chain_grads(ws, x, t), matmul_floor.numpy_grads(ws, x, t), strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
+    shape = ((12, 6, 5, 3), 4, 7, 9)  # widths, batch, steps, evaluated images; a step size that moves the weights
+    epochs = [matmul_floor.xla_epoch(*shape, None, lr=0.01), matmul_floor.xla_epoch(*shape, matmul_floor.NO_YNN, lr=0.01),
+              matmul_floor.numpy_epoch(*shape, lr=0.01)]
+    (ws_a, total_a), (ws_b, total_b), (ws_c, total_c) = (epoch() for epoch in epochs)
+    assert not np.allclose(ws_c[0], matmul_floor.numpy_epoch(*shape, lr=0.0)()[0][0], rtol=1e-3)  # they moved
+    for a, b, c in zip(ws_a, ws_b, ws_c, strict=True):
+        np.testing.assert_allclose(np.asarray(a), c, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(b), c, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose([float(total_a), float(total_b)], [total_c] * 2, rtol=1e-4)
+    # 4 x (12*6 + 6*5 + 5*3) multiply-adds forward, as many for the weight gradients, 4 x (6*5 + 5*3)
+    # for the input gradients, 7 steps; then 9 images forward
+    assert matmul_floor.epoch_flops(*shape) == 2 * (7 * 4 * (117 * 2 + 45) + 9 * 117)
+    matmul_floor.main(["--nets", "dense", "--repeats", "1", "--train-images", "512"])
+    out = capsys.readouterr().out
+    assert "products alone, numpy" in out and "training epoch (4 steps)" in out and "GFLOP/s" in out
