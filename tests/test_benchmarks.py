@@ -63,3 +63,36 @@ def test_the_matmul_floor_times_the_training_steps_products(capsys):
     matmul_floor.main(["--nets", "dense", "--repeats", "1", "--train-images", "512"])
     out = capsys.readouterr().out
     assert "products alone, numpy" in out and "training epoch (4 steps)" in out and "GFLOP/s" in out
+
+
+def test_the_step_profile_reads_xlas_trace_of_the_epoch(capsys):
+    """One small epoch profiled: the trace holds the step's products and loops, the thread time
+    is positive, and every operation gets a kind."""
+    import os
+
+    from benchmarks import step_profile
+
+    assert step_profile.kind_of("ynn_fusion.14") == "matrix products (library fusions)"
+    assert step_profile.kind_of("dot.52") == "matrix products (Eigen)"
+    assert step_profile.kind_of("multiply_add_fusion.2") == "elementwise and reduction loops"
+    step_profile.main(["--net", "dense", "--train-images", "512", "--top", "5"])
+    out = capsys.readouterr().out
+    assert "matrix products" in out and "elementwise and reduction loops" in out
+    busy = float(out.split("cores busy on average")[0].rsplit("(", 1)[1])
+    assert 0.05 < busy <= (os.cpu_count() or 1) + 0.5, out
+
+
+def test_the_step_profile_counts_nested_events_once():
+    from types import SimpleNamespace
+
+    from benchmarks import step_profile
+
+    def ev(name, start, end):
+        return SimpleNamespace(name=name, start_ns=start, end_ns=end, duration_ns=end - start)
+
+    # an executor (0-100) runs a loop (10-60) whose body holds an operation (20-50), then a product (70-90)
+    events = [ev("ThunkExecutor::Execute", 0, 100), ev("while.3", 10, 60), ev("fusion.1", 20, 50),
+              ev("dot.2", 70, 90)]
+    own = dict(step_profile.self_times(events))
+    assert own == pytest.approx({"ThunkExecutor::Execute": 30e-9, "while.3": 20e-9, "fusion.1": 30e-9, "dot.2": 20e-9})
+    assert sum(own.values()) == pytest.approx(100e-9)
