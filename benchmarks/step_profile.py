@@ -132,6 +132,9 @@ def summarize(trace: pathlib.Path) -> tuple[float, dict[str, float], dict[str, l
                 ops[name][0] += seconds
                 ops[name][1] += 1
             busy += sum(seconds for _, seconds in timed)
+    if not ops:
+        raise RuntimeError(f"no events of XLA:CPU's worker threads ({WORKER_PREFIX}*) in {trace}: this jaxlib "
+                           "names its threads, or traces its operations, differently from jax 0.10")
     return busy, dict(kinds), dict(ops)
 
 
