@@ -36,6 +36,7 @@ def test_the_compile_benchmarks_load(module):
     assert "usage:" in out.stdout
 
 
+@pytest.mark.integration
 def test_the_matmul_floor_times_the_training_steps_products(capsys):
     """Its three ways of computing an epoch's products agree (so each times the same arithmetic),
     and it runs end to end on a subset."""
@@ -65,6 +66,7 @@ def test_the_matmul_floor_times_the_training_steps_products(capsys):
     assert "products alone, numpy" in out and "training epoch (4 steps)" in out and "GFLOP/s" in out
 
 
+@pytest.mark.integration
 def test_the_step_profile_reads_xlas_trace_of_the_epoch(capsys):
     """One small epoch profiled: the trace holds the step's products and loops, the thread time
     is positive, and every operation gets a kind."""
