@@ -22,7 +22,7 @@ import json
 import jax
 import numpy as np
 
-from benchmarks.common import load_training_subset, machine, time_grid_epochs
+from benchmarks.common import machine, subset_or_exit, time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import kernels, models, tasks
 from mnist_jax.experiment import to_jsonable
@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
-    try:
-        data, full = load_training_subset(args.train_images)
-    except ValueError as err:
-        parser.error(str(err))
+    data, full = subset_or_exit(parser, args.train_images)
     n_train = data.train_x.shape[0]
     spec = TrainSpec(epochs=1 + args.epochs, batch_size=args.batch_size, optimizer=args.optimizer)
     steps, steps_full = spec.steps_per_epoch(n_train), spec.steps_per_epoch(full)

@@ -59,6 +59,38 @@ def time_grid_epochs(task, spec, hp: dict, seeds, data, epochs: int) -> tuple[di
             "median_epoch_seconds": statistics.median(times[1:])}, hist
 
 
+def study_workload(net: str, runs: int, epochs: int = 2):
+    """(task, spec, hp, seeds) of `runs` vmapped runs of one of the study's nets as the experiments
+    train it: "dense" (784-64-64-10, SGD, the L2 hook), "autoencoder" (the denoising autoencoder,
+    Adam, noise levels spread over 0.1-0.9) or "cnn" (the study's CNN, Adam)."""
+    import numpy as np
+
+    from mnist_jax import models, noise, regularizers, sweep, tasks
+    from mnist_jax.train import TrainSpec
+
+    if net == "dense":
+        task = tasks.classifier_task(models.MLP((64, 64))).with_hooks(regularizers.L2)
+        hp, seeds = sweep.grid(list(range(runs)), learning_rate=[0.1], l2=[0.0])
+        return task, TrainSpec(epochs=epochs, batch_size=128), hp, seeds
+    if net == "autoencoder":
+        task = tasks.denoise_task(models.DenoisingAutoencoder(), corrupt=noise.salt_and_pepper)
+        hp, seeds = sweep.grid([0], noise_level=np.linspace(0.1, 0.9, runs).round(3).tolist(), learning_rate=[1e-3])
+        return task, TrainSpec(epochs=epochs, batch_size=64, optimizer="adam"), hp, seeds
+    if net == "cnn":
+        task = tasks.classifier_task(models.CNN(filters=(32, 32), pool=(True, False), dense=32))
+        hp, seeds = sweep.grid(list(range(runs)), learning_rate=[2e-3], dropout_rate=[0.5])
+        return task, TrainSpec(epochs=epochs, batch_size=128, optimizer="adam"), hp, seeds
+    raise ValueError(f"unknown net {net!r}: dense, autoencoder or cnn")
+
+
+def subset_or_exit(parser, n_train: int):
+    """`load_training_subset(n_train)`, a bad --train-images ending the command through `parser`."""
+    try:
+        return load_training_subset(n_train)
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def load_training_subset(n_train: int):
     """The MNIST splits with only the first `n_train` training images (0 = all), and the full count.
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import load_training_subset, machine, time_grid_epochs
+from benchmarks.common import machine, subset_or_exit, time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import models, noise, tasks
 from mnist_jax.experiment import to_jsonable
@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--noise: unknown {unknown}; choose among {sorted(NOISE)}")
     run_counts = [int(r) for r in args.runs.split(",")]
 
-    try:
-        data, full = load_training_subset(args.train_images)
-    except ValueError as err:
-        parser.error(str(err))
+    data, full = subset_or_exit(parser, args.train_images)
     n_train = data.train_x.shape[0]
     spec = TrainSpec(epochs=1 + args.epochs, batch_size=args.batch_size, optimizer="adam")
     steps, steps_full = spec.steps_per_epoch(n_train), spec.steps_per_epoch(full)

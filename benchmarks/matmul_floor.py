@@ -35,16 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import grid_epoch, load_training_subset, machine
-from mnist_jax import models, noise, regularizers, tasks
-from mnist_jax.sweep import grid
-from mnist_jax.train import TrainSpec
+from benchmarks.common import grid_epoch, machine, study_workload, subset_or_exit
 
-# net: widths, batch, optimizer, images evaluated after each epoch
+# net (`benchmarks.common.study_workload`, which gives its batch size): widths, images evaluated after each epoch
 NETS = {
-    "dense": dict(widths=(784, 64, 64, 10), batch=128, optimizer="sgd", eval_images=15_000,
+    "dense": dict(widths=(784, 64, 64, 10), eval_images=15_000,
                   what="dense 784-64-64-10 as experiments.mlp trains it (SGD, L2 hook; val + test evaluated)"),
-    "autoencoder": dict(widths=(784, 128, 96, 128, 784), batch=64, optimizer="adam", eval_images=5_000,
+    "autoencoder": dict(widths=(784, 128, 96, 128, 784), eval_images=5_000,
                         what="denoising autoencoder 784-128-96-128-784 (Adam, fresh noise each step; val evaluated)"),
 }
 NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -150,17 +147,9 @@ def numpy_epoch(widths, batch: int, steps: int, eval_images: int, lr: float = 0.
     return epoch
 
 
-def training_epoch(name: str, splits, calls: int) -> Callable[[], object]:
-    """One more epoch of the real training program per call (up to `calls`), 1 run."""
-    if name == "dense":
-        task = tasks.classifier_task(models.MLP((64, 64))).with_hooks(regularizers.L2)
-        hp, seeds = grid([0], learning_rate=[0.1], l2=[0.0])
-    else:
-        task = tasks.denoise_task(models.DenoisingAutoencoder(), corrupt=noise.salt_and_pepper)
-        hp, seeds = grid([0], noise_level=[0.5], learning_rate=[1e-3])
-    net = NETS[name]
-    spec = TrainSpec(epochs=calls, batch_size=net["batch"], optimizer=net["optimizer"])
-    return grid_epoch(task, spec, hp, seeds, splits)[1]
+def training_epoch(workload, splits) -> Callable[[], object]:
+    """One more epoch of the real training program per call (up to its spec's epochs)."""
+    return grid_epoch(*workload, splits)[1]
 
 
 def main(argv=None) -> None:
@@ -169,10 +158,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per row (median), after one warm-up")
     parser.add_argument("--train-images", type=int, default=0, help="epochs of the first N images (0 = all 55,000)")
     args = parser.parse_args(argv)
-    try:
-        splits, _ = load_training_subset(args.train_images)
-    except ValueError as err:
-        parser.error(str(err))
+    splits, _ = subset_or_exit(parser, args.train_images)
     n_train = splits.train_x.shape[0]
     print(f"# machine: {machine()}")
     print(f"# command: python -m benchmarks.matmul_floor {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
@@ -182,17 +168,18 @@ def main(argv=None) -> None:
     print("| net | what | epoch (s, median) | share of the training epoch | products, GFLOP/s |")
     print("| --- | --- | ---: | ---: | ---: |")
     for name in args.nets:
-        net = NETS[name]
-        steps = TrainSpec(epochs=1, batch_size=net["batch"]).steps_per_epoch(n_train)
-        shape = (net["widths"], net["batch"], steps, net["eval_images"])
-        calls = {f"training epoch ({steps} steps)": training_epoch(name, splits, args.repeats + 1),
+        net, workload = NETS[name], study_workload(name, 1, epochs=args.repeats + 1)
+        batch = workload[1].batch_size
+        steps = workload[1].steps_per_epoch(n_train)
+        shape = (net["widths"], batch, steps, net["eval_images"])
+        calls = {f"training epoch ({steps} steps)": training_epoch(workload, splits),
                  "products alone, xla": xla_epoch(*shape, None),
                  "products alone, xla, YNNPACK off": xla_epoch(*shape, NO_YNN),
                  "products alone, numpy": numpy_epoch(*shape)}
         medians = interleaved_medians(calls, args.repeats)
         full = medians[next(iter(calls))]
         flops = epoch_flops(*shape)
-        print(f"# {name}: {net['what']}, batch {net['batch']}, {n_train:,} training images; "
+        print(f"# {name}: {net['what']}, batch {batch}, {n_train:,} training images; "
               f"{flops / 1e9:.1f} GFLOP of products per epoch, {flops / 1e9 / peak:.3f} s at the large product's rate")
         for what, seconds in medians.items():
             print(f"| {name} | {what} | {seconds:.3f} | {seconds / full:.2f} | {flops / seconds / 1e9:.0f} |", flush=True)

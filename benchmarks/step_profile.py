@@ -32,11 +32,9 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
-from benchmarks.common import load_training_subset, machine
-from mnist_jax import models, noise, regularizers, sweep, tasks
-from mnist_jax.train import TrainSpec
+from benchmarks.common import machine, study_workload, subset_or_exit
+from mnist_jax import sweep
 
 TRACE_OPTION = {"xla_cpu_enable_xprof_traceme": True}
 WORKER_PREFIX = "tf_XLAEigen"  # XLA:CPU's worker threads, as the trace names them
@@ -60,21 +58,6 @@ def kind_of(name: str) -> str:
         if any(name.startswith(p) or p in name for p in parts):
             return kind
     return "elementwise and reduction loops"
-
-
-def workload(net: str, runs: int):
-    """(task, spec, hp, seeds) of `runs` vmapped runs of a net, as the experiments train it."""
-    if net == "dense":
-        task = tasks.classifier_task(models.MLP((64, 64))).with_hooks(regularizers.L2)
-        hp, seeds = sweep.grid(list(range(runs)), learning_rate=[0.1], l2=[0.0])
-        return task, TrainSpec(epochs=2, batch_size=128), hp, seeds
-    if net == "autoencoder":
-        task = tasks.denoise_task(models.DenoisingAutoencoder(), corrupt=noise.salt_and_pepper)
-        hp, seeds = sweep.grid([0], noise_level=np.linspace(0.1, 0.9, runs).round(3).tolist(), learning_rate=[1e-3])
-        return task, TrainSpec(epochs=2, batch_size=64, optimizer="adam"), hp, seeds
-    task = tasks.classifier_task(models.CNN(filters=(32, 32), pool=(True, False), dense=32))
-    hp, seeds = sweep.grid(list(range(runs)), learning_rate=[2e-3], dropout_rate=[0.5])
-    return task, TrainSpec(epochs=2, batch_size=128, optimizer="adam"), hp, seeds
 
 
 class TracedTrainer(sweep.GridTrainer):
@@ -147,11 +130,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if jax.default_backend() != "cpu":
         parser.error(f"this reads XLA:CPU's trace; the default backend here is {jax.default_backend()}")
-    try:
-        data, _ = load_training_subset(args.train_images)
-    except ValueError as err:
-        parser.error(str(err))
-    task, spec, hp, seeds = workload(args.net, args.runs)
+    data, _ = subset_or_exit(parser, args.train_images)
+    task, spec, hp, seeds = study_workload(args.net, args.runs)
     wall, trace = profile_epoch(task, spec, hp, seeds, data)
     busy, kinds, ops = summarize(trace)
     total = sum(kinds.values())
