@@ -9,6 +9,7 @@ Not an experiment itself: it has no ENTRY, so `reproduce` and the registry skip 
 import ml_collections
 
 PROFILES = ("full", "quick")
+DROP = object()  # `sized(c, "quick", field=DROP)` removes the field from the quick profile
 
 
 def get_config(experiment: str, **fields) -> ml_collections.ConfigDict:
@@ -50,5 +51,8 @@ def sized(c: ml_collections.ConfigDict, profile: str, **quick) -> ml_collections
                 node = node[name]
             if leaf not in node:
                 raise KeyError(f"quick profile sets {dotted.replace('__', '.')!r}, which the config does not have")
-            node[leaf] = value
+            if value is DROP:
+                del node[leaf]
+            else:
+                node[leaf] = value
     return c

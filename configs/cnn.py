@@ -31,6 +31,7 @@ def get_config(profile: str = "full") -> ml_collections.ConfigDict:
         "conv_impl": "auto",  # the fastest measured on the backend: kernels.default_conv_impl
     })
     c.dropout_rate = 0.5  # traced: one compiled program serves every rate
+    c.sweep = ml_collections.ConfigDict()  # {hyperparameter: [values]}, e.g. {"dropout_rate": [0.3, 0.5]}
     c.max_shift = 0  # random shifts of up to this many pixels on the training batches (0 = off)
     c.train_images = 0  # train on the first N images of the training split (0 = all 55,000)
     c.target_accuracy = 0.99  # mean test accuracy the run is expected to reach

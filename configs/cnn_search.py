@@ -23,6 +23,7 @@ REPRODUCE_ORDER = 5  # its place in `python -m experiments.reproduce`
 def get_config(profile: str = "full") -> ml_collections.ConfigDict:
     c = cnn.get_config()
     c.experiment = "cnn_search"
+    del c.sweep  # its rounds choose their candidates themselves
     c.model.dense = 0  # round 1 has no hidden dense layer; rounds 2 and 3 set it
     c.seeds = 3
     c.epochs = 6

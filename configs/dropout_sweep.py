@@ -6,21 +6,21 @@ lr 0.05 with a cosine decay. Hinton reports about 1.1 % test error after very lo
 (3,000 epochs); Srivastava et al. (2014) 1.25-1.35 % for dropout nets without max-norm. What
 these defaults give, with the commit and machine that measured it: the README's results table.
 
-    python -m experiments.l2_sweep --workdir runs/dropout --config configs/dropout_sweep.py
+    python -m experiments.sweep --workdir runs/dropout --config configs/dropout_sweep.py
 """
 
 import ml_collections
 
 from configs import base, l2_sweep
 
-ENTRY = "experiments.l2_sweep"  # the command that runs this config
+ENTRY = "experiments.sweep"  # the command that runs this config
 REPRODUCE_ORDER = 3  # its place in `python -m experiments.reproduce`
 
 
 def get_config(profile: str = "full") -> ml_collections.ConfigDict:
-    c = l2_sweep.sweeping("dropout_sweep", "dropout_rate", "dropout_rates", [0.3, 0.5])
+    c = l2_sweep.sweeping("dropout_sweep", "dropout_rate", [0.3, 0.5])
     c.model = ml_collections.ConfigDict({"kind": "mlp", "hidden": (800, 800), "keras_init": True, "dropout": True})
-    c.dropout_rate = 0.5
+    c.dropout_rate = 0.5  # the base value the sweep replaces
     c.input_dropout_rate = 0.2
     c.max_norm = 3.5
     c.momentum = 0.9

@@ -34,9 +34,10 @@ def get_config(profile: str = "full") -> ml_collections.ConfigDict:
     c.classifier = ml_collections.ConfigDict({
         "kind": "mlp",
         "mlp": ml_collections.ConfigDict({"hidden": (64, 64), "keras_init": True}),
-        "cnn": ml_collections.ConfigDict({"filters": (32, 32), "pool": (True, False), "dense": 32, "keras_init": True}),
+        # a block may also give the model's traced call arguments, such as the CNN's dropout rate
+        "cnn": ml_collections.ConfigDict({"filters": (32, 32), "pool": (True, False), "dense": 32, "keras_init": True,
+                                          "dropout_rate": 0.5}),
     })
-    c.dropout_rate = 0.5  # used only by classifiers with dropout (the study's CNN)
     # The autoencoders of curve (b): the study's, one per noise level and seed.
     c.denoiser = ml_collections.ConfigDict({
         "model": ml_collections.ConfigDict({"kind": "dae", "hidden": (128,), "latent": 96, "keras_init": True}),

@@ -52,4 +52,4 @@ def get_config(profile: str = "full") -> ml_collections.ConfigDict:
         "dropout_rate": 0.5,
     })
     return base.sized(c, profile, seeds=2, epochs=2, iwae_images=100, iwae_k=100, n_samples=1000, map_epochs=1,
-                      classifier__epochs=1, classifier__model__kind="mlp")
+                      classifier__epochs=1, classifier__model__kind="mlp", classifier__dropout_rate=base.DROP)

@@ -28,8 +28,6 @@ def get_config(profile: str = "full") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({"kind": "mlp", "hidden": (64, 64), "keras_init": True})
     c.sources = ("init", "order", "one_bit", "bootstrap", "all")
     c.l2 = 0.0
-    c.dropout_rate = 0.0  # read only by a model with dropout (traced)
-    c.input_dropout_rate = 0.0
     c.max_shift = 0  # random shifts of up to this many pixels (the `augment` stream); 0 = off
     c.differences_pct = (0.05, 0.1, 0.2, 0.5)  # accuracy differences (% points) for the power table
     c.alpha = 0.05

@@ -13,56 +13,60 @@ from __future__ import annotations
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, kernels, models, plots, results, stats, tasks
-from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, study, table, timing_line
+from mnist_jax import experiment, grid, kernels, models, plots, results, stats
+from mnist_jax.report import ci, figure, mean_std, pct, per_value_table, seeds_text, study, table, timing_line
 
 
-def confusion(model, params_runs, x: jax.Array, y: jax.Array) -> np.ndarray:
-    """Confusion matrices (R, 10, 10) of each run's params (leading run axis) on (x, y)."""
-    predict = jax.jit(lambda p: jnp.argmax(tasks.classifier_logits(model, p, x), axis=-1))
-    n_runs = len(jax.tree_util.tree_leaves(params_runs)[0])
-    y = np.asarray(y)
-    out = np.zeros((n_runs, 10, 10), np.int64)
-    for r in range(n_runs):
-        pred = np.asarray(predict(jax.tree_util.tree_map(lambda a, r=r: a[r], params_runs)))
-        np.add.at(out[r], (y, pred), 1)
+def confusion(trained: grid.TrainedGrid, x: jax.Array, y: jax.Array) -> np.ndarray:
+    """Confusion matrices (R, 10, 10) of each run of a trained grid on (x, y)."""
+    pred = trained.predictions(x, runs_at_once=1)
+    out = np.zeros((trained.runs, 10, 10), np.int64)
+    for r in range(trained.runs):
+        np.add.at(out[r], (np.asarray(y), pred[r]), 1)
     return out
 
 
 def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.Path) -> None:
     """accuracy.png and confusion.png of a finished run, from its metrics (so they can be redrawn)."""
     history = {k: np.asarray(v) for k, v in metrics["history"].items()}
-    n_seeds, acc = len(metrics["seeds"]), stats.describe(metrics["test_accuracy"])
+    n_runs, acc = len(metrics["runs"]), stats.describe(metrics["test_accuracy"])
     aug = f", random shifts ±{config.max_shift} px" if config.get("max_shift", 0) else ""
-    model = f"CNN {metrics['architecture']} ({metrics['param_count']:,} params)"
-    setting = (f"{config.optimizer} lr {config.learning_rate:g} {config.schedule}, dropout {config.dropout_rate:g}{aug}, "
+    model = f"{metrics['architecture']} ({metrics['param_count']:,} params)"
+    dropout = f", dropout {experiment.value_text(config, 'dropout_rate')}" if "dropout_rate" in metrics["runs"][0] else ""
+    setting = (f"{config.optimizer} lr {experiment.value_text(config, 'learning_rate')} {config.schedule}{dropout}{aug}, "
                f"batch {config.batch_size}, {config.epochs} epochs")
     val_name = "validation = test set (study protocol)" if config.protocol == "study" else f"validation = {config.n_val} held-out"
     plots.accuracy_curves(history, workdir / "accuracy.png",
-                          f"{model}\n{setting}\n{n_seeds} seeds; {val_name}; final test accuracy {acc}")
+                          f"{model}\n{setting}\n{experiment.runs_text(config)}; {val_name}; final test accuracy {acc}")
     plots.confusion_matrix(np.asarray(metrics["confusion_matrix"]["sum_over_seeds"]), workdir / "confusion.png",
-                           f"Test-set confusion matrix, {model}\n{setting}\n{n_seeds} seeds, mean test accuracy {acc}",
-                           n_runs=n_seeds)
+                           f"Test-set confusion matrix, {model}\n{setting}\n{experiment.runs_text(config)}, "
+                           f"mean test accuracy {acc}", n_runs=n_runs)
+
+
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields this experiment reads: the classifier's, its sweep, its target and the study's values."""
+    return [*experiment.classifier_reads(config, sweeps=True), "target_accuracy", "study"]
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     data, data_seconds, model, hp, seeds, result = experiment.train_classifier(config, workdir)
     history = result.history
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
-    cm = confusion(model, result.state.params, data.test_x, data.test_y)
-    outcome = results.classifier_summary(hp, seeds, history)  # diverged runs are left out of the summaries
+    cm = confusion(grid.TrainedGrid(model, result.state.params, hp, seeds), data.test_x, data.test_y)
+    outcome = results.classifier_summary(hp, seeds, history, experiment.sweep_values(config))  # diverged runs left out
     test_acc, summary = outcome["test_accuracy"]["per_seed"], outcome["test_accuracy"]
     timing = experiment.timing(data_seconds, result)
     timing["train_minutes"] = timing["train_seconds"] / 60
-    timing["conv_impl"] = kernels.default_conv_impl() if model.conv_impl == "auto" else model.conv_impl
+    impl = getattr(model, "conv_impl", None)  # the convolution formulation, for a model that lets one choose
+    if impl is not None:
+        timing["conv_impl"] = kernels.default_conv_impl() if impl == "auto" else impl
     metrics = {
         "experiment": config.experiment,
         "protocol": config.protocol,
-        "architecture": models.architecture(model),
+        "architecture": models.describe(model),
         "param_count": n_params,
         **outcome,
         "target": {"mean_test_accuracy_at_least": config.target_accuracy,
@@ -101,6 +105,7 @@ def section_cnn(m: dict, title: str, study: str) -> str:
         f"## {title}",
         f"Architecture {m.get('architecture', '')}.",
         table(["", "this codebase", "study"], rows),
+        *([f"Swept: {', '.join(m['sweep'])}.", per_value_table(m)] if m.get("per_value") else []),
         goal,
         timing_line(m),
         figure(name, "accuracy.png", "Training and validation accuracy per epoch, mean ± 1 std over seeds"),

@@ -80,8 +80,18 @@ def train_candidate(workdir, data, training: experiment.Training, name: str):
     timing = {**result.timing, "runs": n_runs, "program": name,
               "runs_table": results.runs_table(training.hp, training.seeds, result.history,
                                                ("val_accuracy", "test_accuracy"),
-                                               architecture=[models.architecture(training.model)] * n_runs)}
+                                               architecture=[models.describe(training.model)] * n_runs)}
     return training.model, result.history, n_params, timing
+
+
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields this experiment reads: the base classifier's and the candidates of its rounds."""
+    return [*experiment.classifier_reads(config), "filters_candidates", "dense_candidates", "dropout_rates", "alpha", "study"]
+
+
+def runs(config: ml_collections.ConfigDict) -> int:
+    """Runs in its largest grid: the seeds of one candidate, times the new dropout rates of round 3."""
+    return config.seeds * max(1, len([r for r in config.dropout_rates if r != config.dropout_rate]))
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -122,7 +132,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         round1[f] = model, hist, n_params, timing = train_candidate(workdir, data, prepared[f], f"round1_filters{f}")
         trainings.append(timing)
         rows.append(candidate_row(f"{f} filters", f, hist, slice(None), n_params, timing))
-        rows[-1]["architecture"] = models.architecture(model)
+        rows[-1]["architecture"] = models.describe(model)
     filters = finish("round1_filters", "round 1: conv filters", "filters per conv layer (3x3)", rows,
                      "round1_filters.png")
 
@@ -137,7 +147,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             round2[d] = model, hist, n_params, timing = train_candidate(workdir, data, prepared[d], f"round2_dense{d}")
             trainings.append(timing)
         rows.append(candidate_row(f"Dense {d}" if d else "none", d, hist, slice(None), n_params, timing))
-        rows[-1]["architecture"] = models.architecture(model)
+        rows[-1]["architecture"] = models.describe(model)
     dense = finish("round2_dense", f"round 2: dense layer after flatten ({filters} filters)",
                    "units of the added dense layer", rows, "round2_dense.png")
 
@@ -159,8 +169,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             i = new_rates.index(r)
             rows.append(candidate_row(f"dropout {r:g}", r, hist, slice(i * n_seeds, (i + 1) * n_seeds), n_params,
                                       timing))
-        rows[-1]["architecture"] = models.architecture(model)
-    rate = finish("round3_dropout", f"round 3: dropout rate ({models.architecture(model)})", "dropout rate", rows,
+        rows[-1]["architecture"] = models.describe(model)
+    rate = finish("round3_dropout", f"round 3: dropout rate ({models.describe(model)})", "dropout rate", rows,
                   "round3_dropout.png")
 
     final = model_cfg(filters=tuple(filters for _ in config.model.filters), dense=dense)
@@ -172,7 +182,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "setting": setting,
         "rounds": rounds,
         "final_choice": {"filters": filters, "dense": dense, "dropout_rate": rate,
-                         "architecture": models.architecture(models.from_config(final))},
+                         "architecture": models.describe(models.from_config(final))},
         "choices_that_matter_beyond_seed_noise": matters,
         "runs": runs,
         "timing": {"data_seconds": data_seconds, "device": provenance.describe_devices(),

@@ -39,6 +39,19 @@ def per_level(values: np.ndarray, run_levels: np.ndarray, levels: list[float]) -
                         **stats.summary(values[run_levels == np.float32(lv)])} for lv in levels}
 
 
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields this experiment reads: the autoencoder's block, its levels, what its task
+    and optimizer read, and the figure's digits."""
+    task = tasks.denoise_task(denoising.dae_model(config.model))
+    return [*experiment.RUN_FIELDS, "model", "noise_levels", "figure_digits",
+            *experiment.task_reads(config, task, given=("noise_level",))]
+
+
+def runs(config: ml_collections.ConfigDict) -> int:
+    """Runs in its one grid: one autoencoder per noise level and seed."""
+    return len(config.noise_levels) * config.seeds
+
+
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     levels = denoising.check_levels(config.noise_levels)
     model = denoising.dae_model(config.model)
@@ -76,8 +89,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
               f"{stats.fmt(summary['test_psnr_denoised'][f'{lv:g}']['mean'], '.1f')} dB" for lv in levels]
     plots.image_blocks(
         blocks, workdir / "denoise.png",
-        f"Denoising autoencoder {denoising.layer_widths(model)} ({n_params:,} params), one per salt-and-pepper level; "
-        f"Adam, batch {config.batch_size}, {denoising.plural(config.epochs, 'epoch')}, fresh noise every step\n"
+        f"Denoising autoencoder {models.describe(model)} ({n_params:,} params), one per salt-and-pepper level; "
+        f"{config.optimizer} lr {config.learning_rate:g}, batch {config.batch_size}, "
+        f"{denoising.plural(config.epochs, 'epoch')}, fresh noise every step\n"
         f"test images no. {', '.join(str(i) for i in idx[:10])}{'...' if len(idx) > 10 else ''} (first of each class); "
         f"denoised by seed {config.seed}; PSNR (peak 1) = mean over the {data.test_x.shape[0]:,} test images and "
         f"{denoising.plural(config.seeds, 'seed')}",

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import experiment
+from mnist_jax import experiment, models
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
@@ -136,15 +136,16 @@ def reconstruct_images(model, params, x: np.ndarray) -> np.ndarray:
 def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
     """(result, one-line summary) of the trained model of an experiment's workdir applied to x."""
     experiment_name = config.get("experiment")
-    kind = config.get("model", {}).get("kind") if isinstance(config.get("model"), dict) else None
+    block = config.get("model") if isinstance(config.get("model"), dict) else None
+    role = models.role(models.from_config(block)) if block and "kind" in block else None
     if experiment_name == "noise_accuracy":
         return apply_noise_accuracy(workdir, config, x, args)
     if (workdir / "metrics.json").exists() and not (workdir / "params").is_dir():
         raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment_name!r} saves no trained model that "
                           "evaluate can apply (it keeps only its statistics)")
-    if args.level is not None and kind != "dae":
+    if args.level is not None and role != "denoiser":
         raise ConfigError("--level applies to denoising workdirs (experiments.denoise, experiments.noise_accuracy) only")
-    if kind == "dae":
+    if role == "denoiser":
         metrics = finished_metrics(workdir)
         records = metrics.get("runs") or [{"noise_level": v} for v in metrics["noise_level"]]
         runs = level_runs(records, args.level, "autoencoder")
@@ -152,13 +153,13 @@ def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> t
         out = denoise_images(model, params, x)
         return out, (f"{len(out)} images denoised by the autoencoder trained at noise level {args.level:g} "
                      f"(seed index {args.seed}); mean intensity {out.mean():.4f}")
-    if kind == "vae":
+    if role == "generative":
         if config["model"].get("conditional"):
             raise ConfigError("--workdir holds a conditional VAE: it needs labels, which evaluate does not take")
         model, params = experiment.restore_run(workdir, config["model"], args.seed)
         out = reconstruct_images(model, params, x)
         return out, f"{len(out)} images reconstructed by VAE run {args.seed}; mean intensity {out.mean():.4f}"
-    if kind in ("mlp", "cnn"):
+    if role == "classifier":
         model, params = experiment.restore_run(workdir, config["model"], args.seed)
         labels = predict_labels(model, params, x)
         counts = np.bincount(labels, minlength=10)
@@ -182,7 +183,7 @@ def apply_noise_accuracy(workdir: pathlib.Path, config: dict, x: np.ndarray, arg
     else:
         runs = level_runs(records, args.level, f"{curve} classifier")
     kind = config["classifier"]["kind"]
-    block = {"kind": kind, **config["classifier"][kind]}
+    block, _ = models.split_block({"kind": kind, **config["classifier"][kind]})
     model, params = experiment.restore_run(workdir, block, args.seed, f"{curve}_params", runs=runs)
     if records[runs[args.seed]]["diverged"]:
         experiment.check_not_diverged(True, params, args.seed)

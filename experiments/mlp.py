@@ -11,7 +11,7 @@ import jax
 import ml_collections
 
 from mnist_jax import experiment, models, plots, results, stats
-from mnist_jax.report import ci, figure, mean_std, seeds_text, study, table, timing_line
+from mnist_jax.report import ci, figure, mean_std, net_text, per_value_table, seeds_text, study, table, timing_line
 
 
 def describe(summary: dict) -> str:
@@ -19,24 +19,30 @@ def describe(summary: dict) -> str:
     return stats.describe(summary)
 
 
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields this experiment reads: the classifier's, its sweep and the study's values."""
+    return [*experiment.classifier_reads(config, sweeps=True), "study"]
+
+
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     data, data_seconds, model, hp, seeds, result = experiment.train_classifier(config, workdir)
     history = result.history
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     metrics = {
-        "experiment": "mlp",
+        "experiment": config.experiment,
         "protocol": config.protocol,
         "param_count": n_params,
-        **results.classifier_summary(hp, seeds, history),
+        "model": models.describe(model),
+        **results.classifier_summary(hp, seeds, history, experiment.sweep_values(config)),
         "timing": experiment.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
-    widths = "-".join(str(w) for w in (784, *config.model.hidden, 10))
     val_name = "validation = test set (study protocol)" if config.protocol == "study" else f"validation = {config.n_val} held-out"
     plots.accuracy_curves(
         history, workdir / "accuracy.png",
-        f"MLP {widths} ({n_params:,} params), {config.optimizer.upper()} lr {config.learning_rate}, "
-        f"batch {config.batch_size}\n{len(seeds)} seeds; {val_name}; "
+        f"{models.describe(model)} ({n_params:,} params), {config.optimizer.upper()} lr "
+        f"{experiment.value_text(config, 'learning_rate')}, batch {config.batch_size}{experiment.sweep_text(config)}\n"
+        f"{experiment.runs_text(config)}; {val_name}; "
         f"final test accuracy {describe(metrics['test_accuracy'])}")
     print(f"test accuracy {describe(metrics['test_accuracy'])} over {len(seeds)} seeds")
     return metrics
@@ -58,6 +64,7 @@ def section(m: dict) -> str:
     return "\n\n".join([
         "## 2. Dense classifier 784-64-64-10",
         table(["", "this codebase", "study", "reference"], rows),
+        *([f"Swept: {', '.join(m['sweep'])}.", per_value_table(m)] if m.get("per_value") else []),
         timing_line(m),
         figure("mlp", "accuracy.png", "Training and validation accuracy per epoch, mean ± 1 std over seeds"),
     ])
@@ -67,7 +74,7 @@ def row(m: dict, c: dict) -> list[str]:
     """This experiment's row of the README's results table, from its metrics and config."""
     acc = m["test_accuracy"]
     lo, hi = study(m["experiment"])["mlp_keras_pytorch_accuracy_pct"]
-    return [f"dense 784-{'-'.join(map(str, c['model']['hidden']))}-10, {c['optimizer'].upper()} {c['learning_rate']:g}, "
+    return [f"dense {net_text(m, c)}, {c['optimizer'].upper()} {c['learning_rate']:g}, "
             f"{c['epochs']} epochs ({seeds_text(c)})",
             f"**{mean_std(acc)} %** test accuracy (CI {ci(acc)}); {m['param_count']:,} params",
             f"{study(m['experiment'])['mlp_params_study']:,} params; curves only",

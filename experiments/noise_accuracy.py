@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import denoising, experiment, models, plots, provenance, stats, sweep, tasks
+from mnist_jax import denoising, experiment, models, plots, provenance, stats, sweep, tasks, train
 from mnist_jax import results as results_lib
 from mnist_jax.config import ConfigError
 from mnist_jax.report import by_level, figure, mean_std, seeds_text, table, timing_line
@@ -42,13 +42,15 @@ CURVES = {
 }
 
 
-def classifier_block(classifier) -> dict:
-    """The `models.from_config` block of the chosen classifier kind: {"kind": kind, **fields}."""
+def classifier_block(classifier) -> tuple[dict, dict[str, list[float]]]:
+    """The `models.from_config` block of the chosen classifier kind ({"kind": kind, **fields}) and
+    the traced call arguments its block gives ({name: [value]})."""
     kind = classifier.get("kind")
     if kind not in classifier or kind == "kind":
         known = sorted(k for k in classifier if k != "kind")
         raise ConfigError(f"config.classifier.kind={kind!r}: expected one of {known} (a block of its fields)")
-    return {"kind": kind, **dict(classifier[kind])}
+    block, traced = models.split_block({"kind": kind, **dict(classifier[kind])})
+    return block, {k: [v] for k, v in traced.items()}
 
 
 def classifier_model(block: dict):
@@ -84,10 +86,30 @@ def conclusion(levels: list[float], diff: dict, welch: dict) -> dict:
     return {"helps_levels": helps, "hurts_levels": hurts, "largest_gain_level": best, "text": text}
 
 
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields this experiment reads: its three classifiers' (the chosen classifier block
+    and the hyperparameters their tasks read), the autoencoders' block and the noise levels."""
+    block, traced = classifier_block(config.classifier)
+    task = tasks.noisy_classifier_task(classifier_model(block))
+    expected = train.expected_hparams(task, experiment.train_spec(config))
+    unused = [k for k in traced if k not in expected]
+    if unused:
+        raise ConfigError(f"config.classifier.{block['kind']}.{unused[0]} is ignored: the classifier "
+                          f"{models.describe(classifier_model(block))} does not read it in this configuration")
+    given = ("noise_level", *traced)
+    return [*experiment.RUN_FIELDS, "classifier", "denoiser", "denoiser_epochs", "noise_levels",
+            *experiment.task_reads(config, task, given=given)]
+
+
+def runs(config: ml_collections.ConfigDict) -> int:
+    """Runs in each of its grids: one per noise level and seed."""
+    return len(config.noise_levels) * config.seeds
+
+
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     levels = denoising.check_levels(config.noise_levels)
     dae = denoising.dae_model(config.denoiser.model)
-    clf_block = classifier_block(config.classifier)
+    clf_block, clf_hp = classifier_block(config.classifier)
     clf = classifier_model(clf_block)
     ae_epochs = config.denoiser_epochs or config.epochs
     data, data_seconds = experiment.load_data(config)
@@ -99,9 +121,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     noisy_task = tasks.noisy_classifier_task(clf, None, config.seed)
     denoised_task = tasks.noisy_classifier_task(clf, dae, config.seed)
     clean_task = tasks.classifier_task(clf)
-    hp, seeds = sweep.grid(seed_list, **experiment.hparams(config, noisy_task, noise_level=levels))
-    hp_c, seeds_c = sweep.grid(seed_list, **experiment.hparams(config, clean_task))
-    ae_shapes = experiment.init_shapes(dae, runs=len(seeds))
+    hp, seeds = sweep.grid(seed_list, **experiment.hparams(config, noisy_task, noise_level=levels, **clf_hp))
+    hp_c, seeds_c = sweep.grid(seed_list, **experiment.hparams(config, clean_task, **clf_hp))
+    ae_shapes = models.init_shapes(dae, runs=len(seeds))
     trainings = {"noisy": experiment.Training(config, noisy_task, hp, seeds),
                  "denoised": experiment.Training(config, denoised_task, tasks.with_frozen(hp, "denoiser", ae_shapes), seeds),
                  "clean": experiment.Training(config, clean_task, hp_c, seeds_c)}
@@ -155,13 +177,14 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     welch = {f"{lv:g}": stats.welch(acc["denoised"][i], acc["noisy"][i]) for i, lv in enumerate(levels)}
     verdict = conclusion(levels, diff, welch)
 
-    clf_line = (f"{describe(clf_block)}, {config.optimizer} lr {config.learning_rate:g}, batch {config.batch_size}, "
+    clf_traced = "".join(f", {k} {v[0]:g}" for k, v in clf_hp.items())
+    clf_line = (f"{describe(clf_block)}{clf_traced}, {config.optimizer} lr {config.learning_rate:g}, batch {config.batch_size}, "
                 f"{denoising.plural(config.epochs, 'epoch')}")
     plots.curves_with_ci(
         levels, {CURVES[k]: (acc[k].T, [summaries[k][f"{lv:g}"] for lv in levels]) for k in CURVES},
         workdir / "noise_accuracy.png",
         f"MNIST test accuracy against salt-and-pepper noise\nclassifier: {clf_line}\n"
-        f"autoencoders {denoising.layer_widths(dae)}, Adam, {denoising.plural(ae_epochs, 'epoch')}, one per level and seed; "
+        f"autoencoders {models.describe(dae)}, Adam, {denoising.plural(ae_epochs, 'epoch')}, one per level and seed; "
         f"{denoising.plural(n_seeds, 'seed')} per point; all curves tested on the same noisy test images",
         xlabel="salt-and-pepper noise level (fraction of pixels replaced by 0 or 1)", ylabel="test accuracy (%)",
         note=f"mean, 95 % CI band (Student t, {n_seeds} seeds), dots = runs")

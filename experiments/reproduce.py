@@ -136,6 +136,16 @@ def fmt_seconds(s: float) -> str:
     return f"{int(s // 60)} min {s % 60:04.1f} s" if s >= 60 else f"{s:.1f} s"
 
 
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields the job reads (each stage checks its own config when it runs)."""
+    return ["experiment", "profile", "force", "jobs", "only", "reuse"]
+
+
+def runs(config: ml_collections.ConfigDict) -> int:
+    """The job trains nothing itself: each stage's process checks its own memory."""
+    return 0
+
+
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     if config.profile not in ("quick", "full"):
         raise ConfigError(f"config.profile={config.profile!r} is not allowed: expected 'quick' or 'full'")

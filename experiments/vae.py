@@ -30,9 +30,6 @@ N_RECONSTRUCTIONS = 12
 MAP_GRID = 20  # decoded manifold of vae_latent.png: MAP_GRID x MAP_GRID latents
 
 
-CLASSIFIER_KINDS = ("mlp", "cnn")
-
-
 def build(block: ml_collections.ConfigDict, where: str):
     """models.from_config with user errors as ConfigError."""
     try:
@@ -54,15 +51,14 @@ def check(config: ml_collections.ConfigDict) -> None:
                               "(config.json, params/) nor a vae workdir that trained one (config.json, classifier_params/)")
         cls_config = experiment.read_json(path / "config.json")
         block = cls_config.get("classifier", {}) if cls_config.get("experiment") == "vae" else cls_config
-        kind = block.get("model", {}).get("kind") if isinstance(block, dict) else None
-        if kind not in CLASSIFIER_KINDS:
+        model_block = block.get("model", {}) if isinstance(block, dict) else {}
+        kind = model_block.get("kind") if isinstance(model_block, dict) else None
+        if not kind or not models.is_classifier(build(ml_collections.ConfigDict(model_block), "classifier.workdir")):
             raise ConfigError(f"config.classifier.workdir={cls.workdir!r} holds a {kind!r} model of experiment "
-                              f"{cls_config.get('experiment')!r}, not a classifier ({' or '.join(CLASSIFIER_KINDS)})")
-    else:
-        if cls.model.kind not in CLASSIFIER_KINDS:
-            raise ConfigError(f"config.classifier.model.kind={cls.model.kind!r} is not allowed: the samples are judged "
-                              f"by a classifier ({' or '.join(CLASSIFIER_KINDS)})")
-        build(cls.model, "classifier.model")
+                              f"{cls_config.get('experiment')!r}, not a classifier (images -> 10 logits)")
+    elif not models.is_classifier(build(cls.model, "classifier.model")):
+        raise ConfigError(f"config.classifier.model.kind={cls.model.kind!r} is not allowed: the samples are judged "
+                          "by a classifier (a model from images to 10 logits)")
 
 
 def classifier_params_dir(workdir: pathlib.Path) -> str:
@@ -86,13 +82,40 @@ def final(history: dict, key: str) -> dict:
 def vae_training(config, model_cfg, seeds) -> experiment.Training:
     """The training of VAEs of `model_cfg`, one per seed."""
     model = build(model_cfg, "model")
-    hp, seeds = sweep.grid(seeds, learning_rate=[config.learning_rate])
-    return experiment.Training(config, tasks.vae_task(model), hp, seeds, model=model)
+    task = tasks.vae_task(model)
+    hp, seeds = sweep.grid(seeds, **experiment.hparams(config, task))
+    return experiment.Training(config, task, hp, seeds, model=model)
 
 
 def train_vae(workdir, data, training: experiment.Training, name):
     """(model, SweepResult) of a `vae_training`, trained (with its compiled programs, if prepared)."""
     return training.model, training.train(workdir, data, name, metric="val_neg_elbo")
+
+
+def classifier_spec(config) -> TrainSpec:
+    """The static training setup of the judge's classifier."""
+    cls = config.classifier
+    return TrainSpec(epochs=min(cls.epochs, config.epochs), batch_size=cls.batch_size, optimizer=cls.optimizer,
+                     schedule=cls.schedule)
+
+
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields this experiment reads: the VAE's, its evaluation's and figures', and the
+    judge's classifier (its workdir, or the settings it is trained with here)."""
+    check(config)
+    own = [*experiment.RUN_FIELDS, "model", "iwae_k", "iwae_images", "iwae_batch", "n_samples", "digits", "map_epochs",
+           "study", *experiment.task_reads(config, tasks.vae_task(build(config.model, "model")))]
+    cls = config.classifier
+    if cls.workdir:  # the judge comes from that workdir: the settings to train one here do not apply
+        return [*own, "classifier"]
+    task = tasks.classifier_task(build(cls.model, "classifier.model"))
+    return [*own, *(f"classifier.{f}" for f in ("workdir", "model", "seed", "epochs", "batch_size", "optimizer", "schedule")),
+            *experiment.task_reads(cls, task, classifier_spec(config), prefix="classifier.")]
+
+
+def runs(config: ml_collections.ConfigDict) -> int:
+    """Runs in its one grid: a VAE per seed."""
+    return config.seeds
 
 
 def classifier_training(config) -> experiment.Training | None:
@@ -101,8 +124,7 @@ def classifier_training(config) -> experiment.Training | None:
     if cls.workdir:
         return None
     model = build(cls.model, "classifier.model")
-    spec = TrainSpec(epochs=min(cls.epochs, config.epochs), batch_size=cls.batch_size, optimizer=cls.optimizer,
-                     schedule=cls.schedule)
+    spec = classifier_spec(config)
     task = tasks.classifier_task(model)
     hp, seeds = sweep.grid([cls.seed], **experiment.hparams(cls, task, spec))
     return experiment.Training(config, task, hp, seeds, spec, model)
@@ -136,7 +158,7 @@ def get_classifier(config, workdir: pathlib.Path, data, prepared: experiment.Tra
         cls_config = experiment.read_json(path / "config.json")
         if classifier_params_dir(path) == "classifier_params":  # the classifier a vae run trained
             model = build(ml_collections.ConfigDict(cls_config["classifier"]["model"]), "classifier.workdir")
-            params = run_params(experiment.load_params(path, experiment.init_shapes(model, runs=1), "classifier_params"), 0)
+            params = run_params(experiment.load_params(path, models.init_shapes(model, runs=1), "classifier_params"), 0)
             info = {"source": f"the classifier trained by the vae run in {cls.workdir}",
                     "model": cls_config["classifier"]["model"]}
         else:

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, models, plots, results, stats, tasks, train
+from mnist_jax import experiment, grid, models, plots, results, stats, tasks, train
 from mnist_jax.config import REPO_ROOT, ConfigError, load_config_file
-from mnist_jax.report import figure, mean_std, num, pct, seeds_text, table, timing_line
+from mnist_jax.report import figure, mean_std, net_text, num, pct, seeds_text, table, timing_line
 
 SOURCES = (*train.STREAMS, "one_bit", "bootstrap", "all")
 # the sources Summers & Dinneen (2021) varied one at a time (initialization, shuffling, augmentation,
@@ -61,12 +61,6 @@ def source_seeds(sources: list[str], n: int, base: int, kernel_size: int) -> tup
         parts.append(seeds)
     seeds = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return seeds, [s for s in sources for _ in range(n)]
-
-
-def predictions(model, params, test_x) -> np.ndarray:
-    """Test-set class predictions (runs, images) of every run's params (leading run axis)."""
-    predict = lambda p, x: jnp.argmax(tasks.classifier_logits(model, p, x), axis=-1)  # noqa: E731
-    return np.asarray(tasks.over_runs(predict, (params,), (test_x,)))
 
 
 def power_table(sigma: dict, config: ml_collections.ConfigDict) -> dict:
@@ -134,6 +128,16 @@ def verdict(per_source: dict) -> dict:
             "agrees_with_summers_dinneen": agrees, "text": text}
 
 
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields this experiment reads: the classifier's, its sources and its statistics' settings."""
+    return [*experiment.classifier_reads(config), "sources", "differences_pct", "alpha", "power", "test_resamples"]
+
+
+def runs(config: ml_collections.ConfigDict) -> int:
+    """Runs in its one grid: `seeds` per source."""
+    return len(config.sources) * config.seeds
+
+
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     sources = list(config.sources)
     unknown = [s for s in sources if s not in SOURCES]
@@ -154,7 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     diverged = results.divergence(h, seeds["init"], hp)
     test_acc = results.final_of_finite(h, "test_accuracy")
     ok = np.isfinite(test_acc)
-    preds = predictions(model, result.state.params, data.test_x)
+    preds = grid.TrainedGrid(model, result.state.params, hp, seeds).predictions(data.test_x)
     correct = preds == np.asarray(data.test_y)[None, :]
 
     per_source = {}
@@ -183,7 +187,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "experiment": "variance_sources",
         "protocol": config.protocol,
         "param_count": models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params)),
-        "model": describe_model(config),
+        "model": describe_model(config, model),
         "sources": sources,
         "runs_per_source": config.seeds,
         "runs": [{"source": run_source[r], **{k: int(v[r]) for k, v in seeds.items()},
@@ -203,13 +207,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     return metrics
 
 
-def describe_model(config: ml_collections.ConfigDict) -> str:
-    m = config.model
-    if m.kind == "mlp":
-        net = "dense 784-" + "-".join(str(w) for w in m.hidden) + "-10"
-    else:
-        net = f"CNN, conv filters {list(m.filters)}, dense {m.dense or 'none'}"
-    extra = f", dropout {config.dropout_rate:g}" if config.dropout_rate else ""
+def describe_model(config: ml_collections.ConfigDict, model) -> str:
+    """The trained net and its setting in one line; a dropout rate only where the model reads one."""
+    net = ("dense " if config.model.kind == "mlp" else "") + net_text({"model": models.describe(model)}, config)
+    extra = f", dropout {config.dropout_rate:g}" if config.get("dropout_rate") else ""
     extra += f", shifts ±{config.max_shift} px" if config.max_shift else ""
     return (f"{net}, {config.optimizer} lr {config.learning_rate:g} {config.schedule}{extra}, batch {config.batch_size}, "
             f"{config.epochs} epochs")

@@ -5,10 +5,10 @@ Persistent cache: importing `mnist_jax` points JAX's persistent compilation cach
 process (a second run of an experiment, a resumed run, `reproduce`, the test suite) loads the
 programs the first one compiled instead of compiling them again. XLA:CPU supports it in jax 0.10
 (measured: `benchmarks/compile_cache.py`, README). Every program is written to the cache
-(`MIN_COMPILE_SECONDS` = 0; JAX's default is 1 s): in the quick profile on a 2-core CPU, 108 of
-its 142 programs compile in under 1 s each, 7.2 s of its 96 s of compiling, which a second run
-then loads too (24 MB for the whole profile). A loaded program is the same executable, so it gives
-bit-identical numbers (tested, and `python -m mnist_jax.compare` on the two runs of the benchmark).
+(`MIN_COMPILE_SECONDS` = 0; JAX's default is 1 s): most of the quick profile's programs compile in
+under a second each, and a second run loads those too (`benchmarks/compile_cache.py` measures
+it). A loaded program is the same executable, so it gives bit-identical numbers (tested, and
+`python -m mnist_jax.compare` on the two runs of the benchmark).
 
 - `MNIST_JAX_COMPILE_CACHE=0` leaves JAX's cache settings as they are (JAX's default: no cache);
 - a cache folder of your own (`JAX_COMPILATION_CACHE_DIR`, or `jax_compilation_cache_dir` set

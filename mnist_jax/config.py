@@ -83,6 +83,10 @@ def _parse_value(field: str, text: str, default):
         if isinstance(default, bool) and text.lower() in ("true", "false"):
             return text.lower() == "true"
         raise ConfigError(f"--config.{field}={text}: not a valid value (expected {type(default).__name__})") from None
+    if isinstance(default, ml_collections.ConfigDict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"--config.{field}={text}: expected a mapping such as {{'l2': [0, 1e-4]}}")
+        return ml_collections.ConfigDict(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"--config.{field}={text}: expected True or False")
@@ -110,6 +114,10 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
         if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
             raise ConfigError(f"--config.{dotted}: unknown config field {name!r}")
         node = node[name]
+    if leaf not in node and parents and parents[-1] == "sweep":  # a sweep declaration takes any hyperparameter
+        with node.unlocked():
+            node[leaf] = _parse_value(dotted, text, [])
+        return
     if leaf not in node:
         known = ", ".join(sorted(node.keys()))
         raise ConfigError(f"--config.{dotted}: unknown config field {leaf!r} (known: {known})")
@@ -142,6 +150,7 @@ def parse_args(argv: list[str] | None, default_config: str,
     config = load_config_file(args.config)
     for key, text in overrides:
         apply_override(config, key, text)
+    check_alternatives(config, [key for key, _ in overrides])
     validate(config)
     return pathlib.Path(args.workdir), config
 
@@ -234,7 +243,9 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
     """Raise ConfigError naming the first field whose value is not allowed."""
     for name, value in config.items():
         path = f"{prefix}{name}"
-        if isinstance(value, ml_collections.ConfigDict):
+        if name == "sweep" and isinstance(value, ml_collections.ConfigDict):
+            validate_sweep(value, path)
+        elif isinstance(value, ml_collections.ConfigDict):
             validate(value, f"{path}.")
         elif name in RULES:
             ok, allowed = RULES[name]
@@ -249,6 +260,36 @@ def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
                     raise ConfigError(f"config.{path}={value!r} is not allowed: item {item!r}, expected {allowed}")
     if not prefix:
         check_together(config)
+
+
+def validate_sweep(sweep: ml_collections.ConfigDict, path: str = "sweep") -> None:
+    """A sweep declaration {hyperparameter: [values]}: each list non-empty, of distinct numbers,
+    each allowed by the hyperparameter's own rule where it has one."""
+    for name, values in sweep.items():
+        where = f"config.{path}.{name}={values!r} is not allowed"
+        if not isinstance(values, (list, tuple)) or len(values) == 0:
+            raise ConfigError(f"{where}: expected a non-empty list of values")
+        ok, allowed = RULES.get(name, (_is_number, "a finite number"))
+        for item in values:
+            if not ok(item):
+                raise ConfigError(f"{where}: item {item!r}, expected {allowed}")
+        if len({float(np.float32(v)) for v in values}) != len(values):
+            raise ConfigError(f"{where}: a value appears twice (as float32, the precision runs are trained in)")
+
+
+def check_alternatives(config: ml_collections.ConfigDict, overridden: list[str]) -> None:
+    """ConfigError for an override of a block of alternatives ({kind, <kind>: {...}, ...}) that
+    the chosen kind does not use: `--config.classifier.cnn.filters=...` with classifier.kind=mlp
+    would change nothing."""
+    for dotted in overridden:
+        node, parts = config, dotted.split(".")
+        for i, name in enumerate(parts[:-1]):
+            kind = node.get("kind") if isinstance(node, ml_collections.ConfigDict) else None
+            if isinstance(kind, str) and name != kind and isinstance(node.get(name), ml_collections.ConfigDict):
+                where = ".".join(parts[:i])
+                raise ConfigError(f"--config.{dotted}: config.{where}.kind is {kind!r}, so its {name!r} block is not used; "
+                                  f"set --config.{where}.kind={name} too")
+            node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
 
 
 def check_together(config: ml_collections.ConfigDict) -> None:

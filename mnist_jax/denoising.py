@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pathlib
 
+import flax.linen as nn
 import ml_collections
 import numpy as np
 
@@ -22,23 +23,21 @@ def check_levels(levels) -> list[float]:
     return levels
 
 
-def dae_model(block) -> models.DenoisingAutoencoder:
-    """The autoencoder of a config block, or ConfigError if the block is not kind 'dae'."""
-    if block.get("kind") != "dae":
-        raise ConfigError(f"config model kind {block.get('kind')!r}: this experiment trains kind 'dae'")
+def dae_model(block) -> nn.Module:
+    """The autoencoder of a config block (any model from images to images, such as kind 'dae'),
+    or ConfigError."""
     try:
-        return models.from_config(block)
+        model = models.from_config(block)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config model block {dict(block)}: {err}") from None
+    if models.role(model) != "denoiser":
+        raise ConfigError(f"config model kind {block.get('kind')!r}: this experiment trains a denoiser, a model from "
+                          "images to images (such as kind 'dae')")
+    return model
 
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def layer_widths(model: models.DenoisingAutoencoder) -> str:
-    """e.g. '784-128-96-128-784'."""
-    return "-".join(str(w) for w in (784, *model.hidden, model.latent, *reversed(model.hidden), 784))
 
 
 def train_denoisers(config: ml_collections.ConfigDict, workdir: pathlib.Path, model, levels: list[float],
@@ -46,8 +45,9 @@ def train_denoisers(config: ml_collections.ConfigDict, workdir: pathlib.Path, mo
     """Train one autoencoder per (level, seed) as one program: (SweepResult, hp, seeds)."""
     seed_list = [config.seed + i for i in range(config.seeds)]
     lr = config.learning_rate if learning_rate is None else learning_rate
-    hp, seeds = sweep.grid(seed_list, noise_level=levels, learning_rate=[lr])
     task = tasks.denoise_task(model, eval_seed=config.seed)
+    values = experiment.hparams(config, task, spec, noise_level=levels, learning_rate=[lr])
+    hp, seeds = sweep.grid(seed_list, noise_level=values.pop("noise_level"), **values)
     return experiment.train(config, workdir, task, hp, seeds, data, name=name, spec=spec), hp, seeds
 
 

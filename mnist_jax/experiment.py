@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -138,6 +139,122 @@ def hparams(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | Non
     return out
 
 
+def sweep_values(config: ml_collections.ConfigDict) -> dict[str, list[float]]:
+    """The config's sweep declaration `config.sweep = {hyperparameter: [values]}`, with the values
+    exactly as the config gives them ({} when it sweeps nothing). Several keys form their grid."""
+    declared = config.get("sweep", None) or {}
+    return {str(name): [float(v) for v in values] for name, values in dict(declared).items()}
+
+
+def swept_grid(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | None = None,
+               **swept: list[float]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(hp, seeds): the config's seeds x its sweep declaration (and any `swept` values) as one grid."""
+    return sweep.grid(seeds_of(config), **hparams(config, task, spec, **{**sweep_values(config), **swept}))
+
+
+# Fields every experiment's harness reads: the run block (`configs/base.py`) and the optimizer
+# choice. The traced hyperparameters (learning_rate, momentum, l2, ...) are read by the tasks,
+# hooks and optimizers that name them (`task_reads`).
+RUN_FIELDS = ("experiment", "seed", "seeds", "epochs", "batch_size", "n_val", "protocol", "chunk_epochs",
+              "checkpoint_every", "checkpoint_seconds", "run_chunk", "train_images", "optimizer", "schedule")
+
+
+def task_reads(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | None = None,
+               prefix: str = "", given: tuple[str, ...] = ()) -> list[str]:
+    """The config fields a training of `task` reads: every hyperparameter its task, hooks and
+    optimizer read (ConfigError when one is neither a field nor swept; a swept one's field is its
+    base value, which the sweep declaration replaces), and the switches of its hooks and
+    augmentation. `given`: hyperparameters the experiment takes from elsewhere (not fields)."""
+    swept = sweep_values(config) if "sweep" in config else {}
+    names = [n for n in train_lib.expected_hparams(task, spec or train_spec(config)) if n not in given]
+    missing = [n for n in names if n not in config and n not in swept]
+    if missing:
+        raise ConfigError(f"config.{prefix}{missing[0]} is missing: this experiment's task reads the hyperparameter "
+                          f"{missing[0]!r}")
+    return [f"{prefix}{n}" for n in (*names, "max_shift", "max_norm")]
+
+
+def value_text(config: ml_collections.ConfigDict, name: str) -> str:
+    """What a run used for hyperparameter `name`: its swept values ("0, 1e-04") or the config's value."""
+    swept = sweep_values(config) if "sweep" in config else {}
+    return ", ".join(f"{v:g}" for v in swept[name]) if name in swept else f"{config[name]:g}"
+
+
+def runs_text(config: ml_collections.ConfigDict) -> str:
+    """How many runs a grid trains, for people: "5 seeds", or "2 seeds x 3 values" with a sweep."""
+    points = math.prod(len(v) for v in sweep_values(config).values()) if "sweep" in config else 1
+    seeds = f"{config.seeds} seed{'s' * (config.seeds > 1)}"
+    return seeds if points == 1 else f"{seeds} x {points} values"
+
+
+def sweep_text(config: ml_collections.ConfigDict) -> str:
+    """The sweep declaration for people ("; swept: l2 over 0, 1e-04"), or "" when it sweeps nothing."""
+    swept = sweep_values(config) if "sweep" in config else {}
+    return "".join(f"; swept: {name} over {value_text(config, name)}" for name in swept)
+
+
+def sweep_reads(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | None = None) -> list[str]:
+    """["sweep"] for an experiment that trains the config's sweep declaration with `task`;
+    ConfigError when it sweeps a hyperparameter that the task and optimizer do not read."""
+    expected = train_lib.expected_hparams(task, spec or train_spec(config))
+    unknown = [name for name in sweep_values(config) if name not in expected]
+    if unknown:
+        raise ConfigError(f"config.sweep.{unknown[0]}: this experiment's task and optimizer do not read {unknown[0]!r} "
+                          f"(they read {', '.join(expected)})")
+    return ["sweep"]
+
+
+def classifier_reads(config: ml_collections.ConfigDict, sweeps: bool = False) -> list[str]:
+    """The fields a classifier config resolves: its model block, the run block, what the
+    classifier task reads (`task_reads`) and, when the experiment `sweeps`, its declaration."""
+    from mnist_jax import tasks
+
+    _, task = tasks.classifier_from_config(config)
+    return [*RUN_FIELDS, "model", *task_reads(config, task), *(sweep_reads(config, task) if sweeps else [])]
+
+
+def leaf_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """The dotted names of a config's fields; a block of alternatives ({kind, <kind>: {...}, ...})
+    counts only its chosen alternative, and the sweep declaration its hyperparameters."""
+    out = []
+    kind = config.get("kind") if isinstance(config.get("kind", None), str) else None
+    for name, value in config.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, ml_collections.ConfigDict) and kind is not None and name != kind:
+            continue  # an alternative not chosen (see config.check_alternatives)
+        if isinstance(value, ml_collections.ConfigDict) and (value or name != "sweep"):
+            out.extend(leaf_fields(value, f"{path}."))
+        else:
+            out.append(path)
+    return out
+
+
+def check_read(config: ml_collections.ConfigDict, reads: list[str]) -> None:
+    """ConfigError naming the first config field that nothing of this experiment reads (`reads`:
+    dotted names, a block's name standing for all its fields), with the reason where a model
+    takes that argument but does not use it in its configuration."""
+    from mnist_jax import models
+
+    def read(path: str) -> bool:
+        return any(path == r or path.startswith(f"{r}.") for r in reads)
+
+    unread = [f for f in leaf_fields(config) if not read(f)]
+    if not unread:
+        return
+    field = unread[0]
+    leaf = field.rsplit(".", 1)[-1]
+    why = "nothing in this experiment reads it"
+    for where, block in model_blocks(config):
+        try:
+            model = models.from_config(block)
+        except Exception:  # noqa: BLE001 - a block that does not build is reported by the preflight
+            continue
+        if leaf in models.unused_hparams(model):
+            why = (f"the model of config.{where} ({models.describe(model)}) takes {leaf} but has no layer that uses it "
+                   "in this configuration")
+    raise ConfigError(f"config.{field} is ignored: {why}. Remove it, or change the config so that it is read")
+
+
 def prepare(config: ml_collections.ConfigDict, task: Task, hp: dict, seeds: Any, data: data_lib.Splits,
             spec: TrainSpec | None = None) -> sweep.GridTrainer:
     """Start compiling, in the background, the programs of a later `train(config, ..., trainer=)`
@@ -209,9 +326,10 @@ class Training:
 
 def train_seeds(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, data: data_lib.Splits,
                 **swept: list[float]) -> tuple[dict, np.ndarray, SweepResult]:
-    """(hp, seeds, result): the config's seeds x any `swept` values of the task's traced
-    hyperparameters as one grid, trained (`train`) and its params saved (`save_params`)."""
-    hp, seeds = sweep.grid(seeds_of(config), **hparams(config, task, **swept))
+    """(hp, seeds, result): the config's seeds x its sweep declaration (and any `swept` values) of
+    the task's traced hyperparameters as one grid, trained (`train`) and its params saved
+    (`save_params`)."""
+    hp, seeds = swept_grid(config, task, **swept)
     result = train(config, workdir, task, hp, seeds, data)
     save_params(workdir, result.state.params)
     return hp, seeds, result
@@ -275,21 +393,6 @@ def run_count(metrics: dict) -> int:
     return len(metrics["seeds"])
 
 
-def init_shapes(model, runs: int | None = None) -> Any:
-    """Shapes of one run's params of `model`, or of `runs` runs stacked on a leading run axis
-    (nothing is allocated)."""
-    from mnist_jax import models
-
-    x = jnp.zeros((1, *data_lib.IMAGE_SHAPE))
-    if isinstance(model, models.VAE):
-        one = jax.eval_shape(lambda: model.init(jax.random.key(0), x, jax.random.key(1), jnp.zeros((1,), jnp.int32)))
-    else:
-        one = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    if runs is None:
-        return one
-    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((runs, *a.shape), a.dtype), one)
-
-
 def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: str = "params",
                 runs: list[int] | None = None):
     """(model, params) of one trained run of a workdir: the model of config `block`, from the
@@ -310,7 +413,7 @@ def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: 
     runs = list(range(n_saved)) if runs is None else runs
     if not 0 <= run_index < len(runs):
         raise ConfigError(f"--seed {run_index}: this workdir has runs 0..{len(runs) - 1}")
-    like = init_shapes(model, runs=n_saved or max(runs) + 1)
+    like = models.init_shapes(model, runs=n_saved or max(runs) + 1)
     index = runs[run_index]
     params = jax.tree_util.tree_map(lambda a: a[index], load_params(workdir, like, params_dir))
     flagged = bool(metrics["runs"][index]["diverged"]) if "runs" in metrics and params_dir == "params" else False
@@ -363,7 +466,13 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     def begin() -> tuple[pathlib.Path, str | None]:
         run_dir = workdir.begin(to_jsonable(config.to_dict()))
         other_code = foreign_checkpoints(run_dir)
-        if other_code:
+        if other_code and outside_part(other_code) != outside_part(provenance.code_id()):
+            # another version of a model file from outside the repository: its checkpoints are another model's
+            print(f"{workdir.root}: its checkpoints were trained with other code from outside the repository "
+                  f"({other_code}); training from the start")
+            shutil.rmtree(run_dir / "checkpoints")
+            other_code = None
+        elif other_code:
             print(f"{workdir.root}: its checkpoints were written by other code ({other_code}); a resumed run says so "
                   "in its provenance")
         return run_dir, other_code
@@ -429,6 +538,11 @@ def foreign_checkpoints(workdir: pathlib.Path) -> str | None:
     return None if before == provenance.code_id() else (before or "unknown")
 
 
+def outside_part(code_id: str) -> str:
+    """The '+outside:<hash>' part of a code id (`provenance.code_id`), or "" when it has none."""
+    return code_id[code_id.index("+outside:"):] if "+outside:" in code_id else ""
+
+
 def mark_checkpoints_code(workdir: pathlib.Path) -> None:
     """Record the current code as the writer of workdir/checkpoints when it starts them."""
     ckpts = workdir / "checkpoints"
@@ -476,7 +590,7 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
     try:
         path, config = parse_args(argv, default_config, description)
         check_experiment(config, default_config)
-        preflight(config)
+        preflight(config, run)
         workdir = distributed.on_writer(lambda: workdir_lib.Workdir.open(path, experiment_name(config, default_config)))
         run_in_workdir(workdir, run, config, provenance.command_line(argv, run.__module__), path)
     except distributed.WriterFailed as err:  # process 0 has said why
@@ -502,6 +616,15 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
     if workdir is not None:
         print(f"wrote {workdir.root / 'metrics.json'}")
     return 0
+
+
+def experiment_reads(run: Callable) -> Callable[[ml_collections.ConfigDict], list[str]]:
+    """The `reads(config)` of the experiment module that defines `run`: the config fields that
+    experiment reads (its planned trainings' and its own), for `check_read`."""
+    reads = getattr(sys.modules.get(run.__module__), "reads", None)
+    if not callable(reads):
+        raise TypeError(f"{run.__module__} defines no reads(config): every experiment says which config fields it reads")
+    return reads
 
 
 def _who() -> str:
@@ -531,7 +654,9 @@ def param_count_of(block: ml_collections.ConfigDict, where: str) -> int:
     from mnist_jax import models
 
     try:
-        shapes = init_shapes(models.from_config(block))
+        shapes = models.init_shapes(models.from_config(block))
+    except ConfigError:
+        raise
     except Exception as err:  # a model config is user input: any failure to build it is its error
         message = str(err).splitlines()[0][:200] if str(err) else ""
         if isinstance(err, ZeroDivisionError):
@@ -559,21 +684,33 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def runs_at_once(config: ml_collections.ConfigDict) -> int:
-    """An upper bound on the runs one program trains: seeds x the longest list of swept values."""
-    lists = [len(v) for k, v in config.items() if isinstance(v, (list, tuple)) and k.endswith(("_factors", "_rates", "_levels"))]
-    runs = config.get("seeds", 1) * max(lists, default=1)
+def planned_runs(config: ml_collections.ConfigDict, run: Callable | None = None) -> int:
+    """The most runs one grid of this experiment trains: what its module's `runs(config)` says,
+    else its seeds x the size of its sweep declaration."""
+    count = getattr(sys.modules.get(run.__module__), "runs", None) if run is not None else None
+    if callable(count):
+        return int(count(config))
+    return config.get("seeds", 1) * math.prod(len(v) for v in sweep_values(config).values())
+
+
+def runs_at_once(config: ml_collections.ConfigDict, run: Callable | None = None) -> int:
+    """The most runs one compiled program trains: `planned_runs`, at most `config.run_chunk`."""
+    runs = planned_runs(config, run)
     return min(runs, config.get("run_chunk", 0) or runs)
 
 
-def preflight(config: ml_collections.ConfigDict) -> None:
-    """What can be checked before data is loaded or anything compiles: every model builds, and
-    the trained state (params, gradients, optimizer moments: about 4 copies in float32, plus the
+def preflight(config: ml_collections.ConfigDict, run: Callable | None = None) -> None:
+    """What can be checked before data is loaded or anything compiles: every model builds, every
+    config field is read by something (`check_read`, with the experiment's `reads`), and the
+    trained state (params, gradients, optimizer moments: about 4 copies in float32, plus the
     training set on the device) fits in the memory the machine has free."""
     params = max((param_count_of(block, name) for name, block in model_blocks(config)), default=0)
-    needed = 16 * params * runs_at_once(config) + 60_000 * 784
+    if run is not None:
+        check_read(config, list(experiment_reads(run)(config)))
+    at_once = runs_at_once(config, run)
+    needed = 16 * params * at_once + 60_000 * 784
     free = available_memory()
     if needed > free:
         raise ConfigError(f"this config needs about {needed / 2**30:.1f} GiB ({params:,} params x "
-                          f"{runs_at_once(config)} runs at once) but {free / 2**30:.1f} GiB is free: use fewer seeds, "
+                          f"{at_once} runs at once) but {free / 2**30:.1f} GiB is free: use fewer seeds, "
                           "a smaller model or config.run_chunk")

@@ -27,20 +27,11 @@ CONV_IMPLS = ("fused", "im2col", "lax")
 
 
 def default_conv_impl(backend: str | None = None) -> str:
-    """The fastest convolution formulation measured on `backend` (default: jax's backend).
-
-    Measured with `benchmarks/cnn_speed.py` (the study CNN, batch 128, Adam, one run, steady-state
-    epoch of 430 steps plus evaluation, inside the whole-run scan):
-    - cpu: "fused" (im2col, with single-channel layers as one fused loop); XLA:CPU picks a slow
-      convolution inside `lax.scan`. 2-core AMD EPYC: fused 10.85 s, im2col 23.11 s, lax about
-      218 s per epoch (README, Speed).
-    - gpu: "fused". One H100 (jax 0.11.2, CUDA 13, this code's convolutions at commit 9953d09),
-      `../shared/measurements/h100-2026-11-27/log.txt`, section `== cnn_speed` (the command is not
-      in the log; its header says the study model, 1 run, 55,000 images, median of 2 epochs, i.e.
-      `python -m benchmarks.cnn_speed --impls lax,fused --epochs 2`): fused 0.07 s [0.07, 0.07]
-      against lax (cuDNN) 0.11 s [0.11, 0.11] per epoch. Not measured there: im2col, cnn_best,
-      vmapped runs, and deterministic GPU ops (on by default since; XLA_FLAGS was empty).
-    - any other backend (TPU): "lax", the library convolution, not measured.
+    """The fastest convolution formulation measured on `backend` (default: jax's backend), by
+    `benchmarks/cnn_speed.py` (numbers, machines and commits in the docs' performance page):
+    "fused" on a CPU (im2col, single-channel layers as one fused loop: XLA:CPU picks a slow
+    convolution inside `lax.scan`) and on a GPU; "lax", the library convolution, elsewhere (TPU,
+    not measured).
     """
     return {"cpu": "fused", "gpu": "fused"}.get(backend or jax.default_backend(), "lax")
 

@@ -7,13 +7,21 @@ traced and swept with `jax.vmap`; widths are attributes.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
+import inspect
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax._src.interpreters import partial_eval as pe
 
+from mnist_jax.config import ConfigError
+from mnist_jax.data import IMAGE_SHAPE
 from mnist_jax.kernels import (  # noqa: F401  (CONV_IMPLS and default_conv_impl: part of this module's API)
     CONV_IMPLS,
     default_conv_impl,
@@ -23,6 +31,8 @@ from mnist_jax.kernels import (  # noqa: F401  (CONV_IMPLS and default_conv_impl
     lax_conv,
     max_pool_2x2,
 )
+
+EVAL_BATCH = 1000  # images per evaluation batch unless a model says otherwise
 
 
 def dense_init(keras: bool):
@@ -41,6 +51,10 @@ class MLP(nn.Module):
     num_classes: int = 10
     keras_init: bool = True
     dropout: bool = False
+
+    def describe(self) -> str:
+        """'MLP 784-64-64-10', with ', dropout' when it has dropout layers."""
+        return "MLP " + "-".join(str(w) for w in (784, *self.hidden, self.num_classes)) + (", dropout" if self.dropout else "")
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, dropout_rate=0.0, input_dropout_rate=0.0):
@@ -109,6 +123,26 @@ class CNN(nn.Module):
     num_classes: int = 10
     keras_init: bool = True
     conv_impl: str = "auto"
+
+    # XLA:CPU runs a vmapped convolutional step slower per run than a single run's
+    # (`benchmarks/cnn_speed.py --runs 5`), so its runs train one at a time there.
+    vmap_slow_on = ("cpu",)
+
+    def describe(self) -> str:
+        """e.g. 'Conv32-Pool-Drop-Conv32-Dense32' (SAME padding and dense dropout marked)."""
+        parts = []
+        for f, pool in zip(self.filters, self.pool, strict=True):
+            parts.append(f"Conv{f}" + ("s" if self.padding == "SAME" else ""))
+            if pool:
+                parts += ["Pool", "Drop"]
+        if self.dense:
+            parts.append(f"Dense{self.dense}" + ("-Drop" if self.dense_dropout else ""))
+        return "-".join(parts)
+
+    def eval_batch(self, backend: str) -> int:
+        """Images per evaluation batch: on a CPU the im2col patches of a batch of 1,000 are far
+        larger than the caches, so it evaluates 250 at a time (docs/performance.md)."""
+        return 250 if backend == "cpu" else EVAL_BATCH
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, dropout_rate=0.0):
@@ -200,6 +234,21 @@ class VAE(nn.Module):
     conditional: bool = False
     num_classes: int = 10
 
+    @property
+    def vmap_slow_on(self) -> tuple[str, ...]:
+        """Convolutional: slower vmapped on a CPU (as `CNN.vmap_slow_on`)."""
+        return ("cpu",) if self.conv else ()
+
+    def describe(self) -> str:
+        """e.g. 'dense VAE 784-512-256-32' or 'conditional convolutional VAE ... latent 32'."""
+        body = ("convolutional VAE Conv32/2-Conv64/2-Dense" + str(self.hidden[-1]) if self.conv
+                else "dense VAE " + "-".join(str(w) for w in (784, *self.hidden)))
+        return ("conditional " if self.conditional else "") + f"{body}-{self.latent}"
+
+    def init_inputs(self, x: jax.Array) -> tuple:
+        """The arguments `init` takes besides the key: images, a latent key and labels."""
+        return x, jax.random.key(1), jnp.zeros((x.shape[0],), jnp.int32)
+
     def setup(self):
         self.encoder = VAEEncoder(self.latent, tuple(self.hidden), self.conv)
         self.decoder = VAEDecoder(tuple(self.hidden), self.conv)
@@ -237,6 +286,10 @@ class DenoisingAutoencoder(nn.Module):
     latent: int = 96
     keras_init: bool = True
 
+    def describe(self) -> str:
+        """e.g. '784-128-96-128-784'."""
+        return "-".join(str(w) for w in (784, *self.hidden, self.latent, *reversed(self.hidden), 784))
+
     @nn.compact
     def __call__(self, x):
         shape = x.shape
@@ -247,48 +300,180 @@ class DenoisingAutoencoder(nn.Module):
         return nn.Dense(math.prod(shape[1:]), kernel_init=init)(h).reshape(shape)
 
 
-def architecture(model: CNN) -> str:
-    """e.g. 'Conv32-Pool-Drop-Conv32-Dense32' (SAME padding and dense dropout marked)."""
-    parts = []
-    for f, pool in zip(model.filters, model.pool, strict=True):
-        parts.append(f"Conv{f}" + ("s" if model.padding == "SAME" else ""))
-        if pool:
-            parts += ["Pool", "Drop"]
-    if model.dense:
-        parts.append(f"Dense{model.dense}" + ("-Drop" if model.dense_dropout else ""))
-    return "-".join(parts)
+# --- What a model says about itself ---
+#
+# A model is any flax module; it may declare, as attributes or methods of its own class:
+#   describe() -> str               a one-line description for figures and reports
+#   vmap_slow_on: tuple[str, ...]   backends where a vmapped training step costs more per run
+#   eval_batch(backend) -> int      images per evaluation batch
+#   init_inputs(x) -> tuple         what `init` takes besides the key (default: the images)
+#   traced: tuple[str, ...]         its traced call arguments (default: the keyword arguments of
+#                                   `__call__` with a numeric default, such as dropout_rate)
+# The functions below give each capability with its default, so no other module asks what
+# class a model is.
+
+BUILTIN = {"mlp": MLP, "cnn": CNN, "vae": VAE, "dae": DenoisingAutoencoder}
 
 
-def traced_hparams(model: nn.Module) -> tuple[str, ...]:
-    """The traced call arguments (hyperparameters) `model` reads when it trains."""
-    if isinstance(model, MLP):
-        return ("dropout_rate", "input_dropout_rate") if model.dropout else ()
-    if isinstance(model, CNN):
-        return ("dropout_rate",) if any(model.pool) or model.dense_dropout else ()
-    return ()
+def model_class(kind: str) -> type[nn.Module]:
+    """The module class of `kind`: a built-in name (`BUILTIN`) or `package.module:Class`
+    importable from sys.path (a researcher's own file). ConfigError says what is wrong."""
+    if kind in BUILTIN:
+        return BUILTIN[kind]
+    module_name, sep, class_name = str(kind).partition(":")
+    if not sep or not module_name or not class_name:
+        raise ConfigError(f"model.kind={kind!r}: expected one of {sorted(BUILTIN)} or 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # a researcher's module is user code: any failure to import it is theirs
+        raise ConfigError(f"model.kind={kind!r}: cannot import {module_name!r} ({type(err).__name__}: {err}); "
+                          "is its folder on PYTHONPATH?") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"model.kind={kind!r}: {module_name} has no flax module {class_name!r}")
+    return cls
+
+
+def kind_of(model: nn.Module) -> str:
+    """The `model.kind` that builds this model's class: its built-in name or `module:Class`."""
+    cls = type(model)
+    name = next((k for k, c in BUILTIN.items() if c is cls), None)
+    return name or f"{cls.__module__}:{cls.__qualname__}"
+
+
+def fields_of(cls: type[nn.Module]) -> tuple[str, ...]:
+    """The fields a config block can set on a module class (its dataclass fields)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
+
+
+def from_config(cfg) -> nn.Module:
+    """The module a config's `model` block describes (`kind` plus that module's fields)."""
+    fields = dict(cfg)
+    kind = fields.pop("kind")
+    cls = model_class(kind)
+    unknown = sorted(set(fields) - set(fields_of(cls)))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: the model {kind!r} has no field {unknown[0]!r} "
+                          f"(its fields: {', '.join(fields_of(cls))})")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return cls(**fields)
+
+
+def split_block(block) -> tuple[dict, dict]:
+    """(model block, traced call arguments) of a config block that may give both, e.g.
+    {"kind": "cnn", "filters": (32, 32), "dropout_rate": 0.5} -> the CNN's block and {"dropout_rate": 0.5}."""
+    fields = dict(block)
+    traced = call_hparams(model_class(fields["kind"]))
+    return {k: v for k, v in fields.items() if k not in traced}, {k: v for k, v in fields.items() if k in traced}
+
+
+def describe(model: nn.Module) -> str:
+    """The model's one-line description (its `describe()`, else its kind and fields)."""
+    if callable(getattr(model, "describe", None)):
+        return model.describe()
+    fields = ", ".join(f"{k}={getattr(model, k)!r}" for k in fields_of(type(model)))
+    return f"{kind_of(model)}({fields})"
 
 
 def vmap_slow_on(model: nn.Module) -> tuple[str, ...]:
-    """Backends on which a vmapped training step of `model` costs more per run than one run's.
+    """Backends on which a vmapped training step of `model` costs more per run than one run's
+    (the model's `vmap_slow_on`, else none): its runs train one at a time there."""
+    return tuple(getattr(model, "vmap_slow_on", ()))
 
-    XLA:CPU runs a vmapped convolutional step slower per run than a single one, while dense
-    nets gain from vmapping (`benchmarks/cnn_speed.py --runs 5` measures it; numbers in the README).
-    """
-    convolutional = isinstance(model, CNN) or (isinstance(model, VAE) and model.conv)
-    return ("cpu",) if convolutional else ()
+
+def eval_batch_size(model: nn.Module, backend: str | None = None) -> int:
+    """Images per evaluation batch (the model's `eval_batch(backend)`, else `EVAL_BATCH`); a
+    divisor of 5,000 and 10,000, so no batch is padded."""
+    size = getattr(model, "eval_batch", None)
+    return int(size(backend or jax.default_backend())) if callable(size) else EVAL_BATCH
+
+
+def init_inputs(model: nn.Module, x: jax.Array) -> tuple:
+    """What `model.init` takes besides its key, for images x."""
+    inputs = getattr(model, "init_inputs", None)
+    return tuple(inputs(x)) if callable(inputs) else (x,)
+
+
+def init_shapes(model: nn.Module, runs: int | None = None) -> Any:
+    """Shapes of one run's params of `model`, or of `runs` runs stacked on a leading run axis
+    (nothing is allocated)."""
+    x = jnp.zeros((1, *IMAGE_SHAPE))
+    one = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(model, x)))
+    if runs is None:
+        return one
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((runs, *a.shape), a.dtype), one)
+
+
+def call_hparams(model: nn.Module | type[nn.Module]) -> tuple[str, ...]:
+    """The traced call arguments a model class (or a model's) takes: its `traced` declaration,
+    else the keyword arguments of `__call__` with a numeric default (`train` is not one)."""
+    cls = model if isinstance(model, type) else type(model)
+    declared = getattr(cls, "traced", None)
+    if declared is not None:
+        return tuple(declared)
+    params = inspect.signature(cls.__call__).parameters.values()
+    return tuple(p.name for p in params
+                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "train"
+                 and isinstance(p.default, (int, float)) and not isinstance(p.default, bool))
+
+
+def takes_train(model: nn.Module) -> bool:
+    """Whether the model's `__call__` takes `train` (its training-mode switch: dropout and the like)."""
+    return "train" in inspect.signature(type(model).__call__).parameters
+
+
+@functools.lru_cache(maxsize=256)
+def _used_hparams(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of `names` the training-mode output of `model` depends on: traced abstractly, each
+    argument an input of the program, and kept where the output needs it (nothing compiles)."""
+    x = jnp.zeros((1, *IMAGE_SHAPE))
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(model, x)))
+
+    def apply(params, values):
+        kwargs = dict(zip(names, values, strict=True))
+        if takes_train(model):
+            kwargs["train"] = True
+        return model.apply(params, x, rngs={"dropout": jax.random.key(0)}, **kwargs)
+
+    scalars = [jax.ShapeDtypeStruct((), jnp.float32)] * len(names)
+    jaxpr = jax.make_jaxpr(apply)(params, scalars).jaxpr
+    _, used = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    return tuple(n for n, u in zip(names, used[-len(names):], strict=True) if u)
+
+
+def traced_hparams(model: nn.Module) -> tuple[str, ...]:
+    """The traced call arguments (hyperparameters) `model` reads when it trains in its
+    configuration: a dropout rate of a model with no dropout layer is not among them."""
+    names = call_hparams(model)
+    return _used_hparams(model, names) if names else ()
+
+
+def unused_hparams(model: nn.Module) -> tuple[str, ...]:
+    """The call arguments the model's class takes but this configuration of it never reads."""
+    used = traced_hparams(model)
+    return tuple(n for n in call_hparams(model) if n not in used)
+
+
+def role(model: nn.Module) -> str | None:
+    """What the model does, from shapes alone: "classifier" (images -> logits (B, 10)),
+    "denoiser" (images -> images), "generative" (it has `encode` and `decode`), else None."""
+    if callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)):
+        return "generative"
+    x = jnp.zeros((2, *IMAGE_SHAPE))
+    try:
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+        out = jax.eval_shape(lambda p: model.apply(p, x), params)
+    except Exception:  # noqa: BLE001 - a model that cannot take images alone has no role here
+        return None
+    shape = getattr(out, "shape", None)
+    return "classifier" if shape == (2, 10) else "denoiser" if shape == x.shape else None
+
+
+def is_classifier(model: nn.Module) -> bool:
+    """Whether the model maps images (B, 28, 28, 1) to class logits (B, 10)."""
+    return role(model) == "classifier"
 
 
 def param_count(params) -> int:
     """Number of scalar parameters in a pytree."""
     return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
-
-
-def from_config(cfg) -> nn.Module:
-    """The module a config's `model` block describes (`kind` plus that module's fields)."""
-    kinds = {"mlp": MLP, "cnn": CNN, "vae": VAE, "dae": DenoisingAutoencoder}
-    fields = dict(cfg)
-    kind = fields.pop("kind")
-    if kind not in kinds:
-        raise ValueError(f"model.kind must be one of {sorted(kinds)}, got {kind!r}")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    return kinds[kind](**fields)

@@ -28,6 +28,7 @@ import os
 import pathlib
 import platform
 import shlex
+import site
 import subprocess
 import sys
 from typing import Any
@@ -180,13 +181,45 @@ def copy_code_id(base: str, commit: str, root: pathlib.Path = REPO_ROOT) -> str:
     return f"git:{base}+dirty:{digest.hexdigest()[:12]}"
 
 
-def code_id(code: dict | None = None) -> str:
-    """One string naming the code: 'git:<commit>', 'git:<commit>+dirty:<hash12>' or 'package:<version>'."""
+def _installed_roots() -> tuple[str, ...]:
+    """Folders whose modules are installed software (the interpreter's and its site-packages)."""
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(), site.getusersitepackages()}
+    return tuple(os.path.realpath(r) + os.sep for r in roots if r)
+
+
+def outside_code(root: pathlib.Path = REPO_ROOT) -> dict[str, str]:
+    """{file: sha256} of every imported module that is neither this repository's nor installed
+    software: a researcher's own model file on PYTHONPATH. Config files are not code: config.json
+    records what they gave."""
+    inside = (os.path.realpath(root) + os.sep, *_installed_roots())
+    out = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path or name.startswith("_mnist_jax_config_") or not path.endswith(".py"):
+            continue
+        real = os.path.realpath(path)
+        if real.startswith(inside) or not os.path.isfile(real):
+            continue
+        try:
+            out[real] = hashlib.sha256(pathlib.Path(real).read_bytes()).hexdigest()
+        except OSError:
+            out[real] = "unreadable"
+    return dict(sorted(out.items()))
+
+
+def code_id(code: dict | None = None, outside: dict[str, str] | None = None) -> str:
+    """One string naming the code: 'git:<commit>', 'git:<commit>+dirty:<hash12>' or
+    'package:<version>', with '+outside:<hash12>' when modules from outside the repository run
+    (`outside_code`: an edit of a researcher's model file changes the id)."""
     code = code_version() if code is None else code
+    outside = outside_code() if outside is None else outside
     if code.get("source") in ("git", "git-manifest"):
-        text = f"git:{code['commit']}"
-        return text + (f"+dirty:{code['changes_sha256'][:12]}" if code.get("dirty") else "")
-    return f"package:{code.get('version')}"
+        text = f"git:{code['commit']}" + (f"+dirty:{code['changes_sha256'][:12]}" if code.get("dirty") else "")
+    else:
+        text = f"package:{code.get('version')}"
+    if outside:
+        text += "+outside:" + hashlib.sha256(json.dumps(outside, sort_keys=True).encode()).hexdigest()[:12]
+    return text
 
 
 def short_code(code: dict) -> str:
@@ -251,6 +284,7 @@ def collect(command: str, started: str, ended: str | None = None) -> dict:
     return {
         "code": code_version(),
         "code_id": code_id(),
+        "outside_code": outside_code(),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
         "backend": backend,

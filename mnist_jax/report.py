@@ -86,6 +86,17 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def per_value_table(m: dict) -> str:
+    """The table of a swept classifier grid ("" when the run swept nothing): for each point of
+    its sweep declaration, the runs and their test and validation accuracy (%)."""
+    if not m.get("per_value"):
+        return ""
+    names = list(m.get("sweep") or {})
+    rows = [[*(f"{p[n]:g}" for n in names), str(p["runs"]), mean_std(p["test_accuracy"]), ci(p["test_accuracy"]),
+             mean_std(p["val_accuracy"])] for p in m["per_value"]]
+    return table([*names, "runs", "test accuracy (%)", "95 % CI", "validation accuracy (%)"], rows)
+
+
 def figure(name: str, file: str, caption: str) -> str:
     return f"![{caption}]({name}/{file})\n\n*{caption}*"
 
@@ -146,6 +157,12 @@ def write_report(workdir: pathlib.Path, names: list[str], profile: str, out: pat
 # --- One row per experiment for the README's results table (mnist_jax.results_table) ---
 # Each takes (metrics, config) of a stage and returns [experiment, this codebase, the study,
 # published reference]; every number comes from the two.
+
+
+def net_text(m: dict, c: dict) -> str:
+    """The trained net for a results row: '784-64-64-10' for a dense net, else what the model says."""
+    hidden = c["model"].get("hidden") if c["model"].get("kind") == "mlp" else None
+    return f"784-{'-'.join(map(str, hidden))}-10" if hidden else m.get("model", c["model"]["kind"])
 
 
 def seeds_text(c: dict) -> str:

@@ -8,6 +8,7 @@ from this table.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,12 @@ from typing import Any
 import numpy as np
 
 from mnist_jax import stats
+
+
+def hp_value(x) -> float:
+    """A traced hyperparameter's value as the config wrote it: the shortest decimal that rounds to
+    the same float32 (runs train in float32), so `run["l2"] == 1e-4` finds the runs of l2 = 1e-4."""
+    return float(str(np.float32(x)))
 
 
 def diverged(history: dict[str, np.ndarray]) -> np.ndarray:
@@ -31,7 +38,7 @@ def divergence(history: dict[str, np.ndarray], seeds: np.ndarray, hp: dict[str, 
     records = []
     for r in np.flatnonzero(np.asarray(history["diverged"])[:, -1]):
         epoch = int(np.argmax(np.asarray(history["diverged"])[r])) + 1
-        values = {k: float(v[r]) for k, v in hp.items()}
+        values = {k: hp_value(v[r]) for k, v in hp.items() if "/" not in k}
         records.append({"run": int(r), "seed": int(seeds[r]), "epoch": epoch, "hparams": values})
         described = ", ".join(f"{k}={v:g}" for k, v in values.items())
         warnings.warn(f"run {r} (seed {int(seeds[r])}, {described}) diverged in epoch {epoch}: its loss was not "
@@ -55,7 +62,7 @@ def runs_table(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndar
     for r in range(len(gone)):
         seed = ({k: int(np.asarray(v)[r]) for k, v in seeds.items()} if isinstance(seeds, dict)
                 else int(np.asarray(seeds)[r]))
-        record = {k: float(np.asarray(hp[k])[r]) for k in names}
+        record = {k: hp_value(np.asarray(hp[k])[r]) for k in names}
         record["seed"] = seed
         for k in keys:
             value = float(np.asarray(history[k])[r, -1])
@@ -67,14 +74,35 @@ def runs_table(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndar
     return out
 
 
-def classifier_summary(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndarray]) -> dict:
+def per_value(runs: list[dict], sweep: dict[str, list[float]],
+              keys: Sequence[str] = ("test_accuracy", "val_accuracy")) -> list[dict]:
+    """One record per point of a swept grid (every combination of `sweep`'s values): its values,
+    how many runs it has, and the summary of each of `keys` over them (diverged runs left out)."""
+    names = list(sweep)
+    out = []
+    for point in itertools.product(*(sweep[n] for n in names)):
+        values = {n: hp_value(v) for n, v in zip(names, point, strict=True)}
+        members = [r for r in runs if all(r[n] == v for n, v in values.items())]
+        record = {**values, "runs": len(members)}
+        for k in keys:
+            record[k] = stats.summary(np.array([np.nan if r[k] is None else r[k] for r in members], float))
+        out.append(record)
+    return out
+
+
+def classifier_summary(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndarray],
+                       sweep: dict[str, list[float]] | None = None) -> dict:
     """What a classifier experiment reports of its runs: seeds, the runs table, the history, the
     final test and validation accuracy per run with their summaries (diverged runs left out),
-    test errors, and the diverged runs (each also warned about)."""
+    test errors, and the diverged runs (each also warned about); with a `sweep` declaration, the
+    summaries of each of its points too (`per_value`)."""
     test_acc, val_acc = final_of_finite(history, "test_accuracy"), final_of_finite(history, "val_accuracy")
+    runs = runs_table(hp, seeds, history, ("test_accuracy", "val_accuracy", "test_errors"))
+    swept = {"sweep": sweep, "per_value": per_value(runs, sweep)} if sweep else {}
     return {
         "seeds": seeds,
-        "runs": runs_table(hp, seeds, history, ("test_accuracy", "val_accuracy", "test_errors")),
+        "runs": runs,
+        **swept,
         "history": history,
         "test_accuracy": {"per_seed": test_acc, **stats.summary(test_acc)},
         "test_errors": np.asarray(history["test_errors"])[:, -1],

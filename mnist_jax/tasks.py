@@ -18,29 +18,9 @@ import jax.numpy as jnp
 from mnist_jax import augment as augment_lib
 from mnist_jax import generative, losses, models, noise, regularizers
 from mnist_jax.data import IMAGE_SHAPE, Splits, preprocess_images
-from mnist_jax.train import Batch, HParams, Task, stream_key
+from mnist_jax.train import Batch, Task, stream_key
 
-EVAL_BATCH = 1000
-CONV_EVAL_BATCH_CPU = 250
-
-
-def eval_batch_size(model: nn.Module, backend: str | None = None) -> int:
-    """Images per evaluation batch of a classifier: `EVAL_BATCH`, except convolutional nets on
-    a CPU, `CONV_EVAL_BATCH_CPU`.
-
-    The im2col patches of the study CNN's second layer take 139 kB per image: 139 MB for a batch
-    of 1,000, far past the caches, against 35 MB for 250; evaluating 10,000 test images took 1.15 s
-    in batches of 1,000 and 0.70 s in batches of 250 or 200 on a 2-core CPU, the same logits bit
-    for bit (each image's logits do not depend on the batch; a test checks it). Dense nets are
-    fastest with the larger batch. Divides 5,000 and 10,000, so no batch is padded.
-    """
-    convolutional = isinstance(model, models.CNN)
-    return CONV_EVAL_BATCH_CPU if convolutional and (backend or jax.default_backend()) == "cpu" else EVAL_BATCH
-
-
-def model_kwargs(model: nn.Module, hp: HParams) -> dict:
-    """The traced call arguments of `model` (`models.traced_hparams`), from hp."""
-    return {k: hp[k] for k in models.traced_hparams(model)}
+EVAL_BATCH = models.EVAL_BATCH
 
 
 def batched(fn: Callable[[jax.Array], jax.Array], x: jax.Array, batch_size: int = EVAL_BATCH) -> jax.Array:
@@ -55,8 +35,8 @@ def batched(fn: Callable[[jax.Array], jax.Array], x: jax.Array, batch_size: int 
 
 def classifier_logits(model: nn.Module, params, x: jax.Array, batch_size: int | None = None) -> jax.Array:
     """Evaluation-mode logits (N, 10) of images x (uint8 or float, NHWC), in batches
-    (`eval_batch_size(model)` images unless given)."""
-    batch_size = batch_size or eval_batch_size(model)
+    (`models.eval_batch_size(model)` images unless given)."""
+    batch_size = batch_size or models.eval_batch_size(model)
     return batched(lambda xb: model.apply(params, preprocess_images(xb)), x, batch_size)
 
 
@@ -81,6 +61,8 @@ def classifier_task(model: nn.Module, augment: Callable | None = None, augment_s
     s / 10 with s = hp["label_smoothing"] (traced); evaluation reports the plain cross-entropy.
     Hyperparameters: the model's traced ones, the augmentation's, and label_smoothing if on.
     """
+    traced = models.traced_hparams(model)
+    mode = {"train": True} if models.takes_train(model) else {}
 
     def init(key, hp):
         return model.init(key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))
@@ -92,7 +74,7 @@ def classifier_task(model: nn.Module, augment: Callable | None = None, augment_s
         x = preprocess_images(batch.x)
         if augment is not None:
             x = augment(aug_key, x, hp)
-        logits = model.apply(params, x, train=True, rngs={"dropout": drop_key}, **model_kwargs(model, hp))
+        logits = model.apply(params, x, rngs={"dropout": drop_key}, **mode, **{k: hp[k] for k in traced})
         targets = batch.y
         if label_smoothing:
             s = hp["label_smoothing"]
@@ -104,7 +86,7 @@ def classifier_task(model: nn.Module, augment: Callable | None = None, augment_s
                 **classification_metrics(model, params, data.test_x, data.test_y, "test")}
 
     smoothing = ("label_smoothing",) if label_smoothing else ()
-    return Task(init, loss, evaluate, hparams=(*models.traced_hparams(model), *augment_hparams, *smoothing),
+    return Task(init, loss, evaluate, hparams=(*traced, *augment_hparams, *smoothing),
                 vmap_slow_on=models.vmap_slow_on(model))
 
 
@@ -251,7 +233,7 @@ def noisy_classification_metrics(model: nn.Module, params, x: jax.Array, y: jax.
         logits = model.apply(params, xb)
         return jnp.concatenate([logits, losses.cross_entropy(logits, y[idx])[:, None]], axis=1)
 
-    out = batched(fn, jnp.arange(x.shape[0]), eval_batch_size(model))
+    out = batched(fn, jnp.arange(x.shape[0]), models.eval_batch_size(model))
     right = losses.correct(out[:, :-1], y)
     return {f"{prefix}_accuracy": right.mean(), f"{prefix}_loss": out[:, -1].mean(),
             f"{prefix}_errors": (y.shape[0] - right.sum()).astype(jnp.int32)}

@@ -284,10 +284,10 @@ def _stable_argsort_u32(keys: jax.Array) -> jax.Array:
 def permutation(key: jax.Array, n: int) -> jax.Array:
     """`jax.random.permutation(key, n)`, bit for bit, faster on XLA:CPU.
 
-    jax shuffles by stable sorts of (random uint32 key, value) pairs; its comparator sort of
-    55,000 pairs took about 11 ms per round on a 2-core CPU, two rounds per epoch, against 4 ms
-    for the same order from `_stable_argsort_u32` (benchmarks/train_speed.py). The keys are
-    drawn exactly as jax draws them; beyond 2^16 elements (or for another PRNG) it is jax's.
+    jax shuffles by stable sorts of (random uint32 key, value) pairs, a comparator sort that
+    XLA:CPU runs several times slower than `_stable_argsort_u32`'s sorts of single arrays
+    (benchmarks/train_speed.py). The keys are drawn exactly as jax draws them; beyond 2^16
+    elements (or for another PRNG) it is jax's.
     """
     if n > 2**16 or str(jax.random.key_impl(key)) != "threefry2x32":
         return jax.random.permutation(key, n)
@@ -335,9 +335,9 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
         for penalty in task.penalties:
             loss = loss + penalty.fn(params, hp[penalty.hparam])
         if not task.penalties:
-            # A zero L2 term: before penalties were hooks every run carried one, and XLA:CPU fuses
-            # the step's gradients differently without it, which moves the numbers in the last
-            # bits. Kept so that every run computes exactly what it did before.
+            # A zero L2 term: XLA:CPU fuses the step's gradients differently without it, which moves
+            # the numbers in the last bits; every run without a penalty carries it, so a run gives
+            # the same numbers whichever hooks its task has.
             loss = loss + l2_penalty(params, 0.0)
         sums = {k: jnp.sum(v * batch.mask) for k, v in metrics.items()}
         sums["loss"] = jnp.sum(per_example * batch.mask)
@@ -346,10 +346,9 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
     def step(carry, xs):
         params, opt_state = carry
         idx_b, mask_b, i = xs
-        # Gathering whole rows of the flattened images is several times faster on XLA:CPU than
-        # gathering (28, 28, 1) slices, and "promise_in_bounds" (every index is in 0..n - 1)
-        # saves the clamping of each index, which was most of the gather's time (84 -> 35
-        # microseconds for a batch of 128); the reshape back is free.
+        # Whole rows of the flattened images gather several times faster on XLA:CPU than
+        # (28, 28, 1) slices, and "promise_in_bounds" (every index is in 0..n - 1) skips the
+        # clamping of each index, most of a clamped gather's time; the reshape back is free.
         x_b = train_rows.at[idx_b].get(mode="promise_in_bounds").reshape(-1, *data.train_x.shape[1:])
         batch = Batch(x_b, data.train_y.at[idx_b].get(mode="promise_in_bounds"), mask_b)
         keys = {s: jax.random.fold_in(k, i) for s, k in step_keys.items()}

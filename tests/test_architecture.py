@@ -120,10 +120,10 @@ def test_label_smoothing_is_a_traced_hyperparameter_of_the_task(tiny):
 
 @pytest.mark.integration
 def test_label_smoothing_sweep_runs_from_its_config_and_reports_itself(tmp_path):
-    from experiments import l2_sweep
+    from experiments import sweep as sweep_experiment
     from mnist_jax import report
 
-    assert l2_sweep.main(["--workdir", str(tmp_path), "--config", f"{REPO}/configs/label_smoothing.py:quick",
+    assert sweep_experiment.main(["--workdir", str(tmp_path), "--config", f"{REPO}/configs/label_smoothing.py:quick",
                           "--config.epochs=1", "--config.model.hidden=[32]"]) == 0
     m = experiment.read_json(tmp_path / "metrics.json")
     c = experiment.read_json(tmp_path / "config.json")

@@ -285,7 +285,7 @@ def test_best_config_builds_an_augmented_task_that_trains(tiny):
 
     config = load_config_file("configs/cnn_best.py")
     model, task = tasks.classifier_from_config(config)
-    assert models.architecture(model) == "Conv32s-Pool-Drop-Conv64s-Pool-Drop-Dense128-Drop"
+    assert models.describe(model) == "Conv32s-Pool-Drop-Conv64s-Pool-Drop-Dense128-Drop"
     hp, seeds = sweep.grid([0], **experiment.hparams(config, task))
     assert sorted(hp) == ["dropout_rate", "learning_rate"]
     spec = TrainSpec(epochs=2, batch_size=64, optimizer=config.optimizer, schedule=config.schedule)

@@ -34,7 +34,7 @@ def test_autoencoder_shapes_range_and_size():
     assert images.min() >= 0 and images.max() <= 1
     widths = [784, 128, 96, 128, 784]
     assert models.param_count(params) == sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
-    assert denoising.layer_widths(model) == "-".join(map(str, widths))
+    assert models.describe(model) == "-".join(map(str, widths))
 
 
 def test_binary_cross_entropy_matches_optax_and_stays_finite():

@@ -41,7 +41,7 @@ def run(module: str, tmp_path, *overrides: str, config: str | None = None) -> di
     return m
 
 
-DIVERGENCE_WARNS = {"experiments.mlp", "experiments.cnn", "experiments.l2_sweep", "experiments.variance_sources"}
+DIVERGENCE_WARNS = {"experiments.mlp", "experiments.cnn", "experiments.sweep", "experiments.variance_sources"}
 
 
 class _nothing:
@@ -58,7 +58,7 @@ def test_mlp(planted, tmp_path):
 
 
 def test_l2_sweep(planted, tmp_path):
-    m = run("experiments.l2_sweep", tmp_path, "--config.seeds=2", "--config.epochs=1", "--config.l2_factors=[0, 1e-4]",
+    m = run("experiments.sweep", tmp_path, "--config.seeds=2", "--config.epochs=1", "--config.sweep.l2=[0, 1e-4]",
             "--config.model.hidden=[16]")
     assert [r["test_error_pct"]["n"] for r in m["per_value"]] == [1, 2]
     assert m["per_value"][0]["diverged_runs"] == 1

@@ -23,7 +23,7 @@ from mnist_jax import launch
 from mnist_jax.compare import differences, numbers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SWEEP = [sys.executable, "-m", "experiments.l2_sweep", "--config", "configs/l2_sweep_quick.py"]
+SWEEP = [sys.executable, "-m", "experiments.sweep", "--config", "configs/l2_sweep_quick.py"]
 TIMEOUT = 400  # seconds for one training command; a quick sweep takes well under a minute alone
 
 

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from experiments import l2_sweep, reproduce
+from experiments import reproduce
+from experiments import sweep as sweep_experiment
 from mnist_jax import registry
 
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
@@ -118,11 +119,11 @@ def test_report_says_which_sweep_values_differ_beyond_seed_noise():
         return {"l2": v, "test_error_pct": {"mean": mean}, "vs_first_value_welch": {"p_value": p}}
 
     rows = [row(0.0, 1.9, 1.0), row(1e-5, 1.85, 0.4), row(1e-3, 2.1, 0.001)]
-    text = l2_sweep.beyond_noise(rows, "l2")
+    text = sweep_experiment.beyond_noise(rows, "l2")
     assert "l2 = 0.001 is worse (p = 0.001) beyond seed noise" in text and "Welch p >= 0.40" in text
-    assert "no value differs beyond seed noise" in l2_sweep.beyond_noise(rows[:2], "l2")
-    assert "is better" in l2_sweep.beyond_noise([rows[0], row(1e-4, 1.7, 0.01)], "l2")
-    assert l2_sweep.beyond_noise([rows[0], row(1e-4, 1.7, None)], "l2") == ""
+    assert "no value differs beyond seed noise" in sweep_experiment.beyond_noise(rows[:2], "l2")
+    assert "is better" in sweep_experiment.beyond_noise([rows[0], row(1e-4, 1.7, 0.01)], "l2")
+    assert sweep_experiment.beyond_noise([rows[0], row(1e-4, 1.7, None)], "l2") == ""
 
 
 @pytest.mark.integration

@@ -66,9 +66,9 @@ def test_conv_eval_batch_gives_the_logits_of_batches_of_1000(model, tiny):
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     x = jnp.asarray(np.concatenate([tiny.train_x] * 5))[:1100]  # 1,100 images: a partial last batch either way
     small = tasks.classifier_logits(model, params, x)
-    assert tasks.eval_batch_size(model, "cpu") == tasks.CONV_EVAL_BATCH_CPU < tasks.EVAL_BATCH
-    np.testing.assert_array_equal(small, tasks.classifier_logits(model, params, x, tasks.EVAL_BATCH))
-    assert tasks.eval_batch_size(models.MLP((64, 64)), "cpu") == tasks.eval_batch_size(model, "gpu") == tasks.EVAL_BATCH
+    assert models.eval_batch_size(model, "cpu") == 250 < models.EVAL_BATCH
+    np.testing.assert_array_equal(small, tasks.classifier_logits(model, params, x, models.EVAL_BATCH))
+    assert models.eval_batch_size(models.MLP((64, 64)), "cpu") == models.eval_batch_size(model, "gpu") == models.EVAL_BATCH
 
 
 @pytest.mark.parametrize("vmapped", [False, True])

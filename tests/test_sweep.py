@@ -9,7 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from experiments import cnn_search, l2_sweep
+from experiments import cnn_search
+from experiments import sweep as sweep_experiment
 from mnist_jax import report, stats, sweep
 
 SHARDED = textwrap.dedent("""
@@ -73,7 +74,7 @@ def test_welch_separates_real_differences_from_noise():
 
 @pytest.mark.integration
 def test_quick_l2_sweep_end_to_end(tmp_path):
-    assert l2_sweep.main(["--workdir", str(tmp_path), "--config", "configs/l2_sweep_quick.py"]) == 0
+    assert sweep_experiment.main(["--workdir", str(tmp_path), "--config", "configs/l2_sweep_quick.py"]) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["l2_factors"] == [0.0, 1e-4, 1e-3] and len(m["runs"]) == 9
     assert [r["l2"] for r in m["runs"]] == pytest.approx([0.0] * 3 + [1e-4] * 3 + [1e-3] * 3)
@@ -89,7 +90,7 @@ def test_quick_l2_sweep_end_to_end(tmp_path):
     for name in ("l2_sweep.png", "l2_sweep_std.png", "l2_sweep_curves.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     # P(A > B) beside the Welch p-values: a run at the value beats a run at the first one
-    errs = [[100 * (1 - r["test_accuracy"]) for r in m["runs"] if r["l2"] == pytest.approx(f)] for f in m["l2_factors"]]
+    errs = [[100 * (1 - r["test_accuracy"]) for r in m["runs"] if r["l2"] == f] for f in m["l2_factors"]]
     for row, e in zip(m["per_value"], errs, strict=True):
         assert row["vs_first_value_p_better"]["p"] == pytest.approx(stats.prob_greater(errs[0], e)["p"])
     assert [(p["a"], p["b"]) for p in m["pairwise_p_better"]] == [(0.0, 1e-4), (0.0, 1e-3), (1e-4, 1e-3)]

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import evaluate, l2_sweep, mlp, reproduce, vae
+from experiments import evaluate, mlp, reproduce, vae
+from experiments import sweep as sweep_experiment
 from mnist_jax import experiment, models, plots, registry, stats, sweep, tasks
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError, parse_args
@@ -216,10 +217,10 @@ def test_the_experiment_name_must_be_a_plain_name(tmp_path, name, capsys):
 
 
 @pytest.mark.parametrize("arg", ["--config.dropout_rate=0.99999999999", "--config.learning_rate=1e39",
-                                 "--config.l2=1e39", "--config.dropout_rates=[0.5, 0.99999999999]"])
+                                 "--config.l2=1e39", "--config.sweep.dropout_rate=[0.5, 0.99999999999]"])
 def test_values_that_float32_turns_into_1_or_inf_are_refused(tmp_path, arg):
     field = arg[len("--config."):].split("=")[0]
-    config_file = {"l2": "configs/mlp.py", "dropout_rates": "configs/dropout_sweep.py"}.get(field, "configs/cnn.py")
+    config_file = {"l2": "configs/mlp.py", "sweep.dropout_rate": "configs/dropout_sweep.py"}.get(field, "configs/cnn.py")
     with pytest.raises(ConfigError, match="not allowed"):
         parse_args(["--workdir", str(tmp_path), arg], config_file)
 
@@ -251,11 +252,11 @@ def test_stats_describe_has_no_spread_for_one_run_and_a_note_when_all_diverged()
 @pytest.mark.integration
 def test_l2_sweep_where_every_run_diverges_writes_metrics_and_reruns(tmp_path):
     args = ["--workdir", str(tmp_path / "w"), "--config", "configs/l2_sweep_quick.py", "--config.seeds=1",
-            "--config.epochs=1", "--config.model.hidden=[8]", "--config.l2_factors=[0, 0.001]",
+            "--config.epochs=1", "--config.model.hidden=[8]", "--config.sweep.l2=[0, 0.001]",
             "--config.learning_rate=1e30"]
     with pytest.warns(RuntimeWarning, match="diverged"):
-        assert l2_sweep.main(args) == 0
-        assert l2_sweep.main(args) == 0
+        assert sweep_experiment.main(args) == 0
+        assert sweep_experiment.main(args) == 0
     m = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert all(r["diverged"] for r in m["runs"]) and m["chosen_on_validation"]["test_error_pct"]["n"] == 0
 
@@ -366,9 +367,10 @@ def test_models_that_cannot_be_built_are_one_line_errors(tmp_path, capsys, args,
     assert message in err and err.count("\n") == 1
 
 
-def test_sweep_field_without_values_is_a_one_line_error(tmp_path, no_data, capsys):
-    assert l2_sweep.main(["--workdir", str(tmp_path / "w"), "--config.sweep_field=dropout_rate"]) == 2
-    assert "sweep_field='dropout_rate'" in capsys.readouterr().err
+def test_sweeping_a_hyperparameter_the_task_does_not_read_is_a_one_line_error(tmp_path, no_data, capsys):
+    assert sweep_experiment.main(["--workdir", str(tmp_path / "w"), "--config.sweep.dropout_rate=[0.1, 0.2]"]) == 2
+    err = capsys.readouterr().err
+    assert "config.sweep.dropout_rate" in err and err.count("\n") == 1
 
 
 def test_truncated_json_in_a_workdir_is_a_one_line_error(tmp_path, capsys):

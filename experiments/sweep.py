@@ -1,11 +1,14 @@
 """A sweep of one traced hyperparameter x seeds as ONE vmapped program, with its variance.
 
-    python -m experiments.l2_sweep --workdir runs/l2_sweep                         # the study's L2 sweep
-    python -m experiments.l2_sweep --workdir runs/l2_quick --config configs/l2_sweep_quick.py
-    python -m experiments.l2_sweep --workdir runs/dropout --config configs/dropout_sweep.py
+    python -m experiments.sweep --workdir runs/l2_sweep                         # the study's L2 sweep
+    python -m experiments.sweep --workdir runs/l2_quick --config configs/l2_sweep_quick.py
+    python -m experiments.sweep --workdir runs/dropout --config configs/dropout_sweep.py
+    python -m experiments.sweep --workdir runs/wd --config my_config.py   # sweep = {"weight_decay": [0, 1e-4]}
 
-The value is chosen on the validation split (final epoch), never on the test set; the study's
-own protocol (best test accuracy over epochs) is reported beside it, with the bias it carries.
+The swept hyperparameter and its values are the config's sweep declaration
+`config.sweep = {hyperparameter: [values]}`. The value is chosen on the validation split (final
+epoch), never on the test set; the study's own protocol (best test accuracy over epochs) is
+reported beside it, with the bias it carries.
 """
 
 from __future__ import annotations
@@ -16,18 +19,32 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, models, plots, results, stats, sweep, tasks, train
+from mnist_jax import experiment, models, plots, results, stats, tasks
 from mnist_jax.config import ConfigError
-from mnist_jax.report import ci, figure, mean_std, seeds_text, study, table, timing_line
+from mnist_jax.report import ci, figure, mean_std, net_text, seeds_text, study, table, timing_line
 
-# swept hyperparameter -> config field holding its values, and a name for people; any other
-# traced hyperparameter X of the task sweeps over config.X_values and is named "X" with spaces
-SWEEPS = {"l2": ("l2_factors", "L2 factor"), "dropout_rate": ("dropout_rates", "dropout rate (hidden layers)")}
+# The metrics key of the swept values, as metrics.json files have always named them.
+VALUES_KEYS = {"l2": "l2_factors", "dropout_rate": "dropout_rates"}
 
 
 def sweep_of(field: str) -> tuple[str, str]:
-    """(config field of the values, name for people) of swept hyperparameter `field`."""
-    return SWEEPS.get(field, (f"{field}_values", field.replace("_", " ")))
+    """(metrics key of the values, name for people) of swept hyperparameter `field`."""
+    return VALUES_KEYS.get(field, f"{field}_values"), field.replace("_", " ")
+
+
+def swept_field(config: ml_collections.ConfigDict) -> str:
+    """The one hyperparameter the config's sweep declaration names (ConfigError otherwise)."""
+    declared = experiment.sweep_values(config)
+    if len(declared) != 1:
+        raise ConfigError(f"config.sweep={dict(declared)}: this experiment compares the values of exactly one "
+                          "hyperparameter (experiments.mlp and experiments.cnn train grids of several)")
+    return next(iter(declared))
+
+
+def reads(config: ml_collections.ConfigDict) -> list[str]:
+    """The config fields this experiment reads: the classifier's, its sweep, the reference and the study's values."""
+    swept_field(config)
+    return [*experiment.classifier_reads(config, sweeps=True), "reference_errors", "reference_label", "study"]
 
 
 def per_value(array: np.ndarray, n_values: int) -> np.ndarray:
@@ -36,18 +53,14 @@ def per_value(array: np.ndarray, n_values: int) -> np.ndarray:
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    field = config.sweep_field
+    field = swept_field(config)
     values_field, value_name = sweep_of(field)
-    if values_field not in config:
-        raise ConfigError(f"config.sweep_field={field!r}: this config has no config.{values_field} to sweep")
     model, task = tasks.classifier_from_config(config)
-    if field not in train.expected_hparams(task, experiment.train_spec(config)):
-        raise ConfigError(f"config.sweep_field={field!r}: this model takes no such hyperparameter")
-    values = [float(v) for v in config[values_field]]
-    seeds_list = [config.seed + i for i in range(config.seeds)]
+    values = experiment.sweep_values(config)[field]
+    seeds_list = experiment.seeds_of(config)
 
     data, data_seconds = experiment.load_data(config)
-    hp, seeds = sweep.grid(seeds_list, **experiment.hparams(config, task, **{field: values}))
+    hp, seeds = experiment.swept_grid(config, task)
     result = experiment.train(config, workdir, task, hp, seeds, data)
     experiment.save_params(workdir, result.state.params)
 
@@ -94,10 +107,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "experiment": config.experiment,
         "protocol": config.protocol,
         "param_count": models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params)),
+        "model": models.describe(model),
         "sweep_field": field,
         values_field: values,
         "seeds": seeds_list,
-        "runs": [{field: float(hp[field][r]), "seed": int(seeds[r]), "test_errors": int(test_errors[r]),
+        "runs": [{field: results.hp_value(hp[field][r]), "seed": int(seeds[r]), "test_errors": int(test_errors[r]),
                   "test_accuracy": float(h["test_accuracy"][r, -1]), "final_val_accuracy": float(h["val_accuracy"][r, -1]),
                   "best_val_accuracy": float(h["val_accuracy"][r].max()),
                   "study_protocol_best_test_accuracy": float(h["test_accuracy"][r].max()),
@@ -144,8 +158,7 @@ def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.P
     n_values = len(values)
     err = np.array([np.nan if r["diverged"] else 100.0 * (1.0 - r["test_accuracy"]) for r in metrics["runs"]])
     rows = metrics["per_value"]
-    widths = "-".join(str(w) for w in (784, *config.model.hidden, 10))
-    what = (f"MLP {widths} ({metrics['param_count']:,} params), {config.optimizer} lr {config.learning_rate}, "
+    what = (f"{metrics['model']} ({metrics['param_count']:,} params), {config.optimizer} lr {config.learning_rate}, "
             f"batch {config.batch_size}, {config.epochs} epochs, {config.seeds} seeds per value")
     plots.sweep_scatter(values, per_value(err, n_values), [r["test_error_pct"] for r in rows],
                         workdir / f"{config.experiment}.png",
@@ -257,8 +270,8 @@ def _sweep_this(m: dict) -> str:
 def row_l2_sweep(m: dict, c: dict) -> list[str]:
     lo, hi = study(m["experiment"])["l2_study_best_test_accuracy_pct"]
     ref = m["reference"]
-    return [f"784-{'-'.join(map(str, c['model']['hidden']))}-10, {c['optimizer'].upper()} {c['learning_rate']:g}, "
-            f"{c['epochs']} epochs, L2 sweep ({len(c['l2_factors'])} factors x {seeds_text(c)})", _sweep_this(m),
+    return [f"{net_text(m, c)}, {c['optimizer'].upper()} {c['learning_rate']:g}, "
+            f"{c['epochs']} epochs, L2 sweep ({len(m['l2_factors'])} factors x {seeds_text(c)})", _sweep_this(m),
             f"{lo:g}-{hi:g} % best test accuracy over epochs, {study(m['experiment'])['l2_study_runs_per_factor']} runs",
             f"Hinton et al. 2012: {ref['test_error_pct']:g} % ({ref['errors']} errors), "
             f"{'inside' if ref['inside_chosen_ci'] else 'outside'} our CI"]
@@ -268,8 +281,8 @@ def row_dropout_sweep(m: dict, c: dict) -> list[str]:
     lo, hi = study(m["experiment"])["srivastava_dropout_error_pct"]
     target = study(m["experiment"])["dropout_target_error_pct"]
     met = m["chosen_on_validation"]["test_error_pct"]["mean"] <= target
-    return [f"beyond the study: Hinton's recipe 784-{'-'.join(map(str, c['model']['hidden']))}-10, dropout rate over "
-            f"{', '.join(f'{r:g}' for r in c['dropout_rates'])} (+{c['input_dropout_rate']:g} on the input), max-norm "
+    return [f"beyond the study: Hinton's recipe {net_text(m, c)}, dropout rate over "
+            f"{', '.join(f'{r:g}' for r in m['dropout_rates'])} (+{c['input_dropout_rate']:g} on the input), max-norm "
             f"{c['max_norm']:g}, momentum {c['momentum']:g}, {c['epochs']} epochs ({seeds_text(c)} per rate)",
             f"{_sweep_this(m)} Target <= {target:g} %: **{'met' if met else 'not met'}**.", "-",
             f"Srivastava et al. 2014: {lo:g}-{hi:g} % without max-norm"]
@@ -297,8 +310,8 @@ def row(m: dict, c: dict) -> list[str]:
     if m["experiment"] in ("l2_sweep", "dropout_sweep"):
         return (row_dropout_sweep if m["experiment"] == "dropout_sweep" else row_l2_sweep)(m, c)
     values_field, name = sweep_of(m["sweep_field"])
-    return [f"beyond the study: 784-{'-'.join(map(str, c['model']['hidden']))}-10, {c['optimizer']} "
-            f"{c['learning_rate']:g}, {c['epochs']} epochs, {name} sweep ({len(c[values_field])} values x "
+    return [f"beyond the study: {net_text(m, c)}, {c['optimizer']} "
+            f"{c['learning_rate']:g}, {c['epochs']} epochs, {name} sweep ({len(m[values_field])} values x "
             f"{seeds_text(c)})", _sweep_this(m), "-", c["reference_label"]]
 
 

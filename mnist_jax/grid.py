@@ -1,0 +1,78 @@
+"""A trained grid as a value of the library: the model, every run's params (leading run axis),
+and the hyperparameters and seeds each run was trained with.
+
+Its per-run logits and predictions on any images, in bounded batches, are what the confusion
+matrices, the agreement between runs, ensembles and `evaluate` are built on:
+
+    grid = TrainedGrid(model, result.state.params, hp, seeds)
+    logits_RxNxC = grid.logits(data.test_x)          # every run, every image
+    labels_RxN = grid.predictions(data.test_x)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax import models, tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedGrid:
+    """A classifier trained for every run of a grid: `params` has a leading run axis; `hp`
+    ({name: (R,)}) and `seeds` ((R,) or {stream: (R,)}) say how each run was trained."""
+
+    model: nn.Module
+    params: Any
+    hp: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    seeds: Any = None
+
+    @property
+    def runs(self) -> int:
+        """How many runs the grid holds."""
+        return int(jax.tree_util.tree_leaves(self.params)[0].shape[0])
+
+    def run_params(self, run: int) -> Any:
+        """The params of run `run` (no run axis)."""
+        return jax.tree_util.tree_map(lambda a: a[run], self.params)
+
+    def logits(self, x: jax.Array | np.ndarray, runs_at_once: int = 4) -> np.ndarray:
+        """Evaluation-mode logits (R, N, 10) of every run on images x (uint8 or float, NHWC):
+        `runs_at_once` runs vmapped at a time, each in batches of the model's evaluation batch,
+        so memory stays bounded for any grid and any number of images."""
+        fn = _logits_fn(self.model)
+        return np.asarray(tasks.over_runs(fn, (self.params,), (jnp.asarray(x),), chunk=runs_at_once))
+
+    def predictions(self, x: jax.Array | np.ndarray, runs_at_once: int = 4) -> np.ndarray:
+        """Predicted labels (R, N) of every run on images x."""
+        fn = _predictions_fn(self.model)
+        return np.asarray(tasks.over_runs(fn, (self.params,), (jnp.asarray(x),), chunk=runs_at_once))
+
+    @classmethod
+    def restore(cls, workdir: str | pathlib.Path, block: dict, params_dir: str = "params") -> TrainedGrid:
+        """The grid a finished workdir saved in `params_dir`, of the model config `block`."""
+        from mnist_jax import experiment
+
+        model = models.from_config(block)
+        metrics = experiment.read_json(pathlib.Path(workdir) / "metrics.json")
+        params = experiment.load_params(workdir, models.init_shapes(model, runs=experiment.run_count(metrics)),
+                                        params_dir)
+        return cls(model, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _logits_fn(model: nn.Module):
+    """One function object per model, so repeated calls share one compiled program."""
+    return lambda p, x: tasks.classifier_logits(model, p, x)
+
+
+@functools.lru_cache(maxsize=64)
+def _predictions_fn(model: nn.Module):
+    return lambda p, x: jnp.argmax(tasks.classifier_logits(model, p, x), axis=-1)
