@@ -283,12 +283,14 @@ def param_count(params) -> int:
     return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
 
 
+KINDS = {"mlp": MLP, "cnn": CNN, "vae": VAE, "dae": DenoisingAutoencoder}  # a model block's `kind` -> its module
+
+
 def from_config(cfg) -> nn.Module:
     """The module a config's `model` block describes (`kind` plus that module's fields)."""
-    kinds = {"mlp": MLP, "cnn": CNN, "vae": VAE, "dae": DenoisingAutoencoder}
     fields = dict(cfg)
     kind = fields.pop("kind")
-    if kind not in kinds:
-        raise ValueError(f"model.kind must be one of {sorted(kinds)}, got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"model.kind must be one of {sorted(KINDS)}, got {kind!r}")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    return kinds[kind](**fields)
+    return KINDS[kind](**fields)
