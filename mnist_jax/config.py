@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import math
 import os
 import pathlib
 import re
+import sys
 
 import ml_collections
 import numpy as np
 
+from mnist_jax import distributed
 from mnist_jax.kernels import CONV_IMPLS
 from mnist_jax.models import KINDS
 from mnist_jax.train import OPTIMIZERS, PERTURBATIONS, SCHEDULES, STREAMS
@@ -127,7 +130,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None, default_config: str,
                description: str = "") -> tuple[pathlib.Path, ml_collections.ConfigDict]:
-    """(--workdir, config with overrides) from a command line; raises ConfigError."""
+    """(--workdir, config with overrides) from a command line; raises ConfigError.
+
+    In a run of several processes, they first compare their command lines, config files and code
+    (`distributed.check_same_run`), so a process given another config stops every process with
+    one line before any of them fails on its own."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    distributed.check_same_run(_run_inputs(argv, default_config))
     parser = ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--workdir", required=True, help="folder for config, metrics, figures, checkpoints")
     parser.add_argument("--config", default=str(REPO_ROOT / default_config), help="config file (get_config())")
@@ -145,6 +154,18 @@ def parse_args(argv: list[str] | None, default_config: str,
         apply_override(config, key, text)
     validate(config)
     return pathlib.Path(args.workdir), config
+
+
+def _run_inputs(argv: list[str], default_config: str) -> str:
+    """What a run's config is made of: its command line and the text of its config file."""
+    given = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"] + [
+        a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    path = split_config_arg(given[-1])[0] if given else REPO_ROOT / default_config
+    try:
+        text = path.read_text() if path.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        text = "?"
+    return json.dumps({"argv": argv, "config_file": text})
 
 
 def _is_number(x) -> bool:
