@@ -244,11 +244,12 @@ def test_a_process_whose_peers_never_come_says_what_it_waits_for_and_gives_up_wi
     environ = {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0", "JAX_COORDINATOR_ADDRESS": f"localhost:{launch.free_port()}",
                "MNIST_JAX_INIT_TIMEOUT": "4"}
     result = one_process(tmp_path, environ, timeout=90)
-    lines = result.stderr.strip().splitlines()
     assert result.returncode == 1, result.stderr[-2000:]
-    assert len(lines) == 2, lines
-    assert lines[0].startswith("process 0 of 2: waiting for the other processes of this run to join at localhost:")
-    assert lines[1].startswith("error: process 0 of 2: the other processes did not join") and "within 4 s" in lines[1]
+    ours = [line for line in result.stderr.splitlines() if line.startswith(("process 0", "error"))]
+    assert len(ours) == 2, result.stderr[-2000:]
+    assert ours[0].startswith("process 0 of 2: waiting for the other processes of this run to join at localhost:")
+    assert ours[1].startswith("error: process 0 of 2: the other processes did not join") and "within 4 s" in ours[1]
+    assert not any(word in result.stderr for word in ("Traceback", "Check failure", "DEADLINE_EXCEEDED"))
     assert not (tmp_path / "w").exists()
 
 
@@ -266,10 +267,11 @@ def test_processes_given_different_configs_stop_with_one_line_before_training(tm
                 p.kill()
             p.wait()
     assert [p.returncode for p in procs] == [2, 2], errs
-    assert errs[0].strip() == ("error: process 1 of this run has another command line or config file than process 0 "
-                               "(their hashes differ): start every process with the same command line, config files "
-                               "and code")
-    assert errs[1] == "" and not (tmp_path / "w").exists()
+    assert [line for line in errs[0].splitlines() if line.startswith("error")] == [
+        "error: process 1 of this run has another command line or config file than process 0 (their hashes differ): "
+        "start every process with the same command line, config files and code"]
+    assert "error" not in errs[1] and not any("Traceback" in e or "mismatch" in e for e in errs)
+    assert not (tmp_path / "w").exists()
 
 
 def test_a_launcher_command_that_does_not_exist_is_one_line(capsys):
