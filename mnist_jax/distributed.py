@@ -58,14 +58,11 @@ class SetupError(Exception):
     """An environment that cannot start a multi-process run; the message says why (exit code 2)."""
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else None
-
-
 def _cluster_detected(environ) -> bool:
     """Whether a scheduler JAX detects by itself describes the processes (MNIST_JAX_DISTRIBUTED=1:
-    any cluster JAX knows; a SLURM step or an Open MPI job of several tasks; a TPU slice)."""
+    any cluster JAX knows; a SLURM step or an Open MPI job of several tasks; a TPU slice of
+    several hosts)."""
+
     def count(name):
         try:
             return int(environ.get(name, "").strip() or 1)
@@ -156,10 +153,7 @@ def requested() -> bool:
         return flag == "1"
     if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("JAX_NUM_PROCESSES"):
         return True
-    for name in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
-        if (_env_int(name) or 1) > 1:
-            return True
-    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")  # a multi-host TPU slice
+    return _cluster_detected(os.environ)
 
 
 def initialize() -> bool:
