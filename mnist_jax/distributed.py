@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 # Set by `initialize`; read without touching JAX, so a single process never starts a backend here.
-_STATE = {"initialized": False, "index": 0, "count": 1}
+_STATE = {"initialized": False, "index": 0, "count": 1, "checked": False}
 
 
 class WriterFailed(Exception):
@@ -199,9 +199,12 @@ def check_same_run(inputs: str) -> None:
     """ConfigError (in every process) when the processes of this run were given different
     inputs (`inputs`: the command line and config file a config is made of) or different code
     (`provenance.code_id`): they would build different programs and fail inside a collective, or
-    one would stop alone. Nothing in a single process."""
-    if not is_multiprocess():
+    one would stop alone. Once per process: the first command line it parses is the run's (the
+    stages `reproduce` parses next follow from it, and a parse that only some processes make must
+    not wait for the others). Nothing in a single process."""
+    if not is_multiprocess() or _STATE["checked"]:
         return
+    _STATE["checked"] = True
     import numpy as np
     from jax.experimental import multihost_utils
 
