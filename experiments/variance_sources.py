@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import experiment, grid, models, plots, results, stats, tasks, train
-from mnist_jax.config import REPO_ROOT, ConfigError, load_config_file
+from mnist_jax.config import REPO_ROOT, load_config_file
 from mnist_jax.report import figure, mean_std, net_text, num, pct, seeds_text, table, timing_line
 
 SOURCES = (*train.STREAMS, "one_bit", "bootstrap", "all")
@@ -139,12 +139,7 @@ def runs(config: ml_collections.ConfigDict) -> int:
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    sources = list(config.sources)
-    unknown = [s for s in sources if s not in SOURCES]
-    if unknown or "all" not in sources or len(set(sources)) != len(sources):
-        raise ConfigError(f"config.sources={sources!r}: expected distinct sources of {SOURCES}, 'all' among them")
-    if config.seeds < 3:
-        raise ConfigError(f"config.seeds={config.seeds} is not allowed: a spread and its CI need at least 3 runs per source")
+    sources = list(config.sources)  # known, distinct, 'all' among them, >= 3 seeds: `config.validate`
     data, data_seconds = experiment.load_data(config)
     model, task = tasks.classifier_from_config(config)
     hp1 = {k: v[0] for k, v in experiment.hparams(config, task).items()}

@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import math
 import os
 import pathlib
 import re
+import sys
 
 import ml_collections
 import numpy as np
 
+from mnist_jax import distributed
 from mnist_jax.kernels import CONV_IMPLS
-from mnist_jax.train import OPTIMIZERS, SCHEDULES
+from mnist_jax.train import OPTIMIZERS, PERTURBATIONS, SCHEDULES, STREAMS
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -134,7 +137,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None, default_config: str,
                description: str = "") -> tuple[pathlib.Path, ml_collections.ConfigDict]:
-    """(--workdir, config with overrides) from a command line; raises ConfigError."""
+    """(--workdir, config with overrides) from a command line; raises ConfigError.
+
+    In a run of several processes, they first compare their command lines, config files and code
+    (`distributed.check_same_run`), so a process given another config stops every process with
+    one line before any of them fails on its own."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    distributed.check_same_run(_run_inputs(argv, default_config))
     parser = ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--workdir", required=True, help="folder for config, metrics, figures, checkpoints")
     parser.add_argument("--config", default=str(REPO_ROOT / default_config), help="config file (get_config())")
@@ -153,6 +162,18 @@ def parse_args(argv: list[str] | None, default_config: str,
     check_alternatives(config, [key for key, _ in overrides])
     validate(config)
     return pathlib.Path(args.workdir), config
+
+
+def _run_inputs(argv: list[str], default_config: str) -> str:
+    """What a run's config is made of: its command line and the text of its config file."""
+    given = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"] + [
+        a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    path = split_config_arg(given[-1])[0] if given else REPO_ROOT / default_config
+    try:
+        text = path.read_text() if path.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        text = "?"
+    return json.dumps({"argv": argv, "config_file": text})
 
 
 def _is_number(x) -> bool:
@@ -175,6 +196,30 @@ SEED_LIMIT = 2**31  # seeds are int32 inside the compiled program
 
 def _is_plain_name(x) -> bool:
     return isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", x) is not None and x not in (".", "..")
+
+
+def _is_bool(x) -> bool:
+    return isinstance(x, bool)
+
+
+def _is_line(x) -> bool:
+    """A string of one line (no control characters), at most 300 characters."""
+    return isinstance(x, str) and len(x) <= 300 and x.isprintable()
+
+
+def _is_reference(x) -> bool:
+    """A number >= 0, or a pair (low, high) of numbers >= 0 with low <= high (a published range)."""
+    if isinstance(x, (list, tuple)):
+        return len(x) == 2 and all(_is_number(v) and v >= 0 for v in x) and x[0] <= x[1]
+    return _is_number(x) and x >= 0
+
+
+def _is_model_kind(v) -> bool:
+    """A built-in model name or the `package.module:Class` form (whether it imports is checked
+    when the model is built, `models.model_class`)."""
+    from mnist_jax import models  # models imports this module's ConfigError
+
+    return isinstance(v, str) and (v in models.BUILTIN or re.fullmatch(r"[\w.]+:[\w.]+", v) is not None)
 
 
 def _one_of(allowed: tuple[str, ...]):
@@ -222,6 +267,29 @@ RULES = {
     "iwae_batch": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "n_samples": (lambda v: _is_int(v) and v >= 100, "an integer >= 100 (the 10x10 sample grid)"),
     "map_epochs": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = no 2-D model)"),
+    "kind": (lambda v: _is_model_kind(v), "a built-in model (mlp, cnn, vae, dae) or 'package.module:Class'"),
+    "keras_init": (_is_bool, "True or False"),
+    "dropout": (_is_bool, "True or False (dropout after each hidden layer)"),
+    "dense_dropout": (_is_bool, "True or False (dropout after the hidden dense layer)"),
+    "conv": (_is_bool, "True or False (a convolutional encoder and decoder)"),
+    "conditional": (_is_bool, "True or False (the label goes into encoder and decoder)"),
+    "force": (_is_bool, "True or False"),
+    "workdir": (_is_line, "a folder as one line of text, or '' (none)"),
+    "profile": (lambda v: v in ("quick", "full"), "'quick' or 'full'"),
+    "only": (lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.,\s-]*", v) is not None,
+             "experiment names separated by commas, or '' (all)"),
+    "target_accuracy": (lambda v: _is_number(v) and 0 < v <= 1, "an accuracy in (0, 1]"),
+    "reference_errors": (lambda v: _is_int(v) and 0 <= v <= 10_000, "a count of test errors in 0..10000"),
+    "reference_label": (_is_line, "one line of text"),
+    "alpha": (lambda v: _is_number(v) and 1e-6 <= v <= 0.5, "a significance level in [1e-06, 0.5]"),
+    "power": (lambda v: _is_number(v) and 0 < v <= 0.999, "a power in (0, 0.999], above alpha"),
+    "test_resamples": (lambda v: _is_int(v) and 2 <= v <= 100_000, "an integer in 2..100000"),
+}
+
+# block name -> rule for every field inside such a block, whatever its name: `study` holds the
+# published numbers that REPORT.md and the README quote beside this project's own
+BLOCK_RULES = {
+    "study": (_is_reference, "a number >= 0, or a pair (low, high) of numbers >= 0 with low <= high"),
 }
 
 # list-valued field -> rule for each element (and the list must not be empty)
@@ -236,45 +304,93 @@ LIST_RULES = {
     "filters_candidates": (lambda v: _is_int(v) and v >= 1, "integers >= 1"),
     "dense_candidates": RULES["dense"],
     "digits": (lambda v: _is_int(v) and 0 <= v <= 9, "digits 0..9"),
+    "differences_pct": (lambda v: _is_number(v) and 0.001 <= v <= 100, "differences of accuracy in [0.001, 100] % points"),
+    "sources": _one_of((*STREAMS, *PERTURBATIONS, "all")),
 }
 
+# lists whose every value is trained (or tabulated) once: a value given twice is refused, not
+# trained twice and compared with itself. Every `<hyperparameter>_values` list is one too.
+DISTINCT_LISTS = frozenset({"l2_factors", "learning_rates", "dropout_rates", "noise_levels", "filters_candidates",
+                            "dense_candidates", "differences_pct", "sources"})
 
-def validate(config: ml_collections.ConfigDict, prefix: str = "") -> None:
-    """Raise ConfigError naming the first field whose value is not allowed."""
+
+def rule_of(path: str) -> tuple[tuple, bool] | None:
+    """((test, what is allowed), is a list) of the config field at dotted `path`, or None when no
+    rule names it. A list's test is of each of its items."""
+    *parents, name = path.split(".")
+    if parents and parents[-1] == "sweep":  # a sweep declaration: distinct values, each by its hyperparameter's rule
+        return RULES.get(name, (_is_number, "a finite number")), True
+    if parents and parents[-1] in BLOCK_RULES:
+        return BLOCK_RULES[parents[-1]], False
+    if name in RULES:
+        return RULES[name], False
+    if name in LIST_RULES:
+        return LIST_RULES[name], True
+    if name.endswith("_values") and name[:-len("_values")] in RULES:
+        return RULES[name[:-len("_values")]], True
+    return None
+
+
+def fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted path, value) of every leaf field of a config, nested blocks included."""
+    out = []
     for name, value in config.items():
-        path = f"{prefix}{name}"
-        if name == "sweep" and isinstance(value, ml_collections.ConfigDict):
-            validate_sweep(value, path)
-        elif isinstance(value, ml_collections.ConfigDict):
-            validate(value, f"{path}.")
-        elif name in RULES:
-            ok, allowed = RULES[name]
+        if isinstance(value, ml_collections.ConfigDict):
+            out.extend(fields(value, f"{prefix}{name}."))
+        else:
+            out.append((f"{prefix}{name}", value))
+    return out
+
+
+def unruled(config: ml_collections.ConfigDict) -> list[str]:
+    """The dotted paths of the config's fields that no rule names."""
+    return [path for path, _ in fields(config) if rule_of(path) is None]
+
+
+def _duplicate(values) -> object | None:
+    """The first value of `values` that an earlier one equals (numbers compared as float32, the
+    dtype they are trained in), or None."""
+    seen = set()
+    for v in values:
+        key = float(np.float32(v)) if _is_number(v) else v
+        if key in seen:
+            return v
+        seen.add(key)
+    return None
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming the first field whose value is not allowed (`rule_of`), then
+    check the rules across fields (`check_together`)."""
+    for path, value in fields(config):
+        found = rule_of(path)
+        if found is None:
+            continue
+        (ok, allowed), is_list = found
+        if not is_list:
             if not ok(value):
                 raise ConfigError(f"config.{path}={value!r} is not allowed: expected {allowed}")
-        elif name in LIST_RULES or (name.endswith("_values") and name[:-len("_values")] in RULES):
-            ok, allowed = LIST_RULES.get(name) or RULES[name[:-len("_values")]]
-            if not isinstance(value, (list, tuple)) or len(value) == 0:
-                raise ConfigError(f"config.{path}={value!r} is not allowed: expected a non-empty list of {allowed}")
-            for item in value:
-                if not ok(item):
-                    raise ConfigError(f"config.{path}={value!r} is not allowed: item {item!r}, expected {allowed}")
-    if not prefix:
-        check_together(config)
-
-
-def validate_sweep(sweep: ml_collections.ConfigDict, path: str = "sweep") -> None:
-    """A sweep declaration {hyperparameter: [values]}: each list non-empty, of distinct numbers,
-    each allowed by the hyperparameter's own rule where it has one."""
-    for name, values in sweep.items():
-        where = f"config.{path}.{name}={values!r} is not allowed"
-        if not isinstance(values, (list, tuple)) or len(values) == 0:
-            raise ConfigError(f"{where}: expected a non-empty list of values")
-        ok, allowed = RULES.get(name, (_is_number, "a finite number"))
-        for item in values:
+            continue
+        if not isinstance(value, (list, tuple)) or len(value) == 0:
+            raise ConfigError(f"config.{path}={value!r} is not allowed: expected a non-empty list of {allowed}")
+        for item in value:
             if not ok(item):
-                raise ConfigError(f"{where}: item {item!r}, expected {allowed}")
-        if len({float(np.float32(v)) for v in values}) != len(values):
-            raise ConfigError(f"{where}: a value appears twice (as float32, the precision runs are trained in)")
+                raise ConfigError(f"config.{path}={value!r} is not allowed: item {item!r}, expected {allowed}")
+        name = path.rsplit(".", 1)[-1]
+        if name in DISTINCT_LISTS or name.endswith("_values") or path.startswith("sweep."):
+            twice = _duplicate(value)
+            if twice is not None:
+                raise ConfigError(f"config.{path}={value!r} is not allowed: {twice!r} is given twice (each value "
+                                  "is trained or tabulated once; numbers are compared as float32)")
+    check_together(config)
+
+
+def last_seed(config: ml_collections.ConfigDict) -> int:
+    """The highest seed a config's runs derive from `seed`: the runs of every experiment take
+    seed, seed + 1, ..., seed + seeds - 1; variance_sources' (a config with `sources`) keep
+    `seed` for the streams they hold and give a varied stream or resampling seed + 1 + i, up to
+    seed + seeds."""
+    return config.seed + config.seeds - 1 + ("sources" in config)
 
 
 def check_alternatives(config: ml_collections.ConfigDict, overridden: list[str]) -> None:
@@ -293,11 +409,23 @@ def check_alternatives(config: ml_collections.ConfigDict, overridden: list[str])
 
 
 def check_together(config: ml_collections.ConfigDict) -> None:
-    """Rules across fields: the seed range fits int32, the batch fits the training split."""
+    """Rules across fields: every derived seed fits int32, the batch fits the training split,
+    a power above its significance level, variance_sources' sources and runs per source."""
     seed, seeds = config.get("seed"), config.get("seeds")
-    if _is_int(seed) and _is_int(seeds) and seed + seeds - 1 >= SEED_LIMIT:
-        raise ConfigError(f"config.seed={seed} with config.seeds={seeds} is not allowed: the last seed "
-                          f"{seed + seeds - 1} must be below 2**31 = {SEED_LIMIT}")
+    if _is_int(seed) and _is_int(seeds) and last_seed(config) >= SEED_LIMIT:
+        raise ConfigError(f"config.seed={seed} with config.seeds={seeds} is not allowed: the runs use seeds up to "
+                          f"{last_seed(config)}, and every seed must be below 2**31 = {SEED_LIMIT} "
+                          f"(config.seed <= {SEED_LIMIT - 1 - (last_seed(config) - seed)} here)")
+    alpha, power = config.get("alpha"), config.get("power")
+    if _is_number(alpha) and _is_number(power) and power <= alpha:
+        raise ConfigError(f"config.power={power!r} is not allowed with config.alpha={alpha!r}: a test at level alpha "
+                          "already has power alpha, so the power asked for must be above it")
+    if "sources" in config:
+        if "all" not in config.sources:
+            raise ConfigError(f"config.sources={tuple(config.sources)!r} is not allowed: 'all' must be among them "
+                              "(the spread every other source is measured against)")
+        if _is_int(seeds) and seeds < 3:
+            raise ConfigError(f"config.seeds={seeds} is not allowed: a spread and its CI need at least 3 runs per source")
     n_val, batch = config.get("n_val", 5000), config.get("batch_size")
     n_train = 60_000 - n_val if config.get("protocol", "holdout") == "holdout" and _is_int(n_val) else 60_000
     if _is_int(batch) and batch > n_train:

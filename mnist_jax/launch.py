@@ -62,13 +62,33 @@ def _stop(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
             p.wait()
 
 
+def _die_with_parent() -> None:
+    """In a started process, before its command runs: ask Linux for SIGTERM when the launcher
+    dies, however it dies (elsewhere nothing: the launcher's own handlers stop its processes)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def launch(command: list[str], processes: int, devices: int | None = None, port: int | None = None,
            timeout: float | None = None) -> int:
     """Run `command` as `processes` processes of one JAX run on localhost; the first non-zero
-    exit code (124 when `timeout` seconds pass first), else 0."""
+    exit code (124 when `timeout` seconds pass first; 2 when the command cannot be started, after
+    stopping any process already started), else 0."""
     port = port or free_port()
-    procs = [subprocess.Popen(command, env=process_env(os.environ, i, processes, port, devices))
-             for i in range(processes)]
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(processes):
+            procs.append(subprocess.Popen(command, env=process_env(os.environ, i, processes, port, devices),
+                                          preexec_fn=_die_with_parent if sys.platform == "linux" else None))
+    except (OSError, subprocess.SubprocessError) as err:
+        _stop(procs)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        print(f"error: launch: cannot start {command[0]!r}: {reason}", file=sys.stderr)
+        return 2
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def on_term(signum, frame):  # the launcher stopped from outside: its processes stop too

@@ -82,7 +82,9 @@ def t_test_power(sigma: float, delta: float, n: float, alpha: float = 0.05) -> f
     dof = 2 * n - 2
     ncp = abs(delta) / (sigma * np.sqrt(2.0 / n))
     crit = sps.t.ppf(1 - alpha / 2, dof)
-    return float(sps.nct.sf(crit, dof, ncp) + sps.nct.cdf(-crit, dof, ncp))
+    # scipy's noncentral t gives NaN for a far tail (ncp in the tens and up); it is 0 to float precision there
+    wrong_side = sps.nct.cdf(-crit, dof, ncp)
+    return float(sps.nct.sf(crit, dof, ncp) + (wrong_side if np.isfinite(wrong_side) else 0.0))
 
 
 def seeds_needed(sigma: float, delta: float, alpha: float = 0.05, power: float = 0.8) -> int:

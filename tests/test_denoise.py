@@ -98,7 +98,7 @@ def test_conclusion_names_where_denoising_helps():
 
 @pytest.mark.parametrize("argv, message", [
     (["--config.noise_levels=[0.2,1.5]"], "noise_levels"),
-    (["--config.noise_levels=[0.2,0.2]"], "each level may appear once"),
+    (["--config.noise_levels=[0.2,0.2]"], "0.2 is given twice"),
     (["--config.figure_digits=0"], "figure_digits"),
 ])
 def test_denoise_bad_config_stops_before_training(tmp_path, capsys, argv, message):

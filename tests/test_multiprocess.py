@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from mnist_jax import launch
+from mnist_jax import distributed, launch
 from mnist_jax.compare import differences, numbers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -193,3 +194,140 @@ def test_launcher_gives_each_process_its_environment():
     assert (env_["JAX_NUM_PROCESSES"], env_["JAX_PROCESS_ID"]) == ("2", "1")
     assert env_["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=2"
     assert launch.main(["--processes", "2", "--", sys.executable, "-c", "pass"]) == 0
+
+
+# --- failing fast and clearly: the environment, a process alone, processes that differ, the launcher
+
+MLP = [sys.executable, "-m", "experiments.mlp"]
+
+
+def one_process(tmp_path: pathlib.Path, extra_env: dict[str, str], *args: str, timeout: float = 120):
+    return subprocess.run([*MLP, "--workdir", str(tmp_path / "w"), *args], cwd=ROOT, env={**env(), **extra_env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"JAX_NUM_PROCESSES": "abc"}, "JAX_NUM_PROCESSES='abc' is not allowed: expected the number of processes"),
+    ({"JAX_NUM_PROCESSES": "0"}, "JAX_NUM_PROCESSES='0' is not allowed"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2", "JAX_COORDINATOR_ADDRESS": "localhost:1"},
+     "JAX_PROCESS_ID='2' is not allowed: expected the index of this process, an integer in 0..1"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "-1", "JAX_COORDINATOR_ADDRESS": "localhost:1"},
+     "JAX_PROCESS_ID='-1' is not allowed"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "JAX_COORDINATOR_ADDRESS (HOST:PORT of process 0) is not set"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_COORDINATOR_ADDRESS": "localhost:1"}, "JAX_PROCESS_ID is not set"),
+    ({"JAX_COORDINATOR_ADDRESS": "localhost:1"}, "JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES is not"),
+    ({"JAX_COORDINATOR_ADDRESS": "localhost", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"},
+     "JAX_COORDINATOR_ADDRESS='localhost' is not allowed: expected HOST:PORT"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0", "JAX_COORDINATOR_ADDRESS": "localhost:1",
+      "MNIST_JAX_INIT_TIMEOUT": "soon"}, "MNIST_JAX_INIT_TIMEOUT='soon' is not allowed"),
+])
+def test_a_bad_environment_names_the_variable_and_what_it_must_be(environ, message):
+    with pytest.raises(distributed.SetupError, match=re.escape(message)):
+        distributed.settings(environ)
+
+
+def test_joining_waits_at_most_five_minutes_by_default_and_says_so_within_ten_seconds():
+    s = distributed.settings({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1", "JAX_COORDINATOR_ADDRESS": "h:1"})
+    assert s == {"num_processes": 2, "process_id": 1, "coordinator_address": "h:1", "timeout": 300.0}
+    assert distributed.NOTICE_AFTER <= 10
+    assert distributed.settings({"JAX_NUM_PROCESSES": "1", "MNIST_JAX_INIT_TIMEOUT": "2.5"})["timeout"] == 2.5
+
+
+def test_an_experiment_started_with_a_bad_environment_is_one_line_exit_2(tmp_path):
+    result = one_process(tmp_path, {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "x", "JAX_COORDINATOR_ADDRESS": "h:1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: JAX_")
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_process_whose_peers_never_come_says_what_it_waits_for_and_gives_up_with_one_line(tmp_path):
+    environ = {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0", "JAX_COORDINATOR_ADDRESS": f"localhost:{launch.free_port()}",
+               "MNIST_JAX_INIT_TIMEOUT": "4"}
+    result = one_process(tmp_path, environ, timeout=90)
+    assert result.returncode == 1, result.stderr[-2000:]
+    ours = [line for line in result.stderr.splitlines() if line.startswith(("process 0", "error"))]
+    assert len(ours) == 2, result.stderr[-2000:]
+    assert ours[0].startswith("process 0 of 2: waiting for the other processes of this run to join at localhost:")
+    assert ours[1].startswith("error: process 0 of 2: the other processes did not join") and "within 4 s" in ours[1]
+    assert not any(word in result.stderr for word in ("Traceback", "Check failure", "DEADLINE_EXCEEDED"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_processes_given_different_configs_stop_with_one_line_before_training(tmp_path):
+    port = launch.free_port()
+    extra = (["--config.seeds=2"], ["--config.seeds=3"])
+    procs = [subprocess.Popen([*MLP, "--workdir", str(tmp_path / "w"), "--config.epochs=1", *extra[i]], cwd=ROOT,
+                              env={**launch.process_env(env(), i, 2, port, None), "MNIST_JAX_INIT_TIMEOUT": "60"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert [line for line in errs[0].splitlines() if line.startswith("error")] == [
+        "error: process 1 of this run has another command line or config file than process 0 (their hashes differ): "
+        "start every process with the same command line, config files and code"]
+    assert "error" not in errs[1] and not any("Traceback" in e or "mismatch" in e for e in errs)
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_launcher_command_that_does_not_exist_is_one_line(capsys):
+    assert launch.main(["--processes", "2", "--", "mnist_jax_no_such_command"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: launch: cannot start 'mnist_jax_no_such_command': No such file or directory\n"
+
+
+def test_a_process_that_cannot_start_stops_those_already_started(monkeypatch, tmp_path, capsys):
+    started = []
+    real = subprocess.Popen
+
+    def popen(command, **kwargs):
+        if started:
+            raise OSError(24, "Too many open files")
+        started.append(real([sys.executable, "-c", "import time; time.sleep(600)"], **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
+    assert launch.main(["--processes", "2", "--", "cmd"]) == 2
+    assert started[0].poll() is not None  # stopped, not left running
+    assert "cannot start 'cmd': Too many open files" in capsys.readouterr().err
+
+
+SLEEPER = """
+import os, pathlib, sys, time
+pathlib.Path(sys.argv[1], os.environ["JAX_PROCESS_ID"] + ".pid").write_text(str(os.getpid()))
+time.sleep(600)
+"""
+
+
+def test_the_launched_processes_end_with_a_launcher_killed_by_sigkill(tmp_path):
+    launcher = subprocess.Popen([sys.executable, "-m", "mnist_jax.launch", "--processes", "2", "--", sys.executable, "-c",
+                                 SLEEPER, str(tmp_path)], cwd=ROOT, env=env())
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+        assert len(pids) == 2
+        launcher.kill()
+        launcher.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(alive(pid) for pid in pids):
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in pids), "a launched process outlived its launcher"
+    finally:
+        for pid_file in tmp_path.glob("*.pid"):
+            if alive(int(pid_file.read_text())):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, dead but not yet reaped, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -356,7 +356,7 @@ def test_another_experiments_config_file_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--config.model.kind=resnet"], "model.kind must be one of"),
+    (["--config.model.kind=resnet"], "model.kind='resnet' is not allowed: expected a built-in model"),
     (["--config.model.pool=[True]"], "needs one entry per conv layer"),
     (["--config.model.filters=[4, 4, 4, 4, 4, 4]", "--config.model.pool=[True, True, True, True, True, True]"],
      "too many conv or pooling layers"),
