@@ -114,9 +114,15 @@ def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
 
 
 def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
-    """The static training setup of a config (or of a sub-config such as `classifier`)."""
-    return TrainSpec(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.get("optimizer", "sgd"),
-                     schedule=config.get("schedule", "constant"))
+    """The static training setup of a config (or of a sub-config such as `classifier`).
+
+    The optimizer's numeric arguments (`train.optimizer_args`) that the config has as fields, or
+    sweeps, are traced hyperparameters of its runs; the others keep optax's defaults."""
+    optimizer = config.get("optimizer", "sgd")
+    given = {*config, *(config.get("sweep") or ()), config.get("sweep_field")}
+    return TrainSpec(epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
+                     schedule=config.get("schedule", "constant"),
+                     optimizer_args=tuple(a for a in train_lib.optimizer_args(optimizer) if a in given))
 
 
 def hparams(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | None = None,
