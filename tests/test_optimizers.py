@@ -133,3 +133,24 @@ def test_adamw_weight_decay_swept_in_one_program_equals_runs_one_at_a_time(tiny)
         by_decay = finals[seed::2]
         assert not np.array_equal(by_decay[0], by_decay[1]) and not np.array_equal(by_decay[1], by_decay[2])
         assert np.linalg.norm(by_decay[2]) < np.linalg.norm(by_decay[0])  # decay shrinks the weights
+
+
+def test_an_injected_optimizer_resumes_from_its_checkpoint_to_the_same_numbers(tiny, tmp_path):
+    spec = train.TrainSpec(epochs=2, batch_size=64, optimizer="adamw", schedule="warmup_cosine",
+                           optimizer_args=("b1", "weight_decay"))
+    hp, seeds = sweep.grid([0, 1], learning_rate=[1e-2], b1=[0.8], weight_decay=[1e-2])
+    straight = sweep.train_grid(TASK, spec, hp, seeds, tiny)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(n, metrics):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        sweep.train_grid(TASK, spec, hp, seeds, tiny, checkpoint_dir=str(tmp_path), progress=stop)
+    resumed = sweep.train_grid(TASK, spec, hp, seeds, tiny, checkpoint_dir=str(tmp_path))
+    assert resumed.resumed_from_epoch == 1
+    assert np.array_equal(resumed.state.opt_state.hyperparams["weight_decay"], hp["weight_decay"])
+    for k in straight.history:
+        assert np.array_equal(straight.history[k], resumed.history[k]), k
