@@ -100,6 +100,8 @@ def test_train_spec_traces_the_optimizer_arguments_the_config_sets():
         "learning_rate": [1e-3], "b2": [0.99], "weight_decay": [0.0, 1e-2]}
     config.optimizer = "adam"
     assert experiment.train_spec(config).optimizer_args == ("b2",)
+    config.sweep = {"eps": [1e-8, 1e-6]}  # a swept argument needs no field of its own
+    assert experiment.train_spec(config).optimizer_args == ("b2", "eps")
 
 
 @pytest.mark.parametrize("field, value", [("b1", 1.0), ("b2", -0.1), ("eps", 0.0), ("weight_decay", -1e-4),
