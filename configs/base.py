@@ -20,7 +20,9 @@ def get_config(experiment: str, **fields) -> ml_collections.ConfigDict:
     c.seeds = 5  # runs trained side by side in one vmapped program
     c.epochs = 10
     c.batch_size = 128
-    c.optimizer = "sgd"  # sgd | momentum | adam
+    # any optax optimizer by name (adam, adamw, rmsprop, lion, ...) or "momentum" (SGD with momentum); its numeric
+    # arguments that the config sets as fields (b1, eps, weight_decay, ...) are traced hyperparameters
+    c.optimizer = "sgd"
     c.schedule = "constant"  # constant | cosine | warmup_cosine
     c.learning_rate = 0.1
     c.n_val = 5000  # held out from the 60,000 training images

@@ -22,7 +22,7 @@ import numpy as np
 
 from mnist_jax import distributed
 from mnist_jax.kernels import CONV_IMPLS
-from mnist_jax.train import OPTIMIZERS, PERTURBATIONS, SCHEDULES, STREAMS
+from mnist_jax.train import OPTIMIZERS, PERTURBATIONS, SCHEDULES, STREAMS, optimizer_args
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -227,8 +227,12 @@ def _one_of(allowed: tuple[str, ...]):
     return (lambda v: v in allowed, "one of " + ", ".join(repr(a) for a in allowed))
 
 
+# Every numeric argument of an optimizer (`train.optimizer_args`) is a finite number, unless RULES says more.
+_OPTIMIZER_ARGS = {arg: (_is_number, "a finite number") for name in OPTIMIZERS for arg in optimizer_args(name)}
+
 # field name -> (test, what is allowed); every config's fields of that name are checked
 RULES = {
+    **_OPTIMIZER_ARGS,
     "experiment": (_is_plain_name, "a plain name (letters, digits, '_', '-', '.'; no folder)"),
     "seed": (lambda v: _is_int(v) and 0 <= v < SEED_LIMIT, f"an integer in 0..{SEED_LIMIT - 1}"),
     "seeds": (lambda v: _is_int(v) and 1 <= v <= 100_000, "an integer in 1..100000"),
@@ -250,6 +254,14 @@ RULES = {
     "run_chunk": (lambda v: _is_int(v) and v >= 0,
                   "an integer >= 0 (0 = automatic: what the model says, sweep.default_run_chunk)"),
     "optimizer": _one_of(OPTIMIZERS),
+    "b1": (_is_rate, "a number in [0, 1) (as float32)"),
+    "b2": (_is_rate, "a number in [0, 1) (as float32)"),
+    "b3": (_is_rate, "a number in [0, 1) (as float32)"),
+    "decay": (_is_rate, "a number in [0, 1) (as float32)"),
+    "rho": (_is_rate, "a number in [0, 1) (as float32)"),
+    "eps": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "eps_root": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "schedule": _one_of(SCHEDULES),
     "protocol": (lambda v: v in ("holdout", "study"), "'holdout' or 'study'"),
     "reuse": (lambda v: v in ("same_code", "any"), "'same_code' or 'any'"),

@@ -115,9 +115,15 @@ def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
 
 
 def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
-    """The static training setup of a config (or of a sub-config such as `classifier`)."""
-    return TrainSpec(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.get("optimizer", "sgd"),
-                     schedule=config.get("schedule", "constant"))
+    """The static training setup of a config (or of a sub-config such as `classifier`).
+
+    The optimizer's numeric arguments (`train.optimizer_args`) that the config has as fields, or
+    sweeps, are traced hyperparameters of its runs; the others keep optax's defaults."""
+    optimizer = config.get("optimizer", "sgd")
+    given = {*config, *(config.get("sweep") or ())}
+    return TrainSpec(epochs=config.epochs, batch_size=config.batch_size, optimizer=optimizer,
+                     schedule=config.get("schedule", "constant"),
+                     optimizer_args=tuple(a for a in train_lib.optimizer_args(optimizer) if a in given))
 
 
 def hparams(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | None = None,
@@ -244,6 +250,9 @@ def check_read(config: ml_collections.ConfigDict, reads: list[str]) -> None:
     field = unread[0]
     leaf = field.rsplit(".", 1)[-1]
     why = "nothing in this experiment reads it"
+    optimizer = config.get("optimizer") if field == leaf else None
+    if isinstance(optimizer, str) and any(leaf in train_lib.optimizer_args(o) for o in train_lib.OPTIMIZERS):
+        why = f"the optimizer {optimizer!r} takes no {leaf} (it takes {', '.join(train_lib.optimizer_args(optimizer))})"
     for where, block in model_blocks(config):
         try:
             model = models.from_config(block)

@@ -23,7 +23,9 @@ flipped, and `bootstrap`, the seed of a resampling with replacement of the train
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -113,20 +115,70 @@ class TrainSpec:
 
     epochs: int
     batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | momentum | adam
+    optimizer: str = "sgd"  # a name of OPTIMIZERS: any optax optimizer, or "momentum" (SGD with momentum)
     schedule: str = "constant"  # constant | cosine | warmup_cosine (1 epoch warm-up)
+    # the optimizer's numeric arguments given as traced hyperparameters (`optimizer_args` names
+    # them all); every other argument keeps optax's default
+    optimizer_args: tuple[str, ...] = ()
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / self.batch_size)
 
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+# optax functions that take `learning_rate` first but cannot train in `train_epoch`'s step
+_UNSUPPORTED = {"lbfgs": "its update needs the loss function for a line search",
+                "noisy_sgd": "its noise comes from a key of its own, not from the run's random streams"}
+# Optimizers that need an argument optax leaves optional: "momentum" is SGD with a momentum.
+_REQUIRED_ARGS = {"momentum": ("momentum",)}
+
+
+def _optax_optimizers() -> dict[str, Callable[..., optax.GradientTransformation]]:
+    """{name: factory} of every public optax function whose first argument is `learning_rate`,
+    less the `scale_by_*` transformations and `_UNSUPPORTED`."""
+    found = {}
+    for name in dir(optax):
+        fn = getattr(optax, name)
+        if name.startswith(("_", "scale_by_")) or name in _UNSUPPORTED or not inspect.isfunction(fn):
+            continue
+        if next(iter(inspect.signature(fn).parameters), None) == "learning_rate":
+            found[name] = fn
+    return found
+
+
+_FACTORIES = {**_optax_optimizers(), "momentum": optax.sgd}
+OPTIMIZERS = tuple(sorted(_FACTORIES))
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
+def optimizer_factory(name: str) -> Callable[..., optax.GradientTransformation]:
+    """The optax function that builds optimizer `name`; ValueError for a name not in OPTIMIZERS."""
+    if name not in _FACTORIES:
+        why = f" ({_UNSUPPORTED[name]})" if name in _UNSUPPORTED else ""
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}{why}")
+    return _FACTORIES[name]
+
+
+def _admits_float(annotation: Any) -> bool:
+    return annotation is float or float in typing.get_args(annotation)
+
+
+def optimizer_args(name: str) -> tuple[str, ...]:
+    """The numeric arguments optimizer `name` takes besides the learning rate, in signature order:
+    those whose type admits a float and whose default is a number (not a bool) or None (a feature
+    that a value switches on, such as sgd's momentum). Masks, dtypes and flags are not among them."""
+    params = list(inspect.signature(optimizer_factory(name), eval_str=True).parameters.values())[1:]
+    return tuple(p.name for p in params if _admits_float(p.annotation) and not isinstance(p.default, bool)
+                 and (p.default is None or isinstance(p.default, (int, float))))
+
+
 def optimizer_hparams(spec: TrainSpec) -> tuple[str, ...]:
-    """The traced hyperparameters the optimizer of `spec` reads."""
-    return ("learning_rate", "momentum") if spec.optimizer == "momentum" else ("learning_rate",)
+    """The traced hyperparameters the optimizer of `spec` reads: "learning_rate", then its
+    required arguments and its `optimizer_args`. ValueError for an argument the optimizer lacks."""
+    takes = optimizer_args(spec.optimizer)
+    unknown = [a for a in spec.optimizer_args if a not in takes]
+    if unknown:
+        raise ValueError(f"optimizer {spec.optimizer!r} takes no argument {unknown}: its numeric arguments are {list(takes)}")
+    return ("learning_rate", *dict.fromkeys((*_REQUIRED_ARGS.get(spec.optimizer, ()), *spec.optimizer_args)))
 
 
 def expected_hparams(task: Task, spec: TrainSpec) -> tuple[str, ...]:
@@ -156,27 +208,34 @@ class RunState(NamedTuple):
     diverged_epoch: jax.Array  # int32: first epoch whose loss was not finite, -1 if none
 
 
-def make_optimizer(spec: TrainSpec, hp: HParams, n_train: int) -> optax.GradientTransformation:
-    """The optax optimizer of `spec` with the traced learning rate (and momentum) of `hp`."""
-    lr = hp["learning_rate"]
+def learning_rate_schedule(spec: TrainSpec, lr: jax.Array, n_train: int) -> jax.Array | optax.Schedule:
+    """The learning rate of `spec`'s schedule from the traced peak `lr`: `lr` itself when constant."""
     steps = spec.steps_per_epoch(n_train)
+    if spec.schedule == "constant":
+        return lr
     if spec.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(lr, spec.epochs * steps)
-    elif spec.schedule == "warmup_cosine":
+        return optax.cosine_decay_schedule(lr, spec.epochs * steps)
+    if spec.schedule == "warmup_cosine":
         # optax.warmup_cosine_decay_schedule, built from its parts: it tests `peak_value == 0` in
         # Python, which fails on the traced (vmapped) learning rate
         total = max(spec.epochs * steps, steps + 1)
-        lr = optax.join_schedules([optax.linear_schedule(0.0, lr, steps), optax.cosine_decay_schedule(lr, total - steps)],
-                                  [steps])
-    elif spec.schedule != "constant":
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {spec.schedule!r}")
-    if spec.optimizer == "sgd":
-        return optax.sgd(lr)
-    if spec.optimizer == "momentum":
-        return optax.sgd(lr, momentum=hp["momentum"])
-    if spec.optimizer == "adam":
-        return optax.adam(lr)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {spec.optimizer!r}")
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, steps), optax.cosine_decay_schedule(lr, total - steps)],
+                                    [steps])
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {spec.schedule!r}")
+
+
+def make_optimizer(spec: TrainSpec, hp: HParams, n_train: int) -> optax.GradientTransformation:
+    """The optax optimizer of `spec` (`optax.inject_hyperparams`): the traced learning rate of `hp`
+    under the spec's schedule, and the traced values in `hp` of its other `optimizer_hparams`."""
+    lr = learning_rate_schedule(spec, hp["learning_rate"], n_train)
+    factory = optimizer_factory(spec.optimizer)
+    traced = optimizer_hparams(spec)
+    # Only the arguments given are injected; the others stay the Python constants optax uses on its
+    # own. Injected, adam's default b1 would be a float32 array whose `1 - b1` and `b1 ** t` round
+    # differently from optax's constants, and every run would move in its last bits.
+    static = [name for name in inspect.signature(factory).parameters if name not in traced]
+    return optax.inject_hyperparams(factory, static_args=static)(
+        learning_rate=lr, **{name: hp[name] for name in traced[1:]})
 
 
 def run_keys(seed: jax.Array) -> tuple[jax.Array, jax.Array]:

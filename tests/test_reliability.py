@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from experiments import evaluate, mlp
 from mnist_jax.config import ConfigError, load_config_file, parse_args
 from mnist_jax.data import preprocess_images
+from mnist_jax.train import OPTIMIZERS
 
 SMALL = ["--config.seeds=2", "--config.epochs=8", "--config.model.hidden=[32]", "--config.checkpoint_seconds=0"]
 
@@ -119,7 +120,7 @@ def test_config_parser_fuzz_gives_a_valid_config_or_one_config_error(field, text
     default = load_config_file("configs/mlp.py")
     assert type(config.epochs) is int and config.epochs >= 1
     assert config.learning_rate > 0 and config.seeds >= 1 and 1 <= config.batch_size <= 55_000
-    assert config.optimizer in ("sgd", "momentum", "adam")
+    assert config.optimizer in OPTIMIZERS
     assert len(config.model.hidden) >= 1
     assert set(config.keys()) == set(default.keys())
 
