@@ -1,6 +1,6 @@
 """Beyond the study: label smoothing swept as a traced hyperparameter, 784-500-300-10.
 
-The example of the README's "Extend it" section: the classifier task reads `label_smoothing`
+The example of docs/extending.md (a new traced hyperparameter): the classifier task reads `label_smoothing`
 when its config has that field (`tasks.classifier_task(..., label_smoothing=True)`), and this
 file sweeps it with the L2 sweep's experiment, every (value, seed) run in one vmapped program.
 

@@ -4,7 +4,7 @@ Persistent cache: importing `mnist_jax` points JAX's persistent compilation cach
 `<cache dir>/xla` (`mnist_jax.data.default_cache_dir()`, i.e. `$MNIST_JAX_CACHE/xla`), so a second
 process (a second run of an experiment, a resumed run, `reproduce`, the test suite) loads the
 programs the first one compiled instead of compiling them again. XLA:CPU supports it in jax 0.10
-(measured: `benchmarks/compile_cache.py`, README). Every program is written to the cache
+(measured: `benchmarks/compile_cache.py`, docs/performance.md). Every program is written to the cache
 (`MIN_COMPILE_SECONDS` = 0; JAX's default is 1 s): most of the quick profile's programs compile in
 under a second each, and a second run loads those too (`benchmarks/compile_cache.py` measures
 it). A loaded program is the same executable, so it gives bit-identical numbers (tested, and

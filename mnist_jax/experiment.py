@@ -1,9 +1,9 @@
 """What every experiment entry point shares: the command line, the workdir, data, training
 with a progress bar and checkpoints, and the JSON outputs.
 
-An experiment module defines `run(config, workdir) -> metrics` and calls
-`main(run, argv, "configs/<name>.py")`; this module does the rest of the contract in
-DESIGN.md (config.json, metrics.json, exit codes, clear errors).
+An experiment module defines `run(config, workdir) -> metrics` and `reads(config)`, and ends with
+`main = experiment.entry_point(run, "configs/<name>.py", __doc__, __name__)`; this module does the
+rest of the contract in docs/extending.md (config.json, metrics.json, exit codes, clear errors).
 """
 
 from __future__ import annotations

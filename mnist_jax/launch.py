@@ -1,6 +1,6 @@
 """Start a command as N processes of one multi-process JAX run on this machine.
 
-    python -m mnist_jax.launch --processes 2 -- python -m experiments.l2_sweep --workdir runs/l2 \\
+    python -m mnist_jax.launch --processes 2 -- python -m experiments.sweep --workdir runs/l2 \\
         --config configs/l2_sweep_quick.py
 
 For trying the multi-process path and for tests: each process gets the environment a cluster
@@ -8,8 +8,7 @@ would give it (JAX_COORDINATOR_ADDRESS on a free localhost port, JAX_NUM_PROCESS
 JAX_PROCESS_ID) and, on a CPU, `--devices-per-process` host devices. The launcher returns the
 exit code of the first process that fails (and then stops the others), 0 when all succeed. It
 schedules nothing: on a cluster the scheduler (srun, mpirun, a TPU slice) starts the processes
-instead, and `mnist_jax.distributed` reads its environment (README: "GPUs, TPUs and several
-devices").
+instead, and `mnist_jax.distributed` reads its environment (docs/distributed.md).
 """
 
 from __future__ import annotations
