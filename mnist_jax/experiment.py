@@ -147,7 +147,8 @@ def prepare(config: ml_collections.ConfigDict, task: Task, hp: dict, seeds: Any,
     produce can be a `jax.ShapeDtypeStruct`."""
     spec = spec or train_spec(config)
     return sweep.GridTrainer(task, spec).precompile(hp, seeds, data, run_chunk=run_chunk(config, task),
-                                                    chunk_epochs=config.get("chunk_epochs", 1))
+                                                    chunk_epochs=config.get("chunk_epochs", 1),
+                                                    checkpoint_every=config.get("checkpoint_every", 1))
 
 
 def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: Any,
