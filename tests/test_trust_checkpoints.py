@@ -283,3 +283,87 @@ def test_a_kill_loses_at_most_one_checkpoint_interval_whatever_chunk_epochs_is(t
     assert saved == [3, 6, 7] and resumed.resumed_from_epoch == 3
     for k in straight.history:  # chunking never changes the numbers
         np.testing.assert_array_equal(resumed.history[k], straight.history[k])
+
+
+# -- the fuzz test: random bytes of random files of a finished workdir ---------------------------------
+
+FUZZ_CASES = 30
+FUZZ_TARGETS = ("marker", "metrics", "config", "checkpoints", "params")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny mlp workdir (synthetic data), with the numbers and evaluate output it holds."""
+    root = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as mp:
+        synthetic_data(mp)
+        assert mlp.main(["--workdir", str(root / "w"), *TINY]) == 0
+        x = images(root)
+        assert evaluate.main(["--workdir", str(root / "w"), "--images", str(x), "--seed", "1",
+                              "--out", str(root / "labels.npy")]) == 0
+    return root
+
+
+def fuzz_files(w: pathlib.Path, target: str) -> list[pathlib.Path]:
+    if target == "marker":
+        return [w / ".mnist_jax" / "workdir.json"]
+    if target in ("metrics", "config"):
+        return [w / f"{target}.json"]
+    return sorted(p for p in (w / target).rglob("*") if p.is_file() and p.stat().st_size > 0)
+
+
+def healthy_params_are_finite(w: pathlib.Path) -> None:
+    """No run that metrics.json calls healthy has non-finite params in the committed params/
+    (params whose checksums fail are never used, so they count as not committed)."""
+    try:
+        metrics = json.loads((w / "metrics.json").read_text())
+        config = json.loads((w / "config.json").read_text())
+        params = experiment.load_params(w, experiment.init_shapes(models.from_config(config["model"]), runs=2))
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError, experiment.ConfigError):
+        return
+    for r, record in enumerate(metrics.get("runs", [])):
+        if record.get("diverged") is False:
+            for leaf in sweep.jax.tree_util.tree_leaves(params):
+                assert np.all(np.isfinite(np.asarray(leaf)[r])), f"run {r} is marked healthy but its params are not finite"
+
+
+@pytest.mark.parametrize("case", range(FUZZ_CASES))
+def test_fuzzed_workdir_ends_with_its_numbers_or_one_line(finished, tmp_path, monkeypatch, capfd, case):
+    rng = random.Random(2600 + case)
+    target = FUZZ_TARGETS[case % len(FUZZ_TARGETS)]
+    action = "rerun" if case % 2 == 0 else "evaluate"
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "sentinel.txt").write_text("untouched")
+    w = box / "w"
+    shutil.copytree(finished / "w", w, symlinks=True)
+    victim = rng.choice(fuzz_files(w, target))
+    data = bytearray(victim.read_bytes())
+    for i in rng.sample(range(len(data)), min(rng.choice([1, 8, 200]), len(data))):
+        data[i] ^= rng.randint(1, 255)
+    victim.write_bytes(bytes(data))
+    synthetic_data(monkeypatch)
+    capfd.readouterr()
+    try:
+        if action == "rerun":
+            rc = mlp.main(["--workdir", str(w), *TINY])
+        else:
+            rc = evaluate.main(["--workdir", str(w), "--images", str(images(tmp_path)), "--seed", "1",
+                                "--out", str(tmp_path / "labels.npy")])
+    except Exception as err:  # noqa: BLE001 - what a command line would print as a traceback
+        pytest.fail(f"{action} after damage to {victim.relative_to(w)}: uncaught {type(err).__name__}: {err}")
+    err = capfd.readouterr().err
+    where = f"{action} after damage to {victim.relative_to(w)}: rc {rc}, stderr {err[-1500:]!r}"
+    assert "Traceback" not in err, where
+    assert rc in (0, 1, 2), where
+    if rc == 0:
+        if action == "rerun":
+            assert (json.loads((w / "metrics.json").read_text())["history"]
+                    == json.loads((finished / "w" / "metrics.json").read_text())["history"]), where
+        else:
+            np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), np.load(finished / "labels.npy"), err_msg=where)
+    else:
+        assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1, where
+    assert sorted(p.name for p in box.iterdir()) == ["sentinel.txt", "w"], where
+    assert (box / "sentinel.txt").read_text() == "untouched"
+    healthy_params_are_finite(w)
