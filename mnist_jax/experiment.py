@@ -262,9 +262,9 @@ def load_params(workdir: pathlib.Path, like: Any, name: str = "params") -> Any:
     try:
         return ckpt.restore(like)
     except CheckpointError as err:  # the params a run committed: rerunning it rewrites them from its checkpoints
-        why = str(err).split("; delete it")[0].replace(f"checkpoint 0 in {ckpt.directory}", "they")
-        raise CheckpointError(f"the trained params in {str(path)!r} cannot be used ({why}); run the experiment again "
-                              "on this workdir to rewrite them from its checkpoints") from None
+        why = str(err).split("; delete it")[0].replace(f"checkpoint 0 in {ckpt.directory} ", "")
+        raise CheckpointError(f"the trained params in {str(path)!r} cannot be used: their checkpoint {why}; run the "
+                              "experiment again on this workdir to rewrite them from its checkpoints") from None
     finally:
         ckpt.close()
 
