@@ -98,6 +98,18 @@ class Checkpointer:
             pass
         self._manager = self._open()
 
+    def unverifiable(self) -> bool:
+        """Whether there are checkpoints and none has checksums (all written by older code)."""
+        steps = self._manager.all_steps()
+        return bool(steps) and not any(self._checksums_path(e).exists() for e in steps)
+
+    def clear(self) -> None:
+        """Delete every checkpoint (with its checksums)."""
+        for epoch in self._manager.all_steps():
+            self._manager.delete(epoch)
+            if distributed.is_writer():
+                self._checksums_path(epoch).unlink(missing_ok=True)
+
     def latest_epoch(self) -> int | None:
         """The newest complete checkpoint's epoch, or None."""
         return self._manager.latest_step()

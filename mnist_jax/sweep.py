@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -362,6 +363,11 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
         if checkpoint_dir:
             ckpt = Checkpointer(os.path.join(checkpoint_dir, f"runs_{start}-{stop}"))
         done, chunks = 0, []
+        if ckpt is not None and ckpt.unverifiable():  # nothing to verify them against: never resumed
+            if distributed.is_writer():
+                print(f"{ckpt.directory}: its checkpoints have no checksums (older code wrote them), so they cannot be "
+                      "verified; training these runs from the start", file=sys.stderr)
+            ckpt.clear()
         if ckpt is not None and ckpt.latest_epoch() is not None:
             if ckpt.latest_epoch() > spec.epochs:
                 raise CheckpointError(f"{ckpt.directory} holds a checkpoint of epoch {ckpt.latest_epoch()}, past this "

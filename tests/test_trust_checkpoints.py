@@ -113,6 +113,27 @@ def test_checksums_lie_beside_each_kept_step_and_a_missing_or_damaged_one_is_ref
     ckpt.close()
 
 
+def test_checkpoints_without_checksums_are_never_resumed(tmp_path, tiny, capsys):
+    """What older code left (no checksums at all) cannot be verified: these runs train from the
+    start, with one line, and end with the uninterrupted numbers."""
+    task, hp, seeds = mlp_grid()
+    spec = TrainSpec(epochs=3, batch_size=64)
+    straight = sweep.train_grid(task, spec, hp, seeds, tiny)
+    with pytest.raises(Stop):
+        sweep.train_grid(task, spec, hp, seeds, tiny, checkpoint_dir=str(tmp_path), progress=stop_after(2))
+    for sums in (tmp_path / "runs_0-2").glob("*.checksums.json"):
+        sums.unlink()
+    xor_bytes(largest_data_file(tmp_path / "runs_0-2" / "2"))
+    capsys.readouterr()
+    fresh = sweep.train_grid(task, spec, hp, seeds, tiny, checkpoint_dir=str(tmp_path))
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path}/runs_0-2: its checkpoints have no checksums (older code wrote them), so they cannot be verified; "
+        "training these runs from the start"]
+    assert fresh.resumed_from_epoch is None
+    np.testing.assert_array_equal(fresh.history["loss"], straight.history["loss"])
+    assert sorted(p.name for p in (tmp_path / "runs_0-2").iterdir()) == ["2", "2.checksums.json", "3", "3.checksums.json"]
+
+
 def test_a_restored_healthy_run_with_non_finite_params_is_refused():
     task, hp, seeds = mlp_grid()
     trainer = sweep.GridTrainer(task, TrainSpec(epochs=1, batch_size=64))
