@@ -353,6 +353,12 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
     states, histories, epoch_times, resumed = [], [], [], None
     train_seconds = 0.0
     compile_before, wait_before = trainer.compile_seconds, trainer.compile_wait_seconds
+    if checkpoint_dir and os.path.isdir(checkpoint_dir) and distributed.is_writer():
+        layout = {f"runs_{a}-{min(a + per_call, n_runs)}" for a in range(0, n_runs, per_call)}
+        other = sorted(n for n in os.listdir(checkpoint_dir) if n.startswith("runs_") and n not in layout)
+        if other:  # a run_chunk rounded up to another device count groups the runs otherwise
+            print(f"{checkpoint_dir}: checkpoints of runs grouped otherwise ({', '.join(other)}: another device count "
+                  f"with config.run_chunk) are not resumed; this mesh trains {per_call} runs at a time", file=sys.stderr)
     for start in range(0, n_runs, per_call):
         stop = min(start + per_call, n_runs)
         part = slice(start, stop)

@@ -272,6 +272,19 @@ def test_a_checkpoint_restores_onto_another_device_count_and_padding(tmp_path):
             np.testing.assert_array_equal(straight[1][k], straight[2][k], err_msg=k)
 
 
+def test_checkpoints_of_runs_grouped_otherwise_are_named_not_silently_skipped(tmp_path, tiny, capsys):
+    """A run_chunk is rounded up to the device count, so another mesh may group the runs into
+    other checkpoint folders: those are not resumed, and one line says so."""
+    task, hp, seeds = mlp_grid()
+    spec = TrainSpec(epochs=1, batch_size=64)
+    sweep.train_grid(task, spec, hp, seeds, tiny, run_chunk=1, checkpoint_dir=str(tmp_path))
+    capsys.readouterr()
+    sweep.train_grid(task, spec, hp, seeds, tiny, run_chunk=2, checkpoint_dir=str(tmp_path))
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path}: checkpoints of runs grouped otherwise (runs_0-1, runs_1-2: another device count with "
+        "config.run_chunk) are not resumed; this mesh trains 2 runs at a time"]
+
+
 # -- finding 9: checkpoints come later than promised --------------------------------------------------------
 
 
