@@ -212,7 +212,10 @@ class Checkpointer:
             try:
                 tree = self.restore(like_of(epoch), epoch, runs_axis=runs_axis)
                 if check is not None:
-                    check(tree)
+                    try:
+                        check(tree)
+                    except CheckpointError as err:
+                        raise CheckpointError(f"checkpoint {epoch} in {self.directory}: {err}") from None
                 return epoch, tree
             except CheckpointError as err:
                 if i + 1 == len(steps):
