@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mnist_jax import distributed
+from mnist_jax.workdir import write_text_atomic
 
 CHECKSUMS = "{epoch}.checksums.json"
 
@@ -120,16 +121,14 @@ class Checkpointer:
         if epoch in self._manager.all_steps():
             self._manager.delete(epoch)
         if distributed.is_writer():  # before the step exists: a finalised step always has its checksums
-            path = self._checksums_path(epoch)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps({"epoch": epoch, "arrays": sums}, indent=1))
-            os.replace(tmp, path)
+            write_text_atomic(self._checksums_path(epoch), json.dumps({"epoch": epoch, "arrays": sums}, indent=1))
         self._manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
         self._manager.wait_until_finished()
         if distributed.is_writer():  # the checksums of the steps orbax let go (max_to_keep)
             kept = {self._checksums_path(e).name for e in self._manager.all_steps()}
-            for stale in pathlib.Path(self.directory).glob(CHECKSUMS.format(epoch="*")):
-                if stale.name not in kept:
+            directory = pathlib.Path(self.directory)
+            for stale in [*directory.glob(CHECKSUMS.format(epoch="*")), *directory.glob(f".{CHECKSUMS.format(epoch='*')}.tmp")]:
+                if stale.name not in kept:  # and what a kill left mid-write
                     stale.unlink(missing_ok=True)
 
     def _checksums_path(self, epoch: int) -> pathlib.Path:

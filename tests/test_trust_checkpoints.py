@@ -100,8 +100,9 @@ def test_checksums_lie_beside_each_kept_step_and_a_missing_or_damaged_one_is_ref
     ckpt = Checkpointer(tmp_path / "c", max_to_keep=2)
     tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], np.int32)}
     for epoch in (1, 2, 3):
+        (tmp_path / "c" / f".{epoch + 1}.checksums.json.tmp").write_text("{")  # what a kill mid-write leaves
         ckpt.save(epoch, tree)
-    assert sorted(p.name for p in (tmp_path / "c").glob("*.checksums.json")) == ["2.checksums.json", "3.checksums.json"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["2", "2.checksums.json", "3", "3.checksums.json"]
     restored = ckpt.restore(tree)
     assert all(np.array_equal(restored[k], tree[k]) for k in tree)
     (tmp_path / "c" / "3.checksums.json").write_text("{not json")
