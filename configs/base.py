@@ -27,7 +27,7 @@ def get_config(experiment: str, **fields) -> ml_collections.ConfigDict:
     c.learning_rate = 0.1
     c.n_val = 5000  # held out from the 60,000 training images
     c.protocol = "holdout"  # or "study": train on 60,000, validate on the test set
-    c.chunk_epochs = 1  # epochs per call of the compiled program (progress, checkpoints between)
+    c.chunk_epochs = 1  # most epochs per call of the compiled program (progress, checkpoints between; ends on checkpoint epochs)
     c.checkpoint_every = 1  # epochs between checkpoints ...
     c.checkpoint_seconds = 30.0  # ... but not sooner than this after the last one (0: every time); the last epoch always
     c.run_chunk = 0  # runs per program (0 = automatic: what the model says, see sweep.default_run_chunk)

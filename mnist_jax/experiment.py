@@ -273,7 +273,8 @@ def prepare(config: ml_collections.ConfigDict, task: Task, hp: dict, seeds: Any,
     produce can be a `jax.ShapeDtypeStruct`."""
     spec = spec or train_spec(config)
     return sweep.GridTrainer(task, spec).precompile(hp, seeds, data, run_chunk=run_chunk(config, task),
-                                                    chunk_epochs=config.get("chunk_epochs", 1))
+                                                    chunk_epochs=config.get("chunk_epochs", 1),
+                                                    checkpoint_every=config.get("checkpoint_every", 1))
 
 
 def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, hp: dict, seeds: Any,
@@ -387,6 +388,10 @@ def load_params(workdir: pathlib.Path, like: Any, name: str = "params") -> Any:
     ckpt = Checkpointer(path, max_to_keep=1)
     try:
         return ckpt.restore(like)
+    except CheckpointError as err:  # the params a run committed: rerunning it rewrites them from its checkpoints
+        why = str(err).split("; delete it")[0].replace(f"checkpoint 0 in {ckpt.directory} ", "")
+        raise CheckpointError(f"the trained params in {str(path)!r} cannot be used: their checkpoint {why}; run the "
+                              "experiment again on this workdir to rewrite them from its checkpoints") from None
     finally:
         ckpt.close()
 
@@ -425,14 +430,22 @@ def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: 
     like = models.init_shapes(model, runs=n_saved or max(runs) + 1)
     index = runs[run_index]
     params = jax.tree_util.tree_map(lambda a: a[index], load_params(workdir, like, params_dir))
-    flagged = bool(metrics["runs"][index]["diverged"]) if "runs" in metrics and params_dir == "params" else False
+    flagged = None  # unknown: the metrics of other params (noise_accuracy's curves) are checked by their reader
+    if params_dir == "params" and "runs" in metrics:
+        flagged = bool(metrics["runs"][index]["diverged"])
+    elif params_dir == "params" and "diverged" in (metrics.get("history") or {}):
+        flagged = bool(np.asarray(metrics["history"]["diverged"][index])[-1])
     check_not_diverged(flagged, params, run_index)
     return model, params
 
 
-def check_not_diverged(flagged: bool, params, run_index: int) -> None:
-    """CheckpointError when run `run_index` diverged (its metrics say so or its params are not finite)."""
+def check_not_diverged(flagged: bool | None, params, run_index: int) -> None:
+    """CheckpointError when run `run_index` diverged (its metrics say so or its params are not
+    finite), or when its params are not finite although its metrics (`flagged` False) say it is healthy."""
     finite = all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree_util.tree_leaves(params))
+    if not finite and flagged is False:  # training marks every run whose params stop being finite
+        raise CheckpointError(f"run {run_index} of this workdir has params that are not finite although its metrics "
+                              "say it did not diverge: the workdir is damaged; run the experiment again on it")
     if flagged or not finite:
         raise CheckpointError(f"run {run_index} of this workdir diverged (its loss or parameters are not finite): "
                               "its predictions mean nothing; pick another run with --seed or retrain")

@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -136,9 +137,23 @@ def runs_per_call(n_runs: int, run_chunk: int | None, n_devices: int) -> int:
     return -(-per_call // n_devices) * n_devices
 
 
-def epoch_chunks(epochs: int, chunk_epochs: int) -> list[int]:
-    """The distinct numbers of epochs one call trains when `epochs` go `chunk_epochs` at a time."""
-    return sorted({min(chunk_epochs, epochs)} | ({epochs % chunk_epochs} if epochs % chunk_epochs else set()))
+def chunk_length(done: int, epochs: int, chunk_epochs: int, checkpoint_every: int | None = None) -> int:
+    """Epochs the next call trains after `done`: `chunk_epochs`, cut at the last epoch and, when
+    checkpointing every `checkpoint_every` epochs, at the next checkpoint epoch (so a checkpoint
+    is never skipped because a chunk ran past its epoch; chunking never changes the numbers)."""
+    n = min(chunk_epochs, epochs - done)
+    return min(n, checkpoint_every - done % checkpoint_every) if checkpoint_every else n
+
+
+def epoch_chunks(epochs: int, chunk_epochs: int, checkpoint_every: int | None = None) -> list[int]:
+    """The distinct numbers of epochs one call trains (`chunk_length`) from epoch 0 to `epochs`;
+    a resume starts at a checkpoint epoch, where the same lengths repeat."""
+    sizes, done = set(), 0
+    while done < epochs:
+        n = chunk_length(done, epochs, chunk_epochs, checkpoint_every)
+        sizes.add(n)
+        done += n
+    return sorted(sizes)
 
 
 def runs_mesh(devices: list | None = None) -> Mesh:
@@ -217,10 +232,10 @@ class GridTrainer:
             self._ahead[key] = pool.submit(self._build, fn, args, in_shardings, donate)
 
     def precompile(self, hp: dict, seeds: Any, data: Splits, *, run_chunk: int | None = None,
-                   chunk_epochs: int = 1, init: bool = True) -> GridTrainer:
+                   chunk_epochs: int = 1, init: bool = True, checkpoint_every: int | None = None) -> GridTrainer:
         """Start compiling, in background threads, the programs `train_grid(..., trainer=self)`
-        will call for this grid (the same `run_chunk` and `chunk_epochs`; `init=False`: not the
-        init program); returns self.
+        will call for this grid (the same `run_chunk`, `chunk_epochs` and, when it checkpoints,
+        `checkpoint_every`; `init=False`: not the init program); returns self.
 
         Only shapes are read: hp and seeds may hold `jax.ShapeDtypeStruct`s (hyperparameters that
         another training will produce). Nothing happens when compiling ahead is off
@@ -244,7 +259,7 @@ class GridTrainer:
         state = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.run_sharding, weak_type=a.weak_type),
             jax.eval_shape(init_fn, hp_a, seeds_a))
-        for n in epoch_chunks(self.spec.epochs, chunk_epochs):
+        for n in epoch_chunks(self.spec.epochs, chunk_epochs, checkpoint_every):
             self._compile_ahead(("epochs", n, _runs_shape(seeds_a)), self._epochs_fn(n), (state, hp_a, seeds_a, data_a),
                                 (self.run_sharding, self.run_sharding, self.run_sharding, self.replicated), donate=(0,))
         return self
@@ -271,15 +286,36 @@ class GridTrainer:
         shardings = (self.run_sharding, self.run_sharding, self.run_sharding, self.replicated)
         return self._compile(("epochs", n_epochs, _runs_shape(seeds)), self._epochs_fn(n_epochs), args, shardings, donate=(0,))
 
+    def put_runs(self, tree: Any) -> Any:
+        """Host arrays with a leading run axis, split over "runs" on the mesh."""
+        return jax.tree_util.tree_map(lambda a: distributed.global_array(a, self.run_sharding), tree)
+
     def abstract(self, hp, seeds, data: Splits, epochs_done: int) -> dict:
-        """Shapes of {"state", "history"} after `epochs_done` epochs (for restoring)."""
+        """Shapes of {"state", "history"} after `epochs_done` epochs (for restoring), each array
+        replicated on this mesh: a checkpoint restores whatever devices, processes and run
+        padding wrote it (`Checkpointer.restore(..., runs_axis=True)`)."""
         state = jax.eval_shape(self._init_fn(data.train_x.shape[0]), hp, seeds)
         _, hist = jax.eval_shape(self._epochs_fn(1), state, hp, seeds, data)
         history = {k: jax.ShapeDtypeStruct((v.shape[0], epochs_done), v.dtype) for k, v in hist.items()}
-        # Restored onto this mesh, whatever devices and processes wrote the checkpoint.
-        state = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.run_sharding), state)
-        history = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.replicated) for k, v in history.items()}
-        return {"state": state, "history": history}
+        replicated = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated)  # noqa: E731
+        return {"state": jax.tree_util.tree_map(replicated, state), "history": jax.tree_util.tree_map(replicated, history)}
+
+
+def check_restored(tree: dict, n_real: int) -> None:
+    """CheckpointError when a restored {"state", "history"} cannot be the state of a training of
+    `n_real` runs: fewer runs, or a run whose params are not finite although it is not marked as
+    diverged (a healthy run's checkpoint never holds NaN or inf)."""
+    state = tree["state"]
+    rows = len(np.asarray(state.diverged_epoch))
+    if rows < n_real:
+        raise CheckpointError(f"the checkpoint holds {rows} runs, this training {n_real}: it belongs to another config")
+    healthy = np.asarray(state.diverged_epoch) < 0
+    for leaf in jax.tree_util.tree_leaves(state.params):
+        leaf = np.asarray(leaf)
+        finite = np.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1)
+        if np.any(healthy & ~finite):
+            raise CheckpointError(f"the checkpoint holds non-finite params of run {int(np.argmax(healthy & ~finite))}, "
+                                  "which is not marked as diverged: it is damaged")
 
 
 def _concat(chunks: list[dict]) -> dict[str, np.ndarray]:
@@ -312,10 +348,17 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
     per_call = runs_per_call(n_runs, run_chunk, trainer.n_devices)
     # The epoch programs compile in the background while this thread builds (or restores) the
     # initial state, unless they were prepared earlier or compiling ahead is off.
-    trainer.precompile(hp, seeds, data, run_chunk=run_chunk, chunk_epochs=chunk_epochs, init=False)
+    every = checkpoint_every if checkpoint_dir else None  # chunks end on checkpoint epochs only when there are any
+    trainer.precompile(hp, seeds, data, run_chunk=run_chunk, chunk_epochs=chunk_epochs, init=False, checkpoint_every=every)
     states, histories, epoch_times, resumed = [], [], [], None
     train_seconds = 0.0
     compile_before, wait_before = trainer.compile_seconds, trainer.compile_wait_seconds
+    if checkpoint_dir and os.path.isdir(checkpoint_dir) and distributed.is_writer():
+        layout = {f"runs_{a}-{min(a + per_call, n_runs)}" for a in range(0, n_runs, per_call)}
+        other = sorted(n for n in os.listdir(checkpoint_dir) if n.startswith("runs_") and n not in layout)
+        if other:  # a run_chunk rounded up to another device count groups the runs otherwise
+            print(f"{checkpoint_dir}: checkpoints of runs grouped otherwise ({', '.join(other)}: another device count "
+                  f"with config.run_chunk) are not resumed; this mesh trains {per_call} runs at a time", file=sys.stderr)
     for start in range(0, n_runs, per_call):
         stop = min(start + per_call, n_runs)
         part = slice(start, stop)
@@ -326,19 +369,27 @@ def train_grid(task: Task, spec: TrainSpec, hp: dict[str, np.ndarray], seeds: An
         if checkpoint_dir:
             ckpt = Checkpointer(os.path.join(checkpoint_dir, f"runs_{start}-{stop}"))
         done, chunks = 0, []
+        if ckpt is not None and ckpt.unverifiable():  # nothing to verify them against: never resumed
+            if distributed.is_writer():
+                print(f"{ckpt.directory}: its checkpoints have no checksums (older code wrote them), so they cannot be "
+                      "verified; training these runs from the start", file=sys.stderr)
+            ckpt.clear()
         if ckpt is not None and ckpt.latest_epoch() is not None:
             if ckpt.latest_epoch() > spec.epochs:
                 raise CheckpointError(f"{ckpt.directory} holds a checkpoint of epoch {ckpt.latest_epoch()}, past this "
                                       f"training's {spec.epochs} epochs: it belongs to another config")
-            done, tree = ckpt.restore_newest(lambda e, a=(hp_d, seeds_d, data_d): trainer.abstract(*a, e))
-            state = jax.device_put(tree["state"], trainer.run_sharding)
-            chunks = [distributed.gather(tree["history"])] if done else []
+            done, tree = ckpt.restore_newest(lambda e, a=(hp_d, seeds_d, data_d): trainer.abstract(*a, e),
+                                             lambda t, n=n_real: check_restored(t, n), runs_axis=True)
+            # The real runs, padded for this mesh as an uninterrupted run on it pads them.
+            tree, _ = pad_runs(jax.tree_util.tree_map(lambda a, n=n_real: a[:n], tree), per_call)
+            state = trainer.put_runs(tree["state"])
+            chunks = [tree["history"]] if done else []
             resumed = done if resumed is None else min(resumed, done)
         else:
             state = trainer.init(hp_d, seeds_d, data_d)
         last_save = time.perf_counter()
         while done < spec.epochs:
-            n = min(chunk_epochs, spec.epochs - done)
+            n = chunk_length(done, spec.epochs, chunk_epochs, every)
             program = trainer.epochs_program(n, state, hp_d, seeds_d, data_d)  # compiles once
             t0 = time.perf_counter()
             state, hist = program(state, hp_d, seeds_d, data_d)

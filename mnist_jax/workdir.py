@@ -73,6 +73,9 @@ def read_json_file(path: pathlib.Path, what: str) -> Any:
     except json.JSONDecodeError as err:
         raise WorkdirError(f"{str(path)!r} is not valid JSON ({err.msg} at line {err.lineno}): {what} "
                            "is damaged; move it away or use another --workdir") from None
+    except UnicodeDecodeError:
+        raise WorkdirError(f"{str(path)!r} is not valid JSON (not UTF-8 text): {what} is damaged; move it away or "
+                           "use another --workdir") from None
     except OSError as err:
         raise WorkdirError(f"{str(path)!r} cannot be read ({err.strerror or err})") from None
 

@@ -110,7 +110,7 @@ def test_evaluate_reports_a_corrupt_checkpoint(mlp_workdir, tmp_path, capsys):
     np.save(images, np.zeros((2, 28, 28), np.uint8))
     assert evaluate.main(["--workdir", str(broken), "--images", str(images)]) == 1
     err = capsys.readouterr().err
-    assert "cannot be restored" in err and "Traceback" not in err
+    assert "cannot be used" in err and "Traceback" not in err
 
 
 @pytest.mark.integration
