@@ -354,8 +354,9 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     provenance names `command` and the code (and the code that wrote any checkpoints it resumed).
 
     The run resumes the unfinished run of the same config, if any; the committed config.json,
-    metrics.json and everything else change only at the commit, all together. A ConfigError
-    raised by `run` before it trained leaves the workdir as it was.
+    metrics.json and everything else change only at the commit, all together. Any failure of a
+    new run before its first checkpoint (a ConfigError, a crash, Ctrl-C) leaves the workdir as it
+    was, an unfinished run of another config included (`Workdir.abandon`).
 
     In a multi-process run only process 0 has the open `workdir` and begins and commits the run;
     the others (`workdir` None) train in the run directory under `path` once process 0 made it.
@@ -374,8 +375,8 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     started, start, compiled = provenance.now(), time.perf_counter(), compilation.counts()
     try:
         metrics = run(config, run_dir)
-    except ConfigError:
-        if workdir is not None and workdir_lib.checkpoint_epoch(run_dir) == 0:
+    except BaseException:
+        if workdir is not None:
             workdir.abandon()
         raise
     finally:
@@ -482,7 +483,7 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
     except distributed.WriterFailed as err:  # process 0 has said why
         return err.code
     except KeyboardInterrupt:
-        epoch = workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None else 0
+        epoch = workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None and not workdir.abandoned else 0
         if distributed.is_writer():
             print(f"interrupted; run again to resume from epoch {epoch}", file=sys.stderr)
         return 130
