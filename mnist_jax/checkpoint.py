@@ -7,10 +7,13 @@ killed at any moment leaves either the previous checkpoint or the new one, never
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
+import shutil
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -55,6 +58,26 @@ def _quiet_logs() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` reports a full disk or quota (an OSError, or tensorstore's error text)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text or "os_error_code='28'" in text
+
+
+def space_text(path: str | os.PathLike, needed: int | None = None) -> str:
+    """'about 1.2 MB needed, 0.3 MB free' for the file system of `path` (what is known of it)."""
+    folder = os.path.abspath(os.fspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return f"about {needed / 1e6:.1f} MB needed, {free}" if needed else free
+
+
 class Checkpointer:
     """Saves and restores `{"state": ..., "history": ...}` pytrees keyed by epoch."""
 
@@ -83,11 +106,27 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, epoch: int, tree: Any) -> None:
-        """Write `tree` as the checkpoint of `epoch` (blocking, atomic), replacing an older one."""
+        """Write `tree` as the checkpoint of `epoch` (blocking, atomic), replacing an older one.
+        A full disk is a CheckpointError naming the folder and the space needed; a failed or
+        interrupted write prints nothing of orbax's (its logs and threads' tracebacks)."""
         if epoch in self._manager.all_steps():
             self._manager.delete(epoch)
-        self._manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
-        self._manager.wait_until_finished()
+        before = set(threading.enumerate())
+        try:
+            with _quiet_logs():
+                try:
+                    self._manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
+                    self._manager.wait_until_finished()
+                except KeyboardInterrupt:  # the write's threads end, silenced, before the interrupt goes on
+                    for thread in set(threading.enumerate()) - before:
+                        thread.join(timeout=60)
+                    raise
+        except Exception as err:  # orbax/tensorstore raise many types; a full disk is a user's fault
+            if not is_disk_full(err):
+                raise
+            needed = sum(int(np.asarray(a).nbytes) for a in jax.tree_util.tree_leaves(tree))
+            raise CheckpointError(f"no space left on the device to write checkpoint {epoch} in {self.directory} "
+                                  f"({space_text(self.directory, needed)}); free some and run again") from None
 
     def restore(self, like: Any, epoch: int | None = None) -> Any:
         """The checkpoint of `epoch` (the newest by default), with the structure of `like`."""

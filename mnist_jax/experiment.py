@@ -26,7 +26,7 @@ from mnist_jax import compilation, distributed, provenance, sweep
 from mnist_jax import data as data_lib
 from mnist_jax import train as train_lib
 from mnist_jax import workdir as workdir_lib
-from mnist_jax.checkpoint import Checkpointer, CheckpointError
+from mnist_jax.checkpoint import Checkpointer, CheckpointError, is_disk_full, space_text
 from mnist_jax.config import REPO_ROOT, ConfigError, load_config_module, parse_args
 from mnist_jax.provenance import describe_devices
 from mnist_jax.sweep import SweepResult, num_runs, train_grid
@@ -373,6 +373,7 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     shared = (pathlib.Path(path or ".").resolve() / workdir_lib.META / workdir_lib.RUN, None)
     run_dir, other_code = began if workdir is not None else shared
     started, start, compiled = provenance.now(), time.perf_counter(), compilation.counts()
+    cache_at_start = compilation.cache_entries()
     try:
         metrics = run(config, run_dir)
     except BaseException:
@@ -382,7 +383,8 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     finally:
         sweep.cancel_ahead()  # nothing this run queued compiles into the next one
     metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
-    metrics["timing"]["compilation"] = compilation.since(compiled)  # every program of the run, not only training's
+    metrics["timing"]["compilation"] = {**compilation.since(compiled),  # every program of the run, not only training's
+                                        "cache_entries_at_start": cache_at_start}
     prov = provenance.collect(command, started)
     if other_code:
         prov["checkpoints_from"] = other_code
@@ -483,9 +485,8 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
     except distributed.WriterFailed as err:  # process 0 has said why
         return err.code
     except KeyboardInterrupt:
-        epoch = workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None and not workdir.abandoned else 0
         if distributed.is_writer():
-            print(f"interrupted; run again to resume from epoch {epoch}", file=sys.stderr)
+            print(f"interrupted; run again to resume from epoch {_resume_epoch(workdir)}", file=sys.stderr)
         return 130
     except Interrupted:
         return 130
@@ -496,6 +497,13 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
     except (data_lib.DataUnavailableError, CheckpointError) as err:
         print(f"error: {_who()}{err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        where = err.filename or (workdir.run_dir if workdir is not None else path)
+        print(f"error: {_who()}no space left on the device writing {where} ({space_text(where)}); free some and run "
+              f"again to resume from epoch {_resume_epoch(workdir)}", file=sys.stderr)
+        return 1
     finally:
         if workdir is not None:
             workdir.close()
@@ -503,6 +511,11 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
     if workdir is not None:
         print(f"wrote {workdir.root / 'metrics.json'}")
     return 0
+
+
+def _resume_epoch(workdir: workdir_lib.Workdir | None) -> int:
+    """The epoch a rerun of the same config resumes from (0 when this run was undone or never began)."""
+    return workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None and not workdir.abandoned else 0
 
 
 def _who() -> str:
