@@ -5,15 +5,21 @@ Unit tests drive `experiment.main` with the fake runs of test_workdir (no traini
 integration tests train tiny real runs in subprocesses and interrupt them at checkpoints.
 """
 
+import errno
 import json
+import os
 import pathlib
+import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from test_workdir import S, committed, fake_run, main, snapshot
+from test_workdir import S, committed, fake_run, main, snapshot, wait_for_checkpoint
 
 from experiments import evaluate
-from mnist_jax import experiment
+from mnist_jax import compare, experiment, results_table
 from mnist_jax import workdir as workdir_lib
 
 MARKER = pathlib.Path(".mnist_jax") / "workdir.json"
@@ -149,3 +155,176 @@ def test_the_replaced_run_is_dropped_once_the_new_one_has_a_checkpoint(tmp_path,
     workdir_lib.Workdir.open(w, "mlp").close()
     assert sorted(p.name for p in (w / ".mnist_jax").iterdir()) == ["lock", "run", "workdir.json"]
     assert json.loads((w / ".mnist_jax" / "run" / "config.json").read_text())["learning_rate"] == 0.05
+
+
+# -- finding 8: faults are one line each --------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 256 KB tmpfs (mounted where the machine allows it; skipped where it does not)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (the simulated ENOSPC tests cover this)")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def enospc_from_tensorstore(*args, **kwargs):
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing \"x\" in OCDBT database: Failed to write 124220 bytes to file 12: "
+                     "No space left on device [os_error_code='28']")
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "simulated"])
+def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_folder_and_the_space(tmp_path, request, monkeypatch,
+                                                                                       capfd, tiny, disk):
+    from mnist_jax import models, sweep, tasks
+    from mnist_jax.checkpoint import Checkpointer, CheckpointError
+    from mnist_jax.train import TrainSpec
+
+    if disk == "tmpfs":
+        where = request.getfixturevalue("small_disk")
+        width = 256  # about 1.6 MB of params per checkpoint: more than the disk holds
+    else:
+        where = tmp_path
+        width = 8
+        monkeypatch.setattr(Checkpointer, "_open", lambda self: type("M", (), {
+            "all_steps": lambda s: [], "save": enospc_from_tensorstore, "close": lambda s: None,
+            "latest_step": lambda s: None})())
+    task = tasks.classifier_task(models.MLP((width,)))
+    hp, seeds = sweep.grid([0], learning_rate=[0.1])
+    capfd.readouterr()
+    with pytest.raises(CheckpointError) as err:
+        sweep.train_grid(task, TrainSpec(epochs=1, batch_size=64), hp, seeds, tiny, checkpoint_dir=str(where / "c"))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"no space left on the device to write checkpoint 1 in {where / 'c'}")
+    assert "MB needed" in message and "MB free" in message
+    out = capfd.readouterr()
+    assert "Traceback" not in out.err + out.out and "absl" not in out.err and "RESOURCE_EXHAUSTED" not in out.err
+
+
+def test_a_full_disk_while_writing_a_figure_is_one_line_and_keeps_the_committed_run(tmp_path, capsys):
+    w = tmp_path / "w"
+    assert main(fake_run, w, *S) == 0
+    before = snapshot(w)
+    capsys.readouterr()
+
+    def figure_fails(config, run_dir):
+        (pathlib.Path(run_dir) / "checkpoints" / "train" / "runs_0-2" / "3").mkdir(parents=True)
+        raise OSError(errno.ENOSPC, "No space left on device", str(pathlib.Path(run_dir) / "accuracy.png"))
+
+    assert main(figure_fails, w, *S, "--config.learning_rate=0.2") == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith(f"error: no space left on the device writing {w.resolve()}/.mnist_jax/run/accuracy.png (")
+    assert "MB free" in line and line.endswith("run again to resume from epoch 3")
+    assert {k: v for k, v in snapshot(w).items() if not k.startswith(".mnist_jax")} == \
+        {k: v for k, v in before.items() if not k.startswith(".mnist_jax")}
+
+
+def truncate(path: pathlib.Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+
+
+def test_compare_on_a_truncated_metrics_json_is_one_line_naming_it(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for w in (a, b):
+        assert main(fake_run, w, *S) == 0
+    capsys.readouterr()
+    assert compare.main([str(a), str(b)]) == 0
+    truncate(b / "metrics.json")
+    assert compare.main([str(a), str(b)]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert str(b / "metrics.json") in line and "is not valid JSON" in line
+
+
+RESULTS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "results" / "h100"
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A copy of the committed H100 results (metrics and configs of every stage, no figures)."""
+    folder = tmp_path / "run"
+    shutil.copytree(RESULTS, folder, ignore=shutil.ignore_patterns("*.png", "*.txt", "warm", "determinism"))
+    return folder
+
+
+def edit_metrics(path: pathlib.Path, edit) -> None:
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+
+
+def test_results_table_names_the_file_it_cannot_read(results, capsys):
+    truncate(results / "cnn" / "metrics.json")
+    assert results_table.main([str(results)]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert str(results / "cnn" / "metrics.json") in line and "is not valid JSON" in line
+    (results / "cnn" / "metrics.json").write_text("[]")
+    assert results_table.main([str(results)]) == 1
+    assert str(results / "cnn" / "metrics.json") in one_line_error(capsys.readouterr().err)
+    shutil.rmtree(results / "cnn")
+    edit_metrics(results / "vae" / "metrics.json", lambda m: m["provenance"].pop("ended"))
+    assert results_table.main([str(results)]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert str(results / "vae" / "metrics.json") in line and "'ended'" in line
+
+
+def test_results_table_says_which_profiles_its_stages_had(results):
+    assert "One full-profile run (`python -m experiments.reproduce --config.profile=full`)" in results_table.render(results)
+    for name in ("mlp", "vae"):
+        edit_metrics(results / name / "metrics.json", lambda m, name=name: m["provenance"].update(
+            command=f"python -m experiments.{name} --workdir runs/x/{name} --config configs/{name}.py:quick"))
+    edit_metrics(results / "cnn" / "metrics.json", lambda m: m["provenance"].update(
+        command="python -m experiments.cnn --workdir runs/x/cnn --config configs/cnn.py --config.epochs=1"))
+    head = results_table.render(results).splitlines()[1]
+    assert "One full-profile run" not in head
+    assert head.startswith("Stages of several profiles (custom: cnn; full: ") and "; quick: mlp, vae), not one" in head
+
+
+def test_results_table_says_what_the_compilation_cache_held(results):
+    def line() -> str:
+        return next(s for s in results_table.render(results).splitlines() if "Compilation (" in s)
+
+    hits = sum(json.loads(p.read_text())["timing"]["compilation"]["cache_hits"] for p in results.glob("*/metrics.json"))
+    assert "empty at the start" not in line() and "held at the start: not recorded" in line()  # older files
+    assert f"({hits} loaded from the cache)" in line()
+    first = min(results.glob("*/metrics.json"), key=lambda p: json.loads(p.read_text())["provenance"]["started"])
+    for entries, says in [(0, "persistent compilation cache empty at the start"),
+                          (76, "persistent compilation cache holding 76 programs at the start")]:
+        edit_metrics(first, lambda m, n=entries: m["timing"]["compilation"].update(cache_entries_at_start=n))
+        assert f"Compilation ({says}):" in line()
+    for path in results.glob("*/metrics.json"):
+        edit_metrics(path, lambda m: m["timing"]["compilation"].update(persistent_cache=None))
+    assert "Compilation (no persistent compilation cache):" in line()
+
+
+def test_a_run_records_what_the_compilation_cache_held_at_its_start(tmp_path):
+    w = tmp_path / "w"
+    assert main(fake_run, w, *S) == 0
+    compilation = committed(w)[1]["timing"]["compilation"]
+    from mnist_jax import compilation as compilation_lib
+
+    assert compilation["cache_entries_at_start"] == compilation_lib.cache_entries()  # fake_run compiles nothing
+    assert compilation["persistent_cache"] is None or isinstance(compilation["cache_entries_at_start"], int)
+
+
+@pytest.mark.integration
+def test_ctrl_c_during_a_checkpoint_write_is_the_one_promised_line(tmp_path):
+    w = tmp_path / "w"
+    cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), "--config.seeds=2", "--config.epochs=30",
+           "--config.model.hidden=[512, 512]", "--config.checkpoint_seconds=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = w / ".mnist_jax" / "run" / "checkpoints" / "train" / "runs_0-2"
+    wait_for_checkpoint(w, proc, 1)
+    while proc.poll() is None and not any("tmp" in n for n in (os.listdir(runs) if runs.is_dir() else [])):
+        pass  # the next checkpoint is being written
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "orbax" not in err and "absl" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted; run again to resume from epoch ") and int(last.rsplit(" ", 1)[1]) >= 1
+    assert [line for line in err.splitlines() if not line.startswith(("train:", "\r"))] == [last] or \
+        err.count("\n") < 6, err
