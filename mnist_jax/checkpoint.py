@@ -78,6 +78,18 @@ def space_text(path: str | os.PathLike, needed: int | None = None) -> str:
     return f"about {needed / 1e6:.1f} MB needed, {free}" if needed else free
 
 
+def _join_new_threads(before: set[threading.Thread], timeout: float = 60.0) -> None:
+    """Wait (up to `timeout` seconds) until every thread not in `before` has ended, those that
+    the ones running start included."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [t for t in set(threading.enumerate()) - before if t is not threading.current_thread()]
+        if not running:
+            return
+        for thread in running:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
 class Checkpointer:
     """Saves and restores `{"state": ..., "history": ...}` pytrees keyed by epoch."""
 
@@ -118,8 +130,7 @@ class Checkpointer:
                     self._manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
                     self._manager.wait_until_finished()
                 except KeyboardInterrupt:  # the write's threads end, silenced, before the interrupt goes on
-                    for thread in set(threading.enumerate()) - before:
-                        thread.join(timeout=60)
+                    _join_new_threads(before)
                     raise
         except Exception as err:  # orbax/tensorstore raise many types; a full disk is a user's fault
             if not is_disk_full(err):

@@ -328,3 +328,56 @@ def test_ctrl_c_during_a_checkpoint_write_is_the_one_promised_line(tmp_path):
     assert last.startswith("interrupted; run again to resume from epoch ") and int(last.rsplit(" ", 1)[1]) >= 1
     assert [line for line in err.splitlines() if not line.startswith(("train:", "\r"))] == [last] or \
         err.count("\n") < 6, err
+
+
+# -- finding 10: compare shows that a resume kept every number ------------------------------------------
+
+
+def test_compare_finds_no_difference_between_a_resumed_run_and_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    from conftest import synthetic_splits
+
+    from experiments import mlp
+    from mnist_jax.checkpoint import Checkpointer
+
+    monkeypatch.setattr(experiment, "load_data", lambda config: (synthetic_splits(), 0.0))
+    args = ["--config.seeds=2", "--config.epochs=3", "--config.model.hidden=[8]", "--config.checkpoint_seconds=0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert mlp.main(["--workdir", str(straight), *args]) == 0
+    save = Checkpointer.save
+
+    def interrupted_after_epoch_1(self, epoch, tree):
+        save(self, epoch, tree)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpointer, "save", interrupted_after_epoch_1)
+    assert mlp.main(["--workdir", str(resumed), *args]) == 130
+    monkeypatch.setattr(Checkpointer, "save", save)
+    assert mlp.main(["--workdir", str(resumed), *args]) == 0
+    assert "resumed from the checkpoint of epoch 1" in capsys.readouterr().out
+    a, b = (json.loads((w / "metrics.json").read_text()) for w in (straight, resumed))
+    assert (a["resumed_from_epoch"], b["resumed_from_epoch"]) == (None, 1)
+    assert compare.compare_workdirs(straight, resumed) == []
+    assert compare.main([str(straight), str(resumed)]) == 0
+    b["history"]["loss"][1][2] += 1e-6  # a number that moved is still found
+    (resumed / "metrics.json").write_text(json.dumps(b))
+    assert compare.compare_workdirs(straight, resumed) == ["metrics.json.history.loss[1][2]: "
+                                                           f"{a['history']['loss'][1][2]} != {b['history']['loss'][1][2]}"]
+
+
+@pytest.mark.integration
+def test_a_crashing_config_leaves_the_interrupted_run_resumable(tmp_path):
+    w = tmp_path / "w"
+    cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), "--config.seeds=1", "--config.epochs=6",
+           "--config.model.hidden=[8]", "--config.checkpoint_seconds=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(w, proc, 2)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    interrupted_at = workdir_lib.checkpoint_epoch(w / ".mnist_jax" / "run")
+    assert interrupted_at >= 2
+    other = subprocess.run([*cmd, "--config.model.kind=dae"], capture_output=True, text=True)
+    assert other.returncode != 0  # a TypeError while building, or refused: either way before its first checkpoint
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed from the checkpoint of epoch {interrupted_at}" in again.stdout
