@@ -71,7 +71,7 @@ def read_json_file(path: pathlib.Path, what: str) -> Any:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise WorkdirError(f"{str(path)!r} is not valid JSON ({err.msg} at line {err.lineno}): {what} "
+        raise WorkdirError(f"{str(path)!r} is not valid JSON ({err.msg}, line {err.lineno}): {what} "
                            "is damaged; move it away or use another --workdir") from None
     except OSError as err:
         raise WorkdirError(f"{str(path)!r} cannot be read ({err.strerror or err})") from None

@@ -227,6 +227,30 @@ def truncate(path: pathlib.Path) -> None:
     path.write_text(text[: len(text) // 2])
 
 
+@pytest.mark.parametrize("name", ["config.json", "metrics.json", "checkpoints/code_id.json", ".mnist_jax/workdir.json",
+                                  ".mnist_jax/run/config.json"])
+def test_truncated_json_anywhere_in_a_workdir_is_one_line_naming_it_or_harmless(tmp_path, capsys, name):
+    """evaluate, then a rerun of another config: each succeeds or ends with one error line, naming
+    the damaged file when it is one the command reads (the fake params end evaluate otherwise)."""
+    w = tmp_path / "w"
+    assert main(fake_run, w, *S) == 0
+    experiment.write_json(w / "checkpoints" / "code_id.json", {"code_id": "git:x"})
+    assert main(checkpointed_then_interrupted, w, *S, "--config.learning_rate=0.3") == 130
+    capsys.readouterr()
+    truncate(w / name)
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    for command in (lambda: evaluate.main(["--workdir", str(w), "--images", str(tmp_path / "x.npy")]),
+                    lambda: main(fake_run, w, *S, "--config.learning_rate=0.2")):
+        code = command()
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        if code != 0:
+            assert code in (1, 2) and len(errors) == 1, err
+            if "JSON" in errors[0] or name in ("config.json", ".mnist_jax/workdir.json"):
+                assert str(w.resolve() / name) in errors[0] or str(w / name) in errors[0], err
+
+
 def test_compare_on_a_truncated_metrics_json_is_one_line_naming_it(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     for w in (a, b):
