@@ -501,7 +501,8 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
         if not is_disk_full(err):
             raise
         where = err.filename or (workdir.run_dir if workdir is not None else path)
-        print(f"error: {_who()}no space left on the device writing {where} ({space_text(where)}); free some and run "
+        what = where if err.filename else f"into {where}"  # a figure's writer does not say which file
+        print(f"error: {_who()}no space left on the device writing {what} ({space_text(where)}); free some and run "
               f"again to resume from epoch {_resume_epoch(workdir)}", file=sys.stderr)
         return 1
     finally:

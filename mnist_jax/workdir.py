@@ -57,10 +57,14 @@ def temp_path(path: pathlib.Path) -> pathlib.Path:
 def write_text_atomic(path: pathlib.Path, text: str) -> None:
     """Write `text` to `path` through a fixed temporary name, fsync and rename."""
     tmp = temp_path(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:  # a full disk names the file it could not write
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 

@@ -204,7 +204,9 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_folder_and_the_s
     assert "Traceback" not in out.err + out.out and "absl" not in out.err and "RESOURCE_EXHAUSTED" not in out.err
 
 
-def test_a_full_disk_while_writing_a_figure_is_one_line_and_keeps_the_committed_run(tmp_path, capsys):
+@pytest.mark.parametrize("writing", ["accuracy.png", None, "metrics.json"])
+def test_a_full_disk_while_writing_a_figure_or_metrics_is_one_line_and_keeps_the_committed_run(tmp_path, capsys,
+                                                                                             monkeypatch, writing):
     w = tmp_path / "w"
     assert main(fake_run, w, *S) == 0
     before = snapshot(w)
@@ -212,12 +214,19 @@ def test_a_full_disk_while_writing_a_figure_is_one_line_and_keeps_the_committed_
 
     def figure_fails(config, run_dir):
         (pathlib.Path(run_dir) / "checkpoints" / "train" / "runs_0-2" / "3").mkdir(parents=True)
-        raise OSError(errno.ENOSPC, "No space left on device", str(pathlib.Path(run_dir) / "accuracy.png"))
+        if writing == "metrics.json":
+            monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+            return fake_run(config, run_dir)
+        # matplotlib's savefig names no file (None); other writers do
+        raise OSError(errno.ENOSPC, "No space left on device", writing and str(pathlib.Path(run_dir) / writing))
 
     assert main(figure_fails, w, *S, "--config.learning_rate=0.2") == 1
+    monkeypatch.undo()
     line = one_line_error(capsys.readouterr().err)
-    assert line.startswith(f"error: no space left on the device writing {w.resolve()}/.mnist_jax/run/accuracy.png (")
-    assert "MB free" in line and line.endswith("run again to resume from epoch 3")
+    what = f"{w.resolve()}/.mnist_jax/run/{writing}" if writing else f"into {w.resolve()}/.mnist_jax/run"
+    assert line.startswith(f"error: no space left on the device writing {what} (")
+    epoch = 6 if writing == "metrics.json" else 3  # fake_run checkpoints its last epoch
+    assert "MB free" in line and line.endswith(f"run again to resume from epoch {epoch}")
     assert {k: v for k, v in snapshot(w).items() if not k.startswith(".mnist_jax")} == \
         {k: v for k, v in before.items() if not k.startswith(".mnist_jax")}
 
