@@ -239,8 +239,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     (data, data seconds, model, hp, seeds, result)."""
     from mnist_jax import tasks
 
+    model, task = tasks.classifier_from_config(config)  # a model that is no classifier is refused before the data loads
     data, data_seconds = load_data(config)
-    model, task = tasks.classifier_from_config(config)
     hp, seeds, result = train_seeds(config, workdir, task, data)
     return data, data_seconds, model, hp, seeds, result
 

@@ -146,6 +146,17 @@ def test_a_new_config_that_fails_before_its_first_checkpoint_keeps_the_unfinishe
     assert committed(w)[1]["resumed_from"] == 2
 
 
+@pytest.mark.parametrize("kind", ["dae"])
+def test_a_model_that_is_no_classifier_is_refused_before_the_data_loads(tmp_path, monkeypatch, capsys, kind):
+    from experiments import mlp
+
+    monkeypatch.setattr(experiment, "load_data", lambda config: pytest.fail("data loaded for a model that cannot train"))
+    assert mlp.main(["--workdir", str(tmp_path / "w"), f"--config.model.kind={kind}"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert f"config.model.kind='{kind}' is not allowed here: this experiment trains a classifier" in line
+    assert not (tmp_path / "w").exists()
+
+
 def test_the_replaced_run_is_dropped_once_the_new_one_has_a_checkpoint(tmp_path, capsys):
     w = tmp_path / "w"
     assert main(checkpointed_then_interrupted, w, *S, "--config.learning_rate=0.3") == 130
@@ -410,7 +421,7 @@ def test_a_crashing_config_leaves_the_interrupted_run_resumable(tmp_path):
     interrupted_at = workdir_lib.checkpoint_epoch(w / ".mnist_jax" / "run")
     assert interrupted_at >= 2
     other = subprocess.run([*cmd, "--config.model.kind=dae"], capture_output=True, text=True)
-    assert other.returncode != 0  # a TypeError while building, or refused: either way before its first checkpoint
+    assert other.returncode == 2  # refused (tasks.check_classifier); the unit tests cover a crash and a kill
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed from the checkpoint of epoch {interrupted_at}" in again.stdout
