@@ -316,7 +316,7 @@ class Workdir:
         write_metrics(run)
         for stray in run.glob(".*.tmp"):
             stray.unlink()
-        new = sorted(p.name for p in run.iterdir())
+        new = sorted(p.name for p in run.iterdir() if is_plain_name(p.name))  # what a marker may list (others go with the run)
         old = self.committed_files()
         foreign = [n for n in new if n not in old and _exists(self.root / n)]
         if foreign:

@@ -97,6 +97,18 @@ def test_a_damaged_marker_is_one_line_and_deletes_nothing(tmp_path, capsys, edit
     assert snapshot(box) == before
 
 
+def test_a_run_output_that_is_no_plain_name_never_enters_the_marker(tmp_path):
+    w = tmp_path / "w"
+
+    def writes_a_hidden_file(config, run_dir):
+        (pathlib.Path(run_dir) / ".hidden").write_text("x")
+        return fake_run(config, run_dir)
+
+    assert main(writes_a_hidden_file, w, *S) == 0
+    assert ".hidden" not in marker_of(w)["files"] and not (w / ".hidden").exists()
+    assert main(fake_run, w, *S, "--config.learning_rate=0.2") == 0  # the marker still reads
+
+
 # -- finding 3: the run a new config replaces stays resumable until the new run has a checkpoint -----
 
 
