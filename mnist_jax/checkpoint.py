@@ -78,7 +78,7 @@ def space_text(path: str | os.PathLike, needed: int | None = None) -> str:
     return f"about {needed / 1e6:.1f} MB needed, {free}" if needed else free
 
 
-def _join_new_threads(before: set[threading.Thread], timeout: float = 60.0) -> None:
+def _join_new_threads(before: set[threading.Thread], timeout: float = 10.0) -> None:
     """Wait (up to `timeout` seconds) until every thread not in `before` has ended, those that
     the ones running start included."""
     deadline = time.monotonic() + timeout
@@ -135,7 +135,7 @@ class Checkpointer:
         except Exception as err:  # orbax/tensorstore raise many types; a full disk is a user's fault
             if not is_disk_full(err):
                 raise
-            needed = sum(int(np.asarray(a).nbytes) for a in jax.tree_util.tree_leaves(tree))
+            needed = sum(int(getattr(a, "nbytes", 0)) for a in jax.tree_util.tree_leaves(tree))
             raise CheckpointError(f"no space left on the device to write checkpoint {epoch} in {self.directory} "
                                   f"({space_text(self.directory, needed)}); free some and run again") from None
 
