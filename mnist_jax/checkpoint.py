@@ -87,7 +87,10 @@ def _join_new_threads(before: set[threading.Thread], timeout: float = 10.0) -> N
         if not running:
             return
         for thread in running:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            except RuntimeError:  # listed while still starting: joined on the next pass
+                time.sleep(0.01)
 
 
 class Checkpointer:
