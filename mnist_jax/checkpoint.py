@@ -11,13 +11,16 @@ computed from the arrays, never applied to them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -76,6 +79,41 @@ def checksums(tree: Any) -> dict[str, dict]:
     return out
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err` reports a full disk or quota (an OSError, or tensorstore's error text)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text or "os_error_code='28'" in text
+
+
+def space_text(path: str | os.PathLike, needed: int | None = None) -> str:
+    """'about 1.2 MB needed, 0.3 MB free' for the file system of `path` (what is known of it)."""
+    folder = os.path.abspath(os.fspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return f"about {needed / 1e6:.1f} MB needed, {free}" if needed else free
+
+
+def _join_new_threads(before: set[threading.Thread], timeout: float = 10.0) -> None:
+    """Wait (up to `timeout` seconds) until every thread not in `before` has ended, those that
+    the ones running start included."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [t for t in set(threading.enumerate()) - before if t is not threading.current_thread()]
+        if not running:
+            return
+        for thread in running:
+            try:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            except RuntimeError:  # listed while still starting: joined on the next pass
+                time.sleep(0.01)
+
+
 class Checkpointer:
     """Saves and restores `{"state": ..., "history": ...}` pytrees keyed by epoch."""
 
@@ -116,14 +154,30 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, epoch: int, tree: Any) -> None:
-        """Write `tree` as the checkpoint of `epoch` (blocking, atomic), replacing an older one."""
+        """Write `tree` as the checkpoint of `epoch` (blocking, atomic), replacing an older one,
+        with the checksums of its arrays beside it. A full disk is a CheckpointError naming the
+        folder and the space needed; a failed or interrupted write prints nothing of orbax's (its
+        logs and threads' tracebacks)."""
         sums = checksums(distributed.gather(tree))  # every process takes part in a gather of global arrays
         if epoch in self._manager.all_steps():
             self._manager.delete(epoch)
-        if distributed.is_writer():  # before the step exists: a finalised step always has its checksums
-            write_text_atomic(self._checksums_path(epoch), json.dumps({"epoch": epoch, "arrays": sums}, indent=1))
-        self._manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
-        self._manager.wait_until_finished()
+        before = set(threading.enumerate())
+        try:
+            if distributed.is_writer():  # before the step exists: a finalised step always has its checksums
+                write_text_atomic(self._checksums_path(epoch), json.dumps({"epoch": epoch, "arrays": sums}, indent=1))
+            with _quiet_logs():
+                try:
+                    self._manager.save(epoch, args=ocp.args.StandardSave(tree), force=True)
+                    self._manager.wait_until_finished()
+                except KeyboardInterrupt:  # the write's threads end, silenced, before the interrupt goes on
+                    _join_new_threads(before)
+                    raise
+        except Exception as err:  # orbax/tensorstore raise many types; a full disk is a user's fault
+            if not is_disk_full(err):
+                raise
+            needed = sum(int(getattr(a, "nbytes", 0)) for a in jax.tree_util.tree_leaves(tree))
+            raise CheckpointError(f"no space left on the device to write checkpoint {epoch} in {self.directory} "
+                                  f"({space_text(self.directory, needed)}); free some and run again") from None
         if distributed.is_writer():  # the checksums of the steps orbax let go (max_to_keep)
             kept = {self._checksums_path(e).name for e in self._manager.all_steps()}
             directory = pathlib.Path(self.directory)

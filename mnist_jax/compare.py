@@ -5,9 +5,11 @@
 
 Compares every metrics.json under the first folder with the one at the same relative path under
 the second, leaving out what legitimately differs between two identical runs (timings, start and
-end times: `provenance.comparable`) and what names the code (the provenance block, code ids),
-which is what changes. Prints each difference (path and JSON location) and exits 1 if there is any,
-0 if every number is identical.
+end times: `provenance.comparable`), what names the code (the provenance block, code ids), which
+is what changes, and the run's history (`resumed_from_epoch`: whether it was interrupted and
+resumed), so a resumed run compares equal to an uninterrupted one when it kept every number.
+Prints each difference (path and JSON location) and exits 1 if there is any, 0 if every number is
+identical, 2 for a usage error or a metrics.json that cannot be read (one line naming it).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import pathlib
 import sys
 from typing import Any
 
+from mnist_jax.config import ConfigError
 from mnist_jax.provenance import comparable
+from mnist_jax.workdir import read_json_file
 
-IGNORED = frozenset({"provenance", "schema_version", "code_id", "mixed_code"})  # which code, not what it computed
+IGNORED = frozenset({"provenance", "schema_version", "code_id", "mixed_code",  # which code, not what it computed
+                     "resumed_from_epoch"})  # how the run went (interrupted or not), not what it computed
 
 
 def _without(tree: Any, keys: frozenset) -> Any:
@@ -32,7 +37,7 @@ def _without(tree: Any, keys: frozenset) -> Any:
 
 def numbers(path: pathlib.Path) -> Any:
     """The comparable part of one metrics.json."""
-    return comparable(_without(json.loads(path.read_text()), IGNORED))
+    return comparable(_without(read_json_file(path, "the file"), IGNORED))
 
 
 def differences(a: Any, b: Any, where: str = "", allow_added: bool = False) -> list[str]:
@@ -74,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m mnist_jax.compare WORKDIR_A WORKDIR_B [--allow-added]", file=sys.stderr)
         return 2
-    diffs = compare_workdirs(*map(pathlib.Path, args), allow_added=allow_added)
+    try:
+        diffs = compare_workdirs(*map(pathlib.Path, args), allow_added=allow_added)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for line in diffs[:50]:
         print(line)
     n = len(list(pathlib.Path(args[0]).rglob("metrics.json")))

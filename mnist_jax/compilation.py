@@ -182,6 +182,18 @@ def cache_label(environ: dict | None = None) -> str | None:
     return JAX_DIR_ENV if environ.get(JAX_DIR_ENV) == path else "jax_compilation_cache_dir"
 
 
+def cache_entries() -> int | None:
+    """How many programs the persistent cache folder of this process holds now (None: no cache,
+    or a folder that cannot be listed, such as a remote one)."""
+    path = cache_dir()
+    if path is None or "://" in str(path):
+        return None
+    try:
+        return sum(1 for p in os.scandir(path) if p.name.endswith("-cache") and not p.name.startswith("."))
+    except OSError:
+        return 0 if not os.path.exists(path) else None
+
+
 def _on_duration(event: str, seconds: float, **_) -> None:
     key = _DURATIONS.get(event)
     if key is None:

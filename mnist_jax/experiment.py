@@ -27,7 +27,7 @@ from mnist_jax import compilation, distributed, provenance, sweep
 from mnist_jax import data as data_lib
 from mnist_jax import train as train_lib
 from mnist_jax import workdir as workdir_lib
-from mnist_jax.checkpoint import Checkpointer, CheckpointError
+from mnist_jax.checkpoint import Checkpointer, CheckpointError, is_disk_full, space_text
 from mnist_jax.config import REPO_ROOT, ConfigError, load_config_module, parse_args
 from mnist_jax.provenance import describe_devices
 from mnist_jax.sweep import SweepResult, num_runs, train_grid
@@ -367,8 +367,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     (data, data seconds, model, hp, seeds, result)."""
     from mnist_jax import tasks
 
+    model, task = tasks.classifier_from_config(config)  # a model that is no classifier is refused before the data loads
     data, data_seconds = load_data(config)
-    model, task = tasks.classifier_from_config(config)
     hp, seeds, result = train_seeds(config, workdir, task, data)
     return data, data_seconds, model, hp, seeds, result
 
@@ -479,8 +479,9 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     provenance names `command` and the code (and the code that wrote any checkpoints it resumed).
 
     The run resumes the unfinished run of the same config, if any; the committed config.json,
-    metrics.json and everything else change only at the commit, all together. A ConfigError
-    raised by `run` before it trained leaves the workdir as it was.
+    metrics.json and everything else change only at the commit, all together. Any failure of a
+    new run before its first checkpoint (a ConfigError, a crash, Ctrl-C) leaves the workdir as it
+    was, an unfinished run of another config included (`Workdir.abandon`).
 
     In a multi-process run only process 0 has the open `workdir` and begins and commits the run;
     the others (`workdir` None) train in the run directory under `path` once process 0 made it.
@@ -503,16 +504,18 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     shared = (pathlib.Path(path or ".").resolve() / workdir_lib.META / workdir_lib.RUN, None)
     run_dir, other_code = began if workdir is not None else shared
     started, start, compiled = provenance.now(), time.perf_counter(), compilation.counts()
+    cache_at_start = compilation.cache_entries()
     try:
         metrics = run(config, run_dir)
-    except ConfigError:
-        if workdir is not None and workdir_lib.checkpoint_epoch(run_dir) == 0:
+    except BaseException:
+        if workdir is not None:
             workdir.abandon()
         raise
     finally:
         sweep.cancel_ahead()  # nothing this run queued compiles into the next one
     metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
-    metrics["timing"]["compilation"] = compilation.since(compiled)  # every program of the run, not only training's
+    metrics["timing"]["compilation"] = {**compilation.since(compiled),  # every program of the run, not only training's
+                                        "cache_entries_at_start": cache_at_start}
     prov = provenance.collect(command, started)
     if other_code:
         prov["checkpoints_from"] = other_code
@@ -618,9 +621,8 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
     except distributed.WriterFailed as err:  # process 0 has said why
         return err.code
     except KeyboardInterrupt:
-        epoch = workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None else 0
         if distributed.is_writer():
-            print(f"interrupted; run again to resume from epoch {epoch}", file=sys.stderr)
+            print(f"interrupted; run again to resume from epoch {_resume_epoch(workdir)}", file=sys.stderr)
         return 130
     except Interrupted:
         return 130
@@ -630,6 +632,14 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
         return 2
     except (data_lib.DataUnavailableError, CheckpointError) as err:
         print(f"error: {_who()}{err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        where = err.filename or (workdir.run_dir if workdir is not None else path)
+        what = where if err.filename else f"into {where}"  # a figure's writer does not say which file
+        print(f"error: {_who()}no space left on the device writing {what} ({space_text(where)}); free some and run "
+              f"again to resume from epoch {_resume_epoch(workdir)}", file=sys.stderr)
         return 1
     finally:
         if workdir is not None:
@@ -647,6 +657,11 @@ def experiment_reads(run: Callable) -> Callable[[ml_collections.ConfigDict], lis
     if not callable(reads):
         raise TypeError(f"{run.__module__} defines no reads(config): every experiment says which config fields it reads")
     return reads
+
+
+def _resume_epoch(workdir: workdir_lib.Workdir | None) -> int:
+    """The epoch a rerun of the same config resumes from (0 when this run was undone or never began)."""
+    return workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None and not workdir.abandoned else 0
 
 
 def _who() -> str:

@@ -90,11 +90,28 @@ def classifier_task(model: nn.Module, augment: Callable | None = None, augment_s
                 vmap_slow_on=models.vmap_slow_on(model))
 
 
+def check_classifier(model: nn.Module, kind: str | None) -> None:
+    """ConfigError unless `model`, called as a classifier's training step calls it, maps images to
+    10 class scores (checked from shapes alone: a denoiser or a VAE is refused before training)."""
+    from mnist_jax.config import ConfigError
+
+    x = jnp.zeros((1, *IMAGE_SHAPE))
+    try:
+        out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x, train=False))
+    except TypeError:  # a module whose call takes no `train`: not a classifier of this codebase
+        out = None
+    if getattr(out, "shape", None) != (1, 10):
+        raise ConfigError(f"config.model.kind={kind!r} is not allowed here: this experiment trains a classifier, and "
+                          "that model does not map an image to 10 class scores")
+
+
 def classifier_from_config(config, model_cfg=None) -> tuple[nn.Module, Task]:
     """(model, task) of a classifier config: its `model` block (or `model_cfg`), the random-shift
     augmentation when `max_shift` > 0, label smoothing when it has a `label_smoothing` field, and
     the regularizers it names (`regularizers.from_config`)."""
-    model = models.from_config(model_cfg if model_cfg is not None else config.model)
+    block = model_cfg if model_cfg is not None else config.model
+    model = models.from_config(block)
+    check_classifier(model, block.get("kind"))
     task = classifier_task(model, augment=augment_lib.from_config(config), label_smoothing="label_smoothing" in config)
     return model, task.with_hooks(*regularizers.from_config(config))
 

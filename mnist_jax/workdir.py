@@ -57,10 +57,14 @@ def temp_path(path: pathlib.Path) -> pathlib.Path:
 def write_text_atomic(path: pathlib.Path, text: str) -> None:
     """Write `text` to `path` through a fixed temporary name, fsync and rename."""
     tmp = temp_path(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:  # a full disk names the file it could not write
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
@@ -71,7 +75,7 @@ def read_json_file(path: pathlib.Path, what: str) -> Any:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise WorkdirError(f"{str(path)!r} is not valid JSON ({err.msg} at line {err.lineno}): {what} "
+        raise WorkdirError(f"{str(path)!r} is not valid JSON ({err.msg}, line {err.lineno}): {what} "
                            "is damaged; move it away or use another --workdir") from None
     except UnicodeDecodeError:
         raise WorkdirError(f"{str(path)!r} is not valid JSON (not UTF-8 text): {what} is damaged; move it away or "
@@ -91,6 +95,14 @@ def _remove(path: pathlib.Path) -> None:
         path.unlink()
 
 
+def has_checkpoint(run_dir: pathlib.Path) -> bool:
+    """Whether the run in `run_dir` has written a checkpoint of any of its trainings."""
+    try:
+        return any(p.name.isdigit() and p.is_dir() for p in (run_dir / "checkpoints").glob("*/*/*"))
+    except OSError:
+        return False
+
+
 def checkpoint_epoch(run_dir: pathlib.Path) -> int:
     """The epoch a rerun resumes from: the newest checkpoint of the training touched last (0: none)."""
     ckpts = run_dir / "checkpoints"
@@ -106,6 +118,38 @@ def checkpoint_epoch(run_dir: pathlib.Path) -> int:
     return min(epochs, default=0)
 
 
+MARKER_STATES = ("committed", "committing")
+
+
+def load_marker(path: pathlib.Path) -> dict:
+    """The marker at `path`, checked before any of it is used: an mnist-jax marker whose entry
+    lists (`files`, and `replacing` while committing) hold plain names only, so that nothing
+    outside the workdir is ever read or deleted on its word. WorkdirError naming the file otherwise."""
+    marker = read_json_file(path, "the workdir's marker")
+
+    def damaged(why: str) -> WorkdirError:
+        return WorkdirError(f"{str(path)!r} is damaged ({why}): mnist-jax changes nothing on its word; copy out what "
+                            "you want to keep and use another --workdir")
+
+    if not isinstance(marker, dict):
+        raise damaged(f"it holds {json.dumps(marker)[:40]}, not a JSON object")
+    if marker.get("made_by") != MADE_BY:
+        raise damaged("it is not an mnist-jax marker")
+    if not is_plain_name(marker.get("experiment")):
+        raise damaged(f"experiment {marker.get('experiment')!r} is not a plain name")
+    state = marker.get("state", "committed")
+    if state not in MARKER_STATES:
+        raise damaged(f"state {state!r} is not one of {', '.join(MARKER_STATES)}")
+    for key in ("files", "replacing") if state == "committing" else ("files",):
+        entries = marker.get(key)
+        if not isinstance(entries, list):
+            raise damaged(f"{key!r} is {json.dumps(entries)[:40]}, not a list of names")
+        bad = [e for e in entries if not is_plain_name(e)]
+        if bad:
+            raise damaged(f"{key!r} entry {json.dumps(bad[0])[:60]} is not a plain file name inside the workdir")
+    return marker
+
+
 class Workdir:
     """An open workdir: its marker read, its lock held (until `close`)."""
 
@@ -113,6 +157,7 @@ class Workdir:
         self.root, self.experiment, self._lock_fd, self.created = root, experiment, lock_fd, created
         self.meta = root / META
         self._new_run = False
+        self.abandoned = False  # whether this process's run was undone (`abandon`): nothing of it is left to resume
         self.fresh = False  # whether this process marked the folder (nothing was committed before)
 
     # -- opening ---------------------------------------------------------------------------
@@ -185,7 +230,7 @@ class Workdir:
 
     def read_marker(self) -> dict | None:
         path = self.meta / MARKER
-        return read_json_file(path, "the workdir's marker") if path.exists() else None
+        return load_marker(path) if path.exists() else None
 
     def write_marker(self, fields: dict) -> None:
         marker = {"made_by": MADE_BY, "experiment": self.experiment, "state": "committed", **fields}
@@ -211,7 +256,9 @@ class Workdir:
         """The run directory for `config`: the interrupted run of the same config (resumed), or a new one.
 
         A new run starts from the committed checkpoints when the committed run had the same config;
-        an interrupted run of another config is set aside (restored by `abandon`, dropped by `commit`).
+        an interrupted run of another config is set aside until the new run has a checkpoint of its
+        own: restored by `abandon` or by the next `recover` when the new run fails or is killed
+        before that, dropped by `commit` or by a `recover` after it.
         """
         run, new = self.run_dir, self.meta / RUN_NEW
         _remove(new)
@@ -220,12 +267,13 @@ class Workdir:
             same = staged.exists() and _read_or_none(staged) == config
             if same:
                 return run
-            had_checkpoints = (run / "checkpoints").exists()
+            epoch = checkpoint_epoch(run)
             _remove(self.meta / RUN_PREVIOUS)
             os.replace(run, self.meta / RUN_PREVIOUS)
-            if had_checkpoints:
-                print(f"{self.root}: the config differs from the one its unfinished run was trained with; "
-                      "discarding them and training from the start")
+            if has_checkpoint(self.meta / RUN_PREVIOUS):
+                print(f"{self.root}: the config differs from the one its unfinished run (epoch {epoch}) was trained "
+                      "with; training this config from the start (the unfinished run is kept, resumable, until this "
+                      "one writes its first checkpoint)")
         new.mkdir()
         committed = self.committed_config()
         if committed == config and (self.root / "checkpoints").is_dir():
@@ -239,14 +287,15 @@ class Workdir:
         return run
 
     def abandon(self) -> None:
-        """Undo `begin` for a run rejected before it trained: the workdir is as it was before."""
-        if not self._new_run:
+        """Undo `begin` for a new run that failed before its first checkpoint: the workdir is as
+        it was before (an unfinished run of another config it set aside is resumable again)."""
+        if not self._new_run or has_checkpoint(self.run_dir):
             return
         _remove(self.run_dir)
         previous = self.meta / RUN_PREVIOUS
         if previous.exists():
             os.replace(previous, self.run_dir)
-        self._new_run = False
+        self._new_run, self.abandoned = False, True
         if self.fresh and not self.committed_files():
             _remove(self.meta / MARKER)
 
@@ -270,7 +319,7 @@ class Workdir:
         write_metrics(run)
         for stray in run.glob(".*.tmp"):
             stray.unlink()
-        new = sorted(p.name for p in run.iterdir())
+        new = sorted(p.name for p in run.iterdir() if is_plain_name(p.name))  # what a marker may list (others go with the run)
         old = self.committed_files()
         foreign = [n for n in new if n not in old and _exists(self.root / n)]
         if foreign:
@@ -304,9 +353,12 @@ class Workdir:
             self._finish_commit(list(marker.get("files", [])), list(marker.get("replacing", [])))
         _remove(self.meta / RUN_NEW)
         _remove(self.meta / OLD)
+        previous = self.meta / RUN_PREVIOUS
+        if self.run_dir.exists() and previous.exists() and not has_checkpoint(self.run_dir):
+            _remove(self.run_dir)  # a run killed before its first checkpoint: the one it set aside is resumable again
         if self.run_dir.exists():
-            _remove(self.meta / RUN_PREVIOUS)
-        elif (self.meta / RUN_PREVIOUS).exists():
+            _remove(previous)
+        elif previous.exists():
             os.replace(self.meta / RUN_PREVIOUS, self.run_dir)
         for stray in self.meta.glob(".*.tmp"):
             stray.unlink()
@@ -330,9 +382,7 @@ def check_adoptable(root: pathlib.Path, experiment: str) -> None:
     """WorkdirError unless `root` is empty or a workdir mnist-jax made for `experiment`."""
     marker_path = root / META / MARKER
     if marker_path.exists():
-        marker = read_json_file(marker_path, "the workdir's marker")
-        if not isinstance(marker, dict) or marker.get("made_by") != MADE_BY:
-            raise WorkdirError(f"--workdir {str(root)!r}: {META}/{MARKER} is not an mnist-jax marker")
+        marker = load_marker(marker_path)
         if marker.get("experiment") != experiment:
             raise WorkdirError(f"--workdir {str(root)!r} is a workdir of experiment {marker.get('experiment')!r}; "
                                f"use another folder for {experiment!r}")
@@ -357,15 +407,15 @@ def committed_state(path: str | os.PathLike) -> dict | None:
     marker_path = root / META / MARKER
     if not marker_path.exists():
         return None
-    marker = read_json_file(marker_path, "the workdir's marker")
+    marker = load_marker(marker_path)
     if marker.get("state") == "committing":
         try:
-            wd = Workdir.open(root, marker.get("experiment", ""))
+            wd = Workdir.open(root, marker["experiment"])
         except WorkdirError:
             raise WorkdirError(f"--workdir {str(root)!r} is being updated by another process; "
                                "try again when it has finished") from None
         wd.close()
-        marker = read_json_file(marker_path, "the workdir's marker")
+        marker = load_marker(marker_path)
     marker["unfinished_run"] = (root / META / RUN).is_dir()
     return marker
 

@@ -243,3 +243,25 @@ def test_an_edited_model_file_is_trained_again_not_resumed(tmp_path):
     assert edited["resumed_from_epoch"] is None
     assert edited["provenance"]["code_id"] != first["provenance"]["code_id"]
     assert edited["runs"][0]["test_accuracy"] != first["runs"][0]["test_accuracy"]
+
+
+@pytest.mark.integration
+def test_adamw_weight_decay_is_swept_by_one_config_line(tmp_path):
+    """A config built on configs/mlp.py sets the optimizer and sweeps one of its arguments: the
+    3 values x 2 seeds train in one program, and the runs table and the report name it."""
+    path = config_file(tmp_path, "mlp", '''
+        c.optimizer = "adamw"
+        c.learning_rate = 1e-3
+        c.sweep = {"weight_decay": [0.0, 1e-4, 1e-2]}
+        c.seeds = 2
+        c.epochs = 1
+        c.train_images = 2048
+    ''')
+    assert mlp.main(["--workdir", str(tmp_path / "w"), "--config", path]) == 0
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert [(r["weight_decay"], r["seed"]) for r in m["runs"]] == [(wd, s) for wd in (0.0, 1e-4, 1e-2) for s in (0, 1)]
+    assert m["timing"]["runs_per_call"] == 6  # one program trains the whole grid
+    assert len({r["test_accuracy"] for r in m["runs"]}) == 6
+    assert [p["weight_decay"] for p in m["per_value"]] == [0.0, 1e-4, 1e-2]
+    assert "| weight_decay |" in mlp.section(m)
+
