@@ -164,6 +164,7 @@ class Checkpointer:
         before = set(threading.enumerate())
         try:
             if distributed.is_writer():  # before the step exists: a finalised step always has its checksums
+                pathlib.Path(self.directory).mkdir(parents=True, exist_ok=True)
                 write_text_atomic(self._checksums_path(epoch), json.dumps({"epoch": epoch, "arrays": sums}, indent=1))
             with _quiet_logs():
                 try:

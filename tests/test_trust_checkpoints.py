@@ -187,7 +187,7 @@ def test_non_finite_params_of_a_run_its_metrics_call_healthy_are_called_damaged(
     w = tmp_path / "w"
     assert mlp.main(["--workdir", str(w), *TINY]) == 0
     model = models.from_config(experiment.read_json(w / "config.json")["model"])
-    params = experiment.load_params(w, experiment.init_shapes(model, runs=2))
+    params = experiment.load_params(w, models.init_shapes(model, runs=2))
     params = sweep.jax.tree_util.tree_map(lambda a: np.where(np.arange(2).reshape(-1, *[1] * (a.ndim - 1)) == 1, np.nan, a),
                                           params)
     shutil.rmtree(w / "params")
@@ -353,7 +353,7 @@ def healthy_params_are_finite(w: pathlib.Path) -> None:
     try:
         metrics = json.loads((w / "metrics.json").read_text())
         config = json.loads((w / "config.json").read_text())
-        params = experiment.load_params(w, experiment.init_shapes(models.from_config(config["model"]), runs=2))
+        params = experiment.load_params(w, models.init_shapes(models.from_config(config["model"]), runs=2))
     except (OSError, ValueError, KeyError, TypeError, CheckpointError, experiment.ConfigError):
         return
     for r, record in enumerate(metrics.get("runs", [])):

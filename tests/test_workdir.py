@@ -49,6 +49,11 @@ def must_not_run(config, run_dir):
     raise AssertionError("the run started although the command should have been rejected")
 
 
+def reads(config):
+    """The fake runs of these tests stand for experiments.mlp: they read what it reads."""
+    return mlp.reads(config)
+
+
 def main(run, workdir, *args, default="configs/mlp.py"):
     return call_main(run, ["--workdir", str(workdir), *args], default)
 
