@@ -18,7 +18,8 @@ examples' writer, over `tf.summary`).
 `--stage N`: N pairs of `python -m experiments.mlp --config configs/mlp.py:quick`, with
 `--config.tensorboard=True` and `=False` alternated (the order flips every pair), each in a new
 workdir under `--root`; prints every wall time, the medians, their difference and ratio, and the
-load average before and after (on a shared machine compare the ratio, not the seconds).
+load average before and after (on a shared machine compare the ratio, not the seconds), and the
+CPU seconds (user + system) of each stage's process, which depend less on what else the machine runs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import resource
 import shutil
 import statistics
 import subprocess
@@ -98,22 +100,30 @@ def write(metrics_path: pathlib.Path) -> None:
           f"median {statistics.median(seconds):.3f} s of {[round(s, 3) for s in seconds]}")
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def stage(pairs: int, root: pathlib.Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     walls: dict[bool, list[float]] = {True: [], False: []}
+    cpus: dict[bool, list[float]] = {True: [], False: []}
     load_before = os.getloadavg()
     print("command:", " ".join(STAGE[1:]), "--workdir W --config.tensorboard={True,False}")
     for i in range(pairs):
         for on in ((True, False) if i % 2 == 0 else (False, True)):
             workdir = root / f"pair{i}_{'on' if on else 'off'}"
             shutil.rmtree(workdir, ignore_errors=True)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _children_cpu()
             subprocess.run([*STAGE, "--workdir", str(workdir), f"--config.tensorboard={on}"], check=True,
                            capture_output=True)
             walls[on].append(time.perf_counter() - start)
-            print(f"  pair {i} tensorboard={on}: {walls[on][-1]:.2f} s", flush=True)
-    on, off = statistics.median(walls[True]), statistics.median(walls[False])
-    print(f"median wall: on {on:.2f} s, off {off:.2f} s; on - off {on - off:+.2f} s, on / off {on / off:.3f}")
+            cpus[on].append(_children_cpu() - cpu)
+            print(f"  pair {i} tensorboard={on}: {walls[on][-1]:.2f} s wall, {cpus[on][-1]:.2f} s CPU", flush=True)
+    for what, got in (("wall", walls), ("CPU", cpus)):
+        on, off = statistics.median(got[True]), statistics.median(got[False])
+        print(f"median {what}: on {on:.2f} s, off {off:.2f} s; on - off {on - off:+.2f} s, on / off {on / off:.3f}")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
 
 

@@ -7,7 +7,7 @@ record of metrics.json's `runs` table, named by the hyperparameters that differ 
 its seed ("l2=0.0001,seed=1"):
 
 - each per-epoch metric of `history` ({metric: [[run 0 epochs...], ...]}) as a scalar per epoch
-  (steps 1, 2, ...), when `history` has one list per run of the table (or there is no table);
+  under `epoch/` (steps 1, 2, ...), when `history` has one list per run of the table (or there is no table);
 - the run's final metrics (its record's fields named like a metric: `test_*`, `val_*`, `train_*`,
   `final_*`, `best_*`, `study_protocol_*`, a history metric, `diverged`) under `final/`, at the
   last epoch's step;
@@ -31,7 +31,7 @@ from typing import Any
 
 DIR = "tensorboard"
 METRIC_PREFIXES = ("test_", "val_", "train_", "final_", "best_", "study_protocol_")
-FINAL = "final/"
+EPOCH, FINAL = "epoch/", "final/"  # tag groups: the per-epoch curves first, then the final metrics
 
 
 def _number(x: Any) -> bool:
@@ -130,7 +130,7 @@ def write(run_dir: pathlib.Path, metrics: dict) -> dict[str, int]:
             writer.write_event(Event(wall_time=time.time(), summary=start))
         steps = max((len(runs[i]) for runs in history.values()), default=0)
         for epoch in range(1, steps + 1):
-            values = {metric: runs[i][epoch - 1] for metric, runs in history.items() if len(runs[i]) >= epoch}
+            values = {f"{EPOCH}{metric}": runs[i][epoch - 1] for metric, runs in history.items() if len(runs[i]) >= epoch}
             writer.write_event(event(epoch, values))
             scalars += len(values)
         if final:

@@ -81,8 +81,8 @@ def test_a_sweep_writes_one_tensorboard_run_per_run_with_its_history_and_hparams
         assert name == f"learning_rate={m['runs'][i]['learning_rate']:g},seed={m['runs'][i]['seed']}"
         got = scalars(acc)
         for metric, values in history.items():
-            assert [s for s, _ in got[metric]] == [1, 2]  # one scalar per epoch
-            assert [v for _, v in got[metric]] == pytest.approx([float(x) for x in values[i]], rel=1e-6)
+            assert [s for s, _ in got[f"epoch/{metric}"]] == [1, 2]  # one scalar per epoch
+            assert [v for _, v in got[f"epoch/{metric}"]] == pytest.approx([float(x) for x in values[i]], rel=1e-6)
         assert got["final/test_accuracy"] == [(2, pytest.approx(m["runs"][i]["test_accuracy"], rel=1e-6))]
         status = plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/session_end_info"])
         assert status.session_end_info.status == 1  # STATUS_SUCCESS
