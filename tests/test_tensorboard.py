@@ -169,3 +169,12 @@ def test_python_m_experiments_lists_every_registered_experiment():
     assert "--config configs/mlp.py:quick" in out
     assert "The dense classifier of the study's section 2" in out  # its module docstring's first line
     assert out.count("full:  --config") == len(registry.experiments())
+
+
+def test_the_writer_benchmark_times_a_metrics_json(tmp_path, capsys):
+    from benchmarks import tensorboard_writer
+
+    m = {"runs": [{"l2": 0.0, "seed": s, "test_accuracy": 0.9} for s in (0, 1)], "history": {"loss": [[1.0, 0.5], [1.1, 0.6]]}}
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    assert tensorboard_writer.main(["--write", str(tmp_path / "metrics.json")]) == 0
+    assert "2 runs, 6 scalars" in capsys.readouterr().out
