@@ -30,6 +30,7 @@ def get_config(experiment: str, **fields) -> ml_collections.ConfigDict:
     c.chunk_epochs = 1  # most epochs per call of the compiled program (progress, checkpoints between; ends on checkpoint epochs)
     c.checkpoint_every = 1  # epochs between checkpoints ...
     c.checkpoint_seconds = 30.0  # ... but not sooner than this after the last one (0: every time); the last epoch always
+    c.tensorboard = True  # TensorBoard event files of every run in WORKDIR/tensorboard (mnist_jax.tensorboard)
     c.run_chunk = 0  # runs per program (0 = automatic: what the model says, see sweep.default_run_chunk)
     for name, value in fields.items():
         c[name] = value

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import compilation, distributed, provenance, sweep
+from mnist_jax import compilation, distributed, provenance, sweep, tensorboard
 from mnist_jax import data as data_lib
 from mnist_jax import train as train_lib
 from mnist_jax import workdir as workdir_lib
@@ -162,7 +162,8 @@ def swept_grid(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | 
 # choice. The traced hyperparameters (learning_rate, momentum, l2, ...) are read by the tasks,
 # hooks and optimizers that name them (`task_reads`).
 RUN_FIELDS = ("experiment", "seed", "seeds", "epochs", "batch_size", "n_val", "protocol", "chunk_epochs",
-              "checkpoint_every", "checkpoint_seconds", "run_chunk", "train_images", "optimizer", "schedule")
+              "checkpoint_every", "checkpoint_seconds", "run_chunk", "train_images", "optimizer", "schedule",
+              "tensorboard")
 
 
 def task_reads(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | None = None,
@@ -520,8 +521,16 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     if other_code:
         prov["checkpoints_from"] = other_code
     metrics = with_provenance(metrics, prov)
-    distributed.on_writer(lambda: workdir.commit(lambda d: write_json(d / "metrics.json", metrics)))
+    distributed.on_writer(lambda: workdir.commit(lambda d: write_outputs(d, metrics, config)))
     return metrics
+
+
+def write_outputs(run_dir: pathlib.Path, metrics: dict, config: ml_collections.ConfigDict) -> None:
+    """What the commit adds to the run: metrics.json and, unless `config.tensorboard` is False, the
+    TensorBoard event files of its runs (`mnist_jax.tensorboard`), so both appear together or not at all."""
+    write_json(run_dir / "metrics.json", metrics)
+    if config.get("tensorboard", True):
+        tensorboard.write(run_dir, to_jsonable(metrics))
 
 
 class Interrupted(Exception):
