@@ -265,3 +265,25 @@ def test_adamw_weight_decay_is_swept_by_one_config_line(tmp_path):
     assert [p["weight_decay"] for p in m["per_value"]] == [0.0, 1e-4, 1e-2]
     assert "| weight_decay |" in mlp.section(m)
 
+
+
+def test_a_dropout_rate_variance_sources_would_not_use_is_refused(tmp_path, no_data, capsys):
+    from experiments import variance_sources
+
+    err = one_line_error(variance_sources.main, ["--workdir", str(tmp_path / "w"), "--config.dropout_rate=0.9"], capsys)
+    assert "dropout_rate" in err
+
+
+def test_momentum_given_to_sgd_is_what_sgd_trains_with():
+    """The dropout sweep's row says "momentum 0.1" for `--config.optimizer=sgd --config.momentum=0.1`:
+    plain SGD reads that momentum as a traced hyperparameter of its runs."""
+    from mnist_jax import tasks, train
+    from mnist_jax.config import load_config_file
+
+    config = load_config_file(f"{REPO}/configs/dropout_sweep.py:quick")
+    config.optimizer, config.momentum = "sgd", 0.1
+    spec = experiment.train_spec(config)
+    assert spec.optimizer_args == ("momentum",)
+    _, task = tasks.classifier_from_config(config)
+    assert experiment.hparams(config, task, spec)["momentum"] == [0.1]
+    assert "momentum" in train.optimizer_hparams(spec)
