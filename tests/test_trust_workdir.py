@@ -44,13 +44,21 @@ def write_marker(w: pathlib.Path, marker) -> None:
     (w / MARKER).write_text(marker if isinstance(marker, str) else json.dumps(marker))
 
 
-def test_evaluate_on_a_marker_that_names_a_file_beside_the_workdir_deletes_nothing(tmp_path, capsys):
+@pytest.fixture
+def finished_beside_a_victim(tmp_path, capsys) -> tuple[pathlib.Path, pathlib.Path]:
+    """(box, workdir): a finished workdir inside `box`, beside a file of the user's, victim.txt."""
     box = tmp_path / "box"
     box.mkdir()
     (box / "victim.txt").write_text("precious")
     w = box / "w"
     assert main(fake_run, w, *S) == 0
     capsys.readouterr()
+    return box, w
+
+
+def test_evaluate_on_a_marker_that_names_a_file_beside_the_workdir_deletes_nothing(tmp_path, capsys,
+                                                                                   finished_beside_a_victim):
+    box, w = finished_beside_a_victim
     write_marker(w, {**marker_of(w), "state": "committing", "replacing": ["../victim.txt"]})
     before = snapshot(box)
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
@@ -75,13 +83,8 @@ def test_evaluate_on_a_marker_that_names_a_file_beside_the_workdir_deletes_nothi
     (lambda m: None, "it holds null"),
     (lambda m: '{"made_by": "mnist-jax", "files": [', "is not valid JSON"),
 ])
-def test_a_damaged_marker_is_one_line_and_deletes_nothing(tmp_path, capsys, edit, why):
-    box = tmp_path / "box"
-    box.mkdir()
-    (box / "victim.txt").write_text("precious")
-    w = box / "w"
-    assert main(fake_run, w, *S) == 0
-    capsys.readouterr()
+def test_a_damaged_marker_is_one_line_and_deletes_nothing(capsys, finished_beside_a_victim, edit, why):
+    box, w = finished_beside_a_victim
     marker = edit(marker_of(w))
     write_marker(w, marker.replace("VICTIM", str(box / "victim.txt")) if isinstance(marker, str)
                  else json.loads(json.dumps(marker).replace("/VICTIM", str(box / "victim.txt"))))
