@@ -25,9 +25,9 @@ import numpy as np
 from benchmarks.common import machine, subset_or_exit, time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import kernels, models, tasks
-from mnist_jax.experiment import to_jsonable
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec
+from mnist_jax.trained import to_jsonable
 
 MODELS = {
     "study": dict(filters=(32, 32), pool=(True, False), dense=32),

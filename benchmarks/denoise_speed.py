@@ -38,9 +38,9 @@ import numpy as np
 from benchmarks.common import machine, subset_or_exit, time_grid_epochs
 from mnist_jax import data as data_lib
 from mnist_jax import models, noise, tasks
-from mnist_jax.experiment import to_jsonable
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec, epoch_batches
+from mnist_jax.trained import to_jsonable
 
 NOISE = {
     "threefry16": noise.salt_and_pepper,

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, grid, kernels, models, plots, results, stats
+from mnist_jax import cli, grid, kernels, models, plots, preflight, results, stats, training
 from mnist_jax.report import ci, figure, mean_std, pct, per_value_table, seeds_text, study, table, timing_line
 
 
@@ -35,30 +35,30 @@ def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.P
     n_runs, acc = len(metrics["runs"]), stats.describe(metrics["test_accuracy"])
     aug = f", random shifts ±{config.max_shift} px" if config.get("max_shift", 0) else ""
     model = f"{metrics['architecture']} ({metrics['param_count']:,} params)"
-    dropout = f", dropout {experiment.value_text(config, 'dropout_rate')}" if "dropout_rate" in metrics["runs"][0] else ""
-    setting = (f"{config.optimizer} lr {experiment.value_text(config, 'learning_rate')} {config.schedule}{dropout}{aug}, "
+    dropout = f", dropout {training.value_text(config, 'dropout_rate')}" if "dropout_rate" in metrics["runs"][0] else ""
+    setting = (f"{config.optimizer} lr {training.value_text(config, 'learning_rate')} {config.schedule}{dropout}{aug}, "
                f"batch {config.batch_size}, {config.epochs} epochs")
     val_name = "validation = test set (study protocol)" if config.protocol == "study" else f"validation = {config.n_val} held-out"
     plots.accuracy_curves(history, workdir / "accuracy.png",
-                          f"{model}\n{setting}\n{experiment.runs_text(config)}; {val_name}; final test accuracy {acc}")
+                          f"{model}\n{setting}\n{training.runs_text(config)}; {val_name}; final test accuracy {acc}")
     plots.confusion_matrix(np.asarray(metrics["confusion_matrix"]["sum_over_seeds"]), workdir / "confusion.png",
-                           f"Test-set confusion matrix, {model}\n{setting}\n{experiment.runs_text(config)}, "
+                           f"Test-set confusion matrix, {model}\n{setting}\n{training.runs_text(config)}, "
                            f"mean test accuracy {acc}", n_runs=n_runs)
 
 
 def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the classifier's, its sweep, its target and the study's values."""
-    return [*experiment.classifier_reads(config, sweeps=True), "target_accuracy", "study"]
+    return [*preflight.classifier_reads(config, sweeps=True), "target_accuracy", "study"]
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    data, data_seconds, model, hp, seeds, result = experiment.train_classifier(config, workdir)
+    data, data_seconds, model, hp, seeds, result = training.train_classifier(config, workdir)
     history = result.history
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     cm = confusion(grid.TrainedGrid(model, result.state.params, hp, seeds), data.test_x, data.test_y)
-    outcome = results.classifier_summary(hp, seeds, history, experiment.sweep_values(config))  # diverged runs left out
+    outcome = results.classifier_summary(hp, seeds, history, training.sweep_values(config))  # diverged runs left out
     test_acc, summary = outcome["test_accuracy"]["per_seed"], outcome["test_accuracy"]
-    timing = experiment.timing(data_seconds, result)
+    timing = training.timing(data_seconds, result)
     timing["train_minutes"] = timing["train_seconds"] / 60
     impl = getattr(model, "conv_impl", None)  # the convolution formulation, for a model that lets one choose
     if impl is not None:
@@ -145,4 +145,4 @@ def row(m: dict, c: dict) -> list[str]:
     return (row_cnn_best if m["experiment"] == "cnn_best" else row_cnn)(m, c)
 
 
-main = experiment.entry_point(run, "configs/cnn.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/cnn.py", __doc__, __name__)

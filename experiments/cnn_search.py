@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, models, plots, provenance, results, stats, sweep, tasks
+from mnist_jax import cli, models, plots, preflight, provenance, results, stats, sweep, tasks, training
 from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, table, waited
 
 
@@ -64,29 +64,29 @@ def judge(rows: list[dict], alpha: float) -> dict:
             "welch_vs_chosen": tests, "matters_beyond_seed_noise": matters, "detectable": detectable}
 
 
-def candidate(config, data, model_cfg, dropout_rates: list[float]) -> experiment.Training:
+def candidate(config, data, model_cfg, dropout_rates: list[float]) -> training.Training:
     """The training of one architecture for every seed (and dropout rate), prepared: its
     programs compile in the background from now on."""
     model, task = tasks.classifier_from_config(config, model_cfg)
-    hp, seeds = sweep.grid(experiment.seeds_of(config), **experiment.hparams(config, task, dropout_rate=dropout_rates))
-    return experiment.Training(config, task, hp, seeds, model=model).prepare(data)
+    hp, seeds = sweep.grid(training.seeds_of(config), **training.hparams(config, task, dropout_rate=dropout_rates))
+    return training.Training(config, task, hp, seeds, model=model).prepare(data)
 
 
-def train_candidate(workdir, data, training: experiment.Training, name: str):
+def train_candidate(workdir, data, plan: training.Training, name: str):
     """Train a `candidate` for every seed (and dropout rate) in one vmapped program."""
-    result = training.train(workdir, data, name)
+    result = plan.train(workdir, data, name)
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
-    n_runs = len(training.seeds)
+    n_runs = len(plan.seeds)
     timing = {**result.timing, "runs": n_runs, "program": name,
-              "runs_table": results.runs_table(training.hp, training.seeds, result.history,
+              "runs_table": results.runs_table(plan.hp, plan.seeds, result.history,
                                                ("val_accuracy", "test_accuracy"),
-                                               architecture=[models.describe(training.model)] * n_runs)}
-    return training.model, result.history, n_params, timing
+                                               architecture=[models.describe(plan.model)] * n_runs)}
+    return plan.model, result.history, n_params, timing
 
 
 def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the base classifier's and the candidates of its rounds."""
-    return [*experiment.classifier_reads(config), "filters_candidates", "dense_candidates", "dropout_rates", "alpha", "study"]
+    return [*preflight.classifier_reads(config), "filters_candidates", "dense_candidates", "dropout_rates", "alpha", "study"]
 
 
 def runs(config: ml_collections.ConfigDict) -> int:
@@ -95,7 +95,7 @@ def runs(config: ml_collections.ConfigDict) -> int:
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    data, data_seconds = experiment.load_data(config)
+    data, data_seconds = training.load_data(config)
     n_train = data.train_x.shape[0]
     n_seeds, alpha = config.seeds, config.alpha
     setting = (f"{config.optimizer} lr {config.learning_rate:g} {config.schedule}, batch {config.batch_size}, "
@@ -253,4 +253,4 @@ def row(m: dict, c: dict) -> list[str]:
             "filters: no difference (32 kept); dense: helped a lot (32 kept); dropout: no effect (0.5 kept)", "-"]
 
 
-main = experiment.entry_point(run, "configs/cnn_search.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/cnn_search.py", __doc__, __name__)

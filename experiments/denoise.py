@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import denoising, experiment, models, plots, results, stats, tasks
+from mnist_jax import cli, denoising, models, plots, preflight, results, stats, tasks, trained, training
 from mnist_jax.report import by_level, ci, figure, mean_std, num, seeds_text, table, timing_line
 
 TEST_METRICS = ("test_bce", "test_psnr_noisy", "test_psnr_denoised")
@@ -43,8 +43,8 @@ def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the autoencoder's block, its levels, what its task
     and optimizer read, and the figure's digits."""
     task = tasks.denoise_task(denoising.dae_model(config.model))
-    return [*experiment.RUN_FIELDS, "model", "noise_levels", "figure_digits",
-            *experiment.task_reads(config, task, given=("noise_level",))]
+    return [*preflight.RUN_FIELDS, "model", "noise_levels", "figure_digits",
+            *preflight.task_reads(config, task, given=("noise_level",))]
 
 
 def runs(config: ml_collections.ConfigDict) -> int:
@@ -55,10 +55,10 @@ def runs(config: ml_collections.ConfigDict) -> int:
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     levels = denoising.check_levels(config.noise_levels)
     model = denoising.dae_model(config.model)
-    data, data_seconds = experiment.load_data(config)
+    data, data_seconds = training.load_data(config)
     result, hp, seeds = denoising.train_denoisers(config, workdir, model, levels, data)
     params = result.state.params
-    experiment.save_params(workdir, params)
+    trained.save_params(workdir, params)
     run_levels = hp["noise_level"]
     test = denoising.test_metrics(model, params, run_levels, data, config.seed)
     diverged = np.asarray(result.history["diverged"], bool)[:, -1]
@@ -120,9 +120,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "psnr": "mean over test images of 10 log10(1 / MSE), images in [0, 1]; BCE in nats per pixel",
         "eval_noise": f"fixed per test image: tasks.eval_noise_key({config.seed}, 'test') folded with the image index",
         "figure_digits": idx,
-        "history": experiment.history_summary(result.history),
+        "history": training.history_summary(result.history),
         "diverged_runs": [int(i) for i in np.flatnonzero(result.history["diverged"][:, -1])],
-        "timing": experiment.timing(data_seconds, result),
+        "timing": training.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
 
@@ -168,4 +168,4 @@ def row(m: dict, c: dict) -> list[str]:
             "\"quite well up to 0.7\"", "-"]
 
 
-main = experiment.entry_point(run, "configs/denoise.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/denoise.py", __doc__, __name__)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import experiment, models
+from mnist_jax import models, trained
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
@@ -115,7 +115,7 @@ def level_runs(records: list[dict], level: float | None, what: str) -> list[int]
 def finished_metrics(workdir: pathlib.Path) -> dict:
     if not (workdir / "metrics.json").exists():
         raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
-    return experiment.read_json(workdir / "metrics.json")
+    return trained.read_json(workdir / "metrics.json")
 
 
 def denoise_images(model, params, x: np.ndarray) -> np.ndarray:
@@ -149,18 +149,18 @@ def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> t
         metrics = finished_metrics(workdir)
         records = metrics.get("runs") or [{"noise_level": v} for v in metrics["noise_level"]]
         runs = level_runs(records, args.level, "autoencoder")
-        model, params = experiment.restore_run(workdir, config["model"], args.seed, runs=runs)
+        model, params = trained.restore_run(workdir, config["model"], args.seed, runs=runs)
         out = denoise_images(model, params, x)
         return out, (f"{len(out)} images denoised by the autoencoder trained at noise level {args.level:g} "
                      f"(seed index {args.seed}); mean intensity {out.mean():.4f}")
     if role == "generative":
         if config["model"].get("conditional"):
             raise ConfigError("--workdir holds a conditional VAE: it needs labels, which evaluate does not take")
-        model, params = experiment.restore_run(workdir, config["model"], args.seed)
+        model, params = trained.restore_run(workdir, config["model"], args.seed)
         out = reconstruct_images(model, params, x)
         return out, f"{len(out)} images reconstructed by VAE run {args.seed}; mean intensity {out.mean():.4f}"
     if role == "classifier":
-        model, params = experiment.restore_run(workdir, config["model"], args.seed)
+        model, params = trained.restore_run(workdir, config["model"], args.seed)
         labels = predict_labels(model, params, x)
         counts = np.bincount(labels, minlength=10)
         return labels, f"{len(labels)} images; predicted label counts 0-9: {counts.tolist()}"
@@ -184,11 +184,11 @@ def apply_noise_accuracy(workdir: pathlib.Path, config: dict, x: np.ndarray, arg
         runs = level_runs(records, args.level, f"{curve} classifier")
     kind = config["classifier"]["kind"]
     block, _ = models.split_block({"kind": kind, **config["classifier"][kind]})
-    model, params = experiment.restore_run(workdir, block, args.seed, f"{curve}_params", runs=runs)
+    model, params = trained.restore_run(workdir, block, args.seed, f"{curve}_params", runs=runs)
     if records[runs[args.seed]]["diverged"]:
-        experiment.check_not_diverged(True, params, args.seed)
+        trained.check_not_diverged(True, params, args.seed)
     if curve == "denoised":
-        dae, dparams = experiment.restore_run(workdir, config["denoiser"]["model"], args.seed, "denoiser_params",
+        dae, dparams = trained.restore_run(workdir, config["denoiser"]["model"], args.seed, "denoiser_params",
                                               runs=runs)
         x = denoise_images(dae, dparams, x)
     labels = predict_labels(model, params, x)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         if not (workdir / "config.json").exists():
             raise ConfigError(f"--workdir {args.workdir!r} holds no config.json: not an experiment workdir")
-        config = experiment.read_json(workdir / "config.json")
+        config = trained.read_json(workdir / "config.json")
         x = load_images(args.images)
         result, summary = apply_workdir(workdir, config, x, args)
         if result.dtype == np.float32:

@@ -10,7 +10,7 @@ import pathlib
 import jax
 import ml_collections
 
-from mnist_jax import experiment, models, plots, results, stats
+from mnist_jax import cli, models, plots, preflight, results, stats, training
 from mnist_jax.report import ci, figure, mean_std, net_text, per_value_table, seeds_text, study, table, timing_line
 
 
@@ -21,11 +21,11 @@ def describe(summary: dict) -> str:
 
 def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the classifier's, its sweep and the study's values."""
-    return [*experiment.classifier_reads(config, sweeps=True), "study"]
+    return [*preflight.classifier_reads(config, sweeps=True), "study"]
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    data, data_seconds, model, hp, seeds, result = experiment.train_classifier(config, workdir)
+    data, data_seconds, model, hp, seeds, result = training.train_classifier(config, workdir)
     history = result.history
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
     metrics = {
@@ -33,16 +33,16 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "protocol": config.protocol,
         "param_count": n_params,
         "model": models.describe(model),
-        **results.classifier_summary(hp, seeds, history, experiment.sweep_values(config)),
-        "timing": experiment.timing(data_seconds, result),
+        **results.classifier_summary(hp, seeds, history, training.sweep_values(config)),
+        "timing": training.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
     val_name = "validation = test set (study protocol)" if config.protocol == "study" else f"validation = {config.n_val} held-out"
     plots.accuracy_curves(
         history, workdir / "accuracy.png",
         f"{models.describe(model)} ({n_params:,} params), {config.optimizer.upper()} lr "
-        f"{experiment.value_text(config, 'learning_rate')}, batch {config.batch_size}{experiment.sweep_text(config)}\n"
-        f"{experiment.runs_text(config)}; {val_name}; "
+        f"{training.value_text(config, 'learning_rate')}, batch {config.batch_size}{training.sweep_text(config)}\n"
+        f"{training.runs_text(config)}; {val_name}; "
         f"final test accuracy {describe(metrics['test_accuracy'])}")
     print(f"test accuracy {describe(metrics['test_accuracy'])} over {len(seeds)} seeds")
     return metrics
@@ -81,4 +81,4 @@ def row(m: dict, c: dict) -> list[str]:
             f"Keras / PyTorch, same setup: {lo:g}-{hi:g} %"]
 
 
-main = experiment.entry_point(run, "configs/mlp.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/mlp.py", __doc__, __name__)

@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import denoising, experiment, models, plots, provenance, stats, sweep, tasks, train
+from mnist_jax import cli, denoising, models, plots, preflight, provenance, stats, sweep, tasks, train, trained, training
 from mnist_jax import results as results_lib
 from mnist_jax.config import ConfigError
 from mnist_jax.report import by_level, figure, mean_std, seeds_text, table, timing_line
@@ -91,14 +91,14 @@ def reads(config: ml_collections.ConfigDict) -> list[str]:
     and the hyperparameters their tasks read), the autoencoders' block and the noise levels."""
     block, traced = classifier_block(config.classifier)
     task = tasks.noisy_classifier_task(classifier_model(block))
-    expected = train.expected_hparams(task, experiment.train_spec(config))
+    expected = train.expected_hparams(task, training.train_spec(config))
     unused = [k for k in traced if k not in expected]
     if unused:
         raise ConfigError(f"config.classifier.{block['kind']}.{unused[0]} is ignored: the classifier "
                           f"{models.describe(classifier_model(block))} does not read it in this configuration")
     given = ("noise_level", *traced)
-    return [*experiment.RUN_FIELDS, "classifier", "denoiser", "denoiser_epochs", "noise_levels",
-            *experiment.task_reads(config, task, given=given)]
+    return [*preflight.RUN_FIELDS, "classifier", "denoiser", "denoiser_epochs", "noise_levels",
+            *preflight.task_reads(config, task, given=given)]
 
 
 def runs(config: ml_collections.ConfigDict) -> int:
@@ -112,7 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     clf_block, clf_hp = classifier_block(config.classifier)
     clf = classifier_model(clf_block)
     ae_epochs = config.denoiser_epochs or config.epochs
-    data, data_seconds = experiment.load_data(config)
+    data, data_seconds = training.load_data(config)
     seed_list = [config.seed + i for i in range(config.seeds)]
     n_levels, n_seeds = len(levels), len(seed_list)
 
@@ -121,18 +121,18 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     noisy_task = tasks.noisy_classifier_task(clf, None, config.seed)
     denoised_task = tasks.noisy_classifier_task(clf, dae, config.seed)
     clean_task = tasks.classifier_task(clf)
-    hp, seeds = sweep.grid(seed_list, **experiment.hparams(config, noisy_task, noise_level=levels, **clf_hp))
-    hp_c, seeds_c = sweep.grid(seed_list, **experiment.hparams(config, clean_task, **clf_hp))
+    hp, seeds = sweep.grid(seed_list, **training.hparams(config, noisy_task, noise_level=levels, **clf_hp))
+    hp_c, seeds_c = sweep.grid(seed_list, **training.hparams(config, clean_task, **clf_hp))
     ae_shapes = models.init_shapes(dae, runs=len(seeds))
-    trainings = {"noisy": experiment.Training(config, noisy_task, hp, seeds),
-                 "denoised": experiment.Training(config, denoised_task, tasks.with_frozen(hp, "denoiser", ae_shapes), seeds),
-                 "clean": experiment.Training(config, clean_task, hp_c, seeds_c)}
+    trainings = {"noisy": training.Training(config, noisy_task, hp, seeds),
+                 "denoised": training.Training(config, denoised_task, tasks.with_frozen(hp, "denoiser", ae_shapes), seeds),
+                 "clean": training.Training(config, clean_task, hp_c, seeds_c)}
     trainings = {name: t.prepare(data) for name, t in trainings.items()}
 
     ae_spec = TrainSpec(epochs=ae_epochs, batch_size=config.denoiser.batch_size, optimizer=config.denoiser.optimizer)
     ae, hp_ae, _ = denoising.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
                                              learning_rate=config.denoiser.learning_rate)
-    experiment.save_params(workdir, ae.state.params, name="denoiser_params")
+    trained.save_params(workdir, ae.state.params, name="denoiser_params")
 
     assert np.array_equal(hp["noise_level"], hp_ae["noise_level"])  # run r of (b) uses autoencoder r
     # (b) trains with the autoencoders just trained, in the program compiled from their shapes
@@ -140,7 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                                                 hp=tasks.with_frozen(hp, "denoiser", ae.state.params))
     results = {name: t.train(workdir, data, name) for name, t in trainings.items()}
     for name, result in results.items():
-        experiment.save_params(workdir, result.state.params, name=f"{name}_params")
+        trained.save_params(workdir, result.state.params, name=f"{name}_params")
 
     # Test accuracy of every run on the same corrupted test images; (c) is tested at every level.
     key = tasks.eval_noise_key(config.seed, "test")
@@ -257,4 +257,4 @@ def row(m: dict, c: dict) -> list[str]:
             "\"denoising can improve accuracy\"", "-"]
 
 
-main = experiment.entry_point(run, "configs/noise_accuracy.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/noise_accuracy.py", __doc__, __name__)

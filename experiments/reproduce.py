@@ -27,7 +27,7 @@ import time
 
 import ml_collections
 
-from mnist_jax import distributed, experiment, provenance, registry, report
+from mnist_jax import cli, distributed, provenance, registry, report, trained
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.config import REPO_ROOT, ConfigError, parse_args
 
@@ -41,7 +41,7 @@ def stage_code_id(workdir: pathlib.Path) -> str | None:
     """The code that made workdir/metrics.json: its provenance's code_id, or None when unknown
     (no metrics, written before provenance, or resumed from checkpoints that other code wrote)."""
     try:
-        prov = experiment.read_json(workdir / "metrics.json").get("provenance", {})
+        prov = trained.read_json(workdir / "metrics.json").get("provenance", {})
     except (OSError, ValueError, AttributeError):
         return None
     return None if "checkpoints_from" in prov else prov.get("code_id")
@@ -53,7 +53,7 @@ def is_complete(args: list[str], workdir: pathlib.Path, reuse: str = "same_code"
     if not (workdir / "metrics.json").exists():
         return False
     _, config = parse_args(args, "")
-    if not experiment.config_matches(workdir, config):
+    if not cli.config_matches(workdir, config):
         return False
     return reuse == "any" or stage_code_id(workdir) == provenance.code_id()
 
@@ -123,9 +123,9 @@ def run_in_processes(stages: list, args_of, jobs: int, start_header) -> dict[str
         for proc, relay, _ in running.values():
             proc.wait()
             relay.join()
-        raise experiment.Interrupted from None
+        raise cli.Interrupted from None
     if any(code == 130 for _, code in failed):
-        raise experiment.Interrupted
+        raise cli.Interrupted
     if failed:
         names = ", ".join(f"{n} (exit code {c})" for n, c in failed)
         raise ConfigError(f"experiment {names} stopped; fix it and run again (finished experiments are kept)")
@@ -189,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         t0 = time.perf_counter()
         code = stage.module().main(args)
         if code == 130:  # Ctrl-C: the stage has said where a rerun resumes
-            raise experiment.Interrupted
+            raise cli.Interrupted
         if code != 0:
             raise ConfigError(f"experiment {stage.name} stopped with exit code {code}; fix it and run again "
                               "(finished experiments are kept)")
@@ -215,4 +215,4 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             "timing": {"device": provenance.describe_devices()}}
 
 
-main = experiment.entry_point(run, "configs/reproduce.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/reproduce.py", __doc__, __name__)

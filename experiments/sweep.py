@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, models, plots, results, stats, tasks
+from mnist_jax import cli, models, plots, preflight, results, stats, tasks, trained, training
 from mnist_jax.config import ConfigError
 from mnist_jax.report import ci, figure, mean_std, net_text, seeds_text, study, table, timing_line
 
@@ -34,7 +34,7 @@ def sweep_of(field: str) -> tuple[str, str]:
 
 def swept_field(config: ml_collections.ConfigDict) -> str:
     """The one hyperparameter the config's sweep declaration names (ConfigError otherwise)."""
-    declared = experiment.sweep_values(config)
+    declared = training.sweep_values(config)
     if len(declared) != 1:
         raise ConfigError(f"config.sweep={dict(declared)}: this experiment compares the values of exactly one "
                           "hyperparameter (experiments.mlp and experiments.cnn train grids of several)")
@@ -44,7 +44,7 @@ def swept_field(config: ml_collections.ConfigDict) -> str:
 def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the classifier's, its sweep, the reference and the study's values."""
     swept_field(config)
-    return [*experiment.classifier_reads(config, sweeps=True), "reference_errors", "reference_label", "study"]
+    return [*preflight.classifier_reads(config, sweeps=True), "reference_errors", "reference_label", "study"]
 
 
 def per_value(array: np.ndarray, n_values: int) -> np.ndarray:
@@ -56,13 +56,13 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     field = swept_field(config)
     values_field, value_name = sweep_of(field)
     model, task = tasks.classifier_from_config(config)
-    values = experiment.sweep_values(config)[field]
-    seeds_list = experiment.seeds_of(config)
+    values = training.sweep_values(config)[field]
+    seeds_list = training.seeds_of(config)
 
-    data, data_seconds = experiment.load_data(config)
-    hp, seeds = experiment.swept_grid(config, task)
-    result = experiment.train(config, workdir, task, hp, seeds, data)
-    experiment.save_params(workdir, result.state.params)
+    data, data_seconds = training.load_data(config)
+    hp, seeds = training.swept_grid(config, task)
+    result = training.train(config, workdir, task, hp, seeds, data)
+    trained.save_params(workdir, result.state.params)
 
     h = result.history
     n_test = int(data.test_x.shape[0])
@@ -137,7 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             "best_mean_test_accuracy": rows[study_best]["study_protocol_best_test_accuracy"]["mean"],
         },
         "history": {k: h[k] for k in ("loss", "train_accuracy", "val_accuracy", "test_accuracy")},
-        "timing": experiment.timing(data_seconds, result),
+        "timing": training.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
 
@@ -315,4 +315,4 @@ def row(m: dict, c: dict) -> list[str]:
             f"{seeds_text(c)})", _sweep_this(m), "-", c["reference_label"]]
 
 
-main = experiment.entry_point(run, "configs/l2_sweep.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/l2_sweep.py", __doc__, __name__)

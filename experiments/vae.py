@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from scipy import stats as sps
 
-from mnist_jax import distributed, experiment, generative, models, plots, results, stats, sweep, tasks
+from mnist_jax import cli, distributed, generative, models, plots, preflight, results, stats, sweep, tasks, trained, training
 from mnist_jax.config import ConfigError
 from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, study, table, timing_line
 from mnist_jax.train import TrainSpec
@@ -49,7 +49,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         if not (path / "config.json").is_file() or not (path / classifier_params_dir(path)).is_dir():
             raise ConfigError(f"config.classifier.workdir={cls.workdir!r} is neither a finished classifier workdir "
                               "(config.json, params/) nor a vae workdir that trained one (config.json, classifier_params/)")
-        cls_config = experiment.read_json(path / "config.json")
+        cls_config = trained.read_json(path / "config.json")
         block = cls_config.get("classifier", {}) if cls_config.get("experiment") == "vae" else cls_config
         model_block = block.get("model", {}) if isinstance(block, dict) else {}
         kind = model_block.get("kind") if isinstance(model_block, dict) else None
@@ -64,7 +64,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 def classifier_params_dir(workdir: pathlib.Path) -> str:
     """Where a workdir keeps classifier params: params/ of a classifier experiment, classifier_params/ of a vae one."""
     config_path = workdir / "config.json"
-    is_vae = config_path.is_file() and experiment.read_json(config_path).get("experiment") == "vae"
+    is_vae = config_path.is_file() and trained.read_json(config_path).get("experiment") == "vae"
     return "classifier_params" if is_vae else "params"
 
 
@@ -79,17 +79,17 @@ def final(history: dict, key: str) -> dict:
     return {"per_seed": values, **stats.summary(values)}
 
 
-def vae_training(config, model_cfg, seeds) -> experiment.Training:
+def vae_training(config, model_cfg, seeds) -> training.Training:
     """The training of VAEs of `model_cfg`, one per seed."""
     model = build(model_cfg, "model")
     task = tasks.vae_task(model)
-    hp, seeds = sweep.grid(seeds, **experiment.hparams(config, task))
-    return experiment.Training(config, task, hp, seeds, model=model)
+    hp, seeds = sweep.grid(seeds, **training.hparams(config, task))
+    return training.Training(config, task, hp, seeds, model=model)
 
 
-def train_vae(workdir, data, training: experiment.Training, name):
+def train_vae(workdir, data, plan: training.Training, name):
     """(model, SweepResult) of a `vae_training`, trained (with its compiled programs, if prepared)."""
-    return training.model, training.train(workdir, data, name, metric="val_neg_elbo")
+    return plan.model, plan.train(workdir, data, name, metric="val_neg_elbo")
 
 
 def classifier_spec(config) -> TrainSpec:
@@ -103,14 +103,14 @@ def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the VAE's, its evaluation's and figures', and the
     judge's classifier (its workdir, or the settings it is trained with here)."""
     check(config)
-    own = [*experiment.RUN_FIELDS, "model", "iwae_k", "iwae_images", "iwae_batch", "n_samples", "digits", "map_epochs",
-           "study", *experiment.task_reads(config, tasks.vae_task(build(config.model, "model")))]
+    own = [*preflight.RUN_FIELDS, "model", "iwae_k", "iwae_images", "iwae_batch", "n_samples", "digits", "map_epochs",
+           "study", *preflight.task_reads(config, tasks.vae_task(build(config.model, "model")))]
     cls = config.classifier
     if cls.workdir:  # the judge comes from that workdir: the settings to train one here do not apply
         return [*own, "classifier"]
     task = tasks.classifier_task(build(cls.model, "classifier.model"))
     return [*own, *(f"classifier.{f}" for f in ("workdir", "model", "seed", "epochs", "batch_size", "optimizer", "schedule")),
-            *experiment.task_reads(cls, task, classifier_spec(config), prefix="classifier.")]
+            *preflight.task_reads(cls, task, classifier_spec(config), prefix="classifier.")]
 
 
 def runs(config: ml_collections.ConfigDict) -> int:
@@ -118,7 +118,7 @@ def runs(config: ml_collections.ConfigDict) -> int:
     return config.seeds
 
 
-def classifier_training(config) -> experiment.Training | None:
+def classifier_training(config) -> training.Training | None:
     """The training of the judge's classifier when this run trains it, else None."""
     cls = config.classifier
     if cls.workdir:
@@ -126,11 +126,11 @@ def classifier_training(config) -> experiment.Training | None:
     model = build(cls.model, "classifier.model")
     spec = classifier_spec(config)
     task = tasks.classifier_task(model)
-    hp, seeds = sweep.grid([cls.seed], **experiment.hparams(cls, task, spec))
-    return experiment.Training(config, task, hp, seeds, spec, model)
+    hp, seeds = sweep.grid([cls.seed], **training.hparams(cls, task, spec))
+    return training.Training(config, task, hp, seeds, spec, model)
 
 
-def map_training(config) -> experiment.Training | None:
+def map_training(config) -> training.Training | None:
     """The training of the 2-D VAE drawn in vae_latent.png (its config: `model` the 2-D block,
     `epochs` the map's), or None when the main model is 2-D and unconditional (it draws the map)
     or `map_epochs` is 0."""
@@ -142,33 +142,33 @@ def map_training(config) -> experiment.Training | None:
     return vae_training(map_config, map_config.model, [config.seed])
 
 
-def prepare_side_trainings(config, data) -> dict[str, experiment.Training]:
+def prepare_side_trainings(config, data) -> dict[str, training.Training]:
     """{"classifier", "vae_2d"}: the judge's classifier and the 2-D VAE (those this run trains),
     prepared: their programs compile in the background from now on while the main VAEs train."""
     plans = {"classifier": classifier_training(config), "vae_2d": map_training(config)}
     return {name: plan.prepare(data) for name, plan in plans.items() if plan is not None}
 
 
-def get_classifier(config, workdir: pathlib.Path, data, prepared: experiment.Training | None = None) -> tuple:
+def get_classifier(config, workdir: pathlib.Path, data, prepared: training.Training | None = None) -> tuple:
     """(model, params, info) of the classifier that judges the samples: loaded or trained here
     (`prepared`: its training from `prepare_side_trainings`, if any)."""
     cls = config.classifier
     if cls.workdir:
         path = pathlib.Path(cls.workdir)
-        cls_config = experiment.read_json(path / "config.json")
+        cls_config = trained.read_json(path / "config.json")
         if classifier_params_dir(path) == "classifier_params":  # the classifier a vae run trained
             model = build(ml_collections.ConfigDict(cls_config["classifier"]["model"]), "classifier.workdir")
-            params = run_params(experiment.load_params(path, models.init_shapes(model, runs=1), "classifier_params"), 0)
+            params = run_params(trained.load_params(path, models.init_shapes(model, runs=1), "classifier_params"), 0)
             info = {"source": f"the classifier trained by the vae run in {cls.workdir}",
                     "model": cls_config["classifier"]["model"]}
         else:
-            model, params = experiment.restore_run(path, cls_config["model"], 0)
+            model, params = trained.restore_run(path, cls_config["model"], 0)
             info = {"source": f"run 0 of {cls.workdir}", "model": cls_config["model"]}
     else:
-        training = prepared or classifier_training(config)
-        model, spec = training.model, training.spec
-        result = training.train(workdir, data, "classifier")
-        experiment.save_params(workdir, result.state.params, "classifier_params")
+        plan = prepared or classifier_training(config)
+        model, spec = plan.model, plan.spec
+        result = plan.train(workdir, data, "classifier")
+        trained.save_params(workdir, result.state.params, "classifier_params")
         params = run_params(result.state.params, 0)
         info = {"source": "trained in this run", "model": cls.model.to_dict(), "epochs": spec.epochs,
                 "optimizer": cls.optimizer, "learning_rate": cls.learning_rate, "seed": cls.seed,
@@ -248,11 +248,11 @@ def describe(model_cfg, n_params: int) -> str:
 
 
 def judge_samples(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, result, base_key,
-                  prepared_classifier: experiment.Training | None = None):
+                  prepared_classifier: training.Training | None = None):
     """Prior samples of every run judged by a classifier (`prepared_classifier`: its training from
     `prepare_side_trainings`, if any): (samples, the sample_quality block of metrics.json, seconds
     per run to draw them); run 0's samples go to samples.npy."""
-    seeds = experiment.seeds_of(config)
+    seeds = training.seeds_of(config)
     history = result.history
     cond = bool(config.model.conditional)
     # Samples from the prior, judged by a classifier.
@@ -361,20 +361,20 @@ def run0_figures(config: ml_collections.ConfigDict, workdir: pathlib.Path, data,
 
 
 def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, model, p0, test_bin,
-               prepared: experiment.Training | None = None) -> dict | None:
+               prepared: training.Training | None = None) -> dict | None:
     """vae_latent.png: the 2-D latent space of the main model if it is 2-D and unconditional, else
     of a 2-D model trained here for `map_epochs` epochs (none when 0; `prepared`: its training
     from `prepare_side_trainings`, if any); what it shows, or None."""
     cond = bool(config.model.conditional)
     test_y = np.asarray(data.test_y)
     map_info = None
-    training = prepared or map_training(config)
+    plan = prepared or map_training(config)
     if config.model.latent == 2 and not cond:
         map_model, map_params, map_info = model, p0, {"model": "the main model (latent 2)"}
-    elif training is not None:
-        map_config = training.config
-        map_model, map_result = train_vae(workdir, data, training, "vae_2d")
-        experiment.save_params(workdir, map_result.state.params, "params_2d")
+    elif plan is not None:
+        map_config = plan.config
+        map_model, map_result = train_vae(workdir, data, plan, "vae_2d")
+        trained.save_params(workdir, map_result.state.params, "params_2d")
         map_params = run_params(map_result.state.params, 0)
         map_info = {"model": map_config.model.to_dict(), "epochs": map_config.epochs, "seed": config.seed,
                     "test_neg_elbo": float(map_result.history["test_neg_elbo"][0, -1]), "timing": map_result.timing}
@@ -396,13 +396,13 @@ def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, m
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     check(config)
-    data, data_seconds = experiment.load_data(config)
-    seeds = experiment.seeds_of(config)
+    data, data_seconds = training.load_data(config)
+    seeds = training.seeds_of(config)
     base_key = jax.random.key(config.seed)
 
     side = prepare_side_trainings(config, data)  # compiled in the background while the VAEs train
     model, result = train_vae(workdir, data, vae_training(config, config.model, seeds), "vae")
-    experiment.save_params(workdir, result.state.params)
+    trained.save_params(workdir, result.state.params)
     history = result.history
     p0 = run_params(result.state.params, 0)
     n_params = models.param_count(p0)
@@ -445,7 +445,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     if map_info is not None:
         metrics["latent_map"] = map_info
 
-    metrics["timing"] = experiment.timing(data_seconds, result) | {
+    metrics["timing"] = training.timing(data_seconds, result) | {
         "iwae_seconds_per_run": float(np.mean(metrics["iwae"]["seconds_per_run"])),
         "sample_seconds_per_run": sample_seconds,
     }
@@ -498,4 +498,4 @@ def row(m: dict, c: dict) -> list[str]:
             "failed: \"nothing like digits\"", f"{lo}-{hi} nats NLL for such models"]
 
 
-main = experiment.entry_point(run, "configs/vae.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/vae.py", __doc__, __name__)

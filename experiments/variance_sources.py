@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, grid, models, plots, results, stats, tasks, train
+from mnist_jax import cli, grid, models, plots, preflight, results, stats, tasks, train, trained, training
 from mnist_jax.config import REPO_ROOT, load_config_file
 from mnist_jax.report import figure, mean_std, net_text, num, pct, seeds_text, table, timing_line
 
@@ -130,7 +130,7 @@ def verdict(per_source: dict) -> dict:
 
 def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the classifier's, its sources and its statistics' settings."""
-    return [*experiment.classifier_reads(config), "sources", "differences_pct", "alpha", "power", "test_resamples"]
+    return [*preflight.classifier_reads(config), "sources", "differences_pct", "alpha", "power", "test_resamples"]
 
 
 def runs(config: ml_collections.ConfigDict) -> int:
@@ -140,15 +140,15 @@ def runs(config: ml_collections.ConfigDict) -> int:
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     sources = list(config.sources)  # known, distinct, 'all' among them, >= 3 seeds: `config.validate`
-    data, data_seconds = experiment.load_data(config)
+    data, data_seconds = training.load_data(config)
     model, task = tasks.classifier_from_config(config)
-    hp1 = {k: v[0] for k, v in experiment.hparams(config, task).items()}
+    hp1 = {k: v[0] for k, v in training.hparams(config, task).items()}
     shapes = jax.eval_shape(lambda: task.init(jax.random.key(0), {k: jnp.float32(v) for k, v in hp1.items()}))
     seeds, run_source = source_seeds(sources, config.seeds, config.seed, train.first_kernel_size(shapes))
     n_runs = len(run_source)
     hp = {k: np.full(n_runs, v, np.float32) for k, v in hp1.items()}
-    result = experiment.train(config, workdir, task, hp, seeds, data, metric="test_accuracy")
-    experiment.save_params(workdir, result.state.params)
+    result = training.train(config, workdir, task, hp, seeds, data, metric="test_accuracy")
+    trained.save_params(workdir, result.state.params)
     h = result.history
     diverged = results.divergence(h, seeds["init"], hp)
     test_acc = results.final_of_finite(h, "test_accuracy")
@@ -194,7 +194,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "power": power_table(per_source["all"]["std_pct"], config),
         "diverged": diverged,
         "history": {k: h[k] for k in ("loss", "val_accuracy", "test_accuracy")},
-        "timing": experiment.timing(data_seconds, result),
+        "timing": training.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
     figures(config, metrics, workdir)
@@ -302,4 +302,4 @@ def row(m: dict, c: dict) -> list[str]:
             "-", "Summers & Dinneen 2021: each source alone ≈ all together"]
 
 
-main = experiment.entry_point(run, "configs/variance_sources.py", __doc__, __name__)
+main = cli.entry_point(run, "configs/variance_sources.py", __doc__, __name__)

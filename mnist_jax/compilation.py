@@ -26,7 +26,7 @@ Counting: `counts()` is this process's running total of compiled programs, from 
 monitoring events (listeners registered when `mnist_jax` is imported): programs built by XLA or
 loaded from the persistent cache, the seconds that took, the seconds spent tracing and lowering
 to XLA before it, and cache hits and misses. `since(before)` is the difference: what one
-experiment compiled (`experiment.run_in_workdir` records it in metrics.json `timing.compilation`).
+experiment compiled (`cli.run_in_workdir` records it in metrics.json `timing.compilation`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import flax.linen as nn
 import ml_collections
 import numpy as np
 
-from mnist_jax import experiment, models, sweep, tasks
+from mnist_jax import models, sweep, tasks, training
 from mnist_jax.config import ConfigError
 from mnist_jax.data import Splits
 
@@ -46,9 +46,9 @@ def train_denoisers(config: ml_collections.ConfigDict, workdir: pathlib.Path, mo
     seed_list = [config.seed + i for i in range(config.seeds)]
     lr = config.learning_rate if learning_rate is None else learning_rate
     task = tasks.denoise_task(model, eval_seed=config.seed)
-    values = experiment.hparams(config, task, spec, noise_level=levels, learning_rate=[lr])
+    values = training.hparams(config, task, spec, noise_level=levels, learning_rate=[lr])
     hp, seeds = sweep.grid(seed_list, noise_level=values.pop("noise_level"), **values)
-    return experiment.train(config, workdir, task, hp, seeds, data, name=name, spec=spec), hp, seeds
+    return training.train(config, workdir, task, hp, seeds, data, name=name, spec=spec), hp, seeds
 
 
 def test_metrics(model, params, levels: np.ndarray, data: Splits, eval_seed: int) -> dict[str, np.ndarray]:

@@ -271,7 +271,7 @@ def _broadcast(code: int) -> int:
 
 
 def exit_code_of(err: BaseException) -> int:
-    """The exit code `experiment.main` gives an exception (see its docstring)."""
+    """The exit code `cli.main` gives an exception (see its docstring)."""
     from mnist_jax.config import ConfigError
 
     if isinstance(err, WriterFailed):

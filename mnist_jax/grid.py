@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import models, tasks
+from mnist_jax import models, tasks, trained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,12 +58,10 @@ class TrainedGrid:
     @classmethod
     def restore(cls, workdir: str | pathlib.Path, block: dict, params_dir: str = "params") -> TrainedGrid:
         """The grid a finished workdir saved in `params_dir`, of the model config `block`."""
-        from mnist_jax import experiment
-
         model = models.from_config(block)
-        metrics = experiment.read_json(pathlib.Path(workdir) / "metrics.json")
-        params = experiment.load_params(workdir, models.init_shapes(model, runs=experiment.run_count(metrics)),
-                                        params_dir)
+        metrics = trained.read_json(pathlib.Path(workdir) / "metrics.json")
+        params = trained.load_params(workdir, models.init_shapes(model, runs=trained.run_count(metrics)),
+                                     params_dir)
         return cls(model, params)
 
 

@@ -2,7 +2,7 @@
 
 Every experiment that trains runs builds its `runs` table here (one record per run: every
 traced hyperparameter, its seed, its final metrics, whether it diverged), so a diverged run is
-reported once and excluded from every summary the same way; `experiment.run_count` counts runs
+reported once and excluded from every summary the same way; `trained.run_count` counts runs
 from this table.
 """
 

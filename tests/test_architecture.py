@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import experiment, models, registry, regularizers, sweep, tasks, train
+from mnist_jax import models, registry, regularizers, sweep, tasks, train, trained, training
 from mnist_jax.config import ConfigError, load_config_file
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -37,9 +37,9 @@ def test_a_config_without_a_field_the_task_reads_is_a_config_error():
     config = load_config_file(REPO / "configs/mlp.py")
     task = tasks.classifier_task(models.MLP((8,), dropout=True))
     with pytest.raises(ConfigError, match="config.dropout_rate is missing"):
-        experiment.hparams(config, task)
+        training.hparams(config, task)
     with pytest.raises(ConfigError, match=r"swept hyperparameters \['noise_level'\] are not read"):
-        experiment.hparams(config, tasks.classifier_task(models.MLP((8,))), noise_level=[0.1])
+        training.hparams(config, tasks.classifier_task(models.MLP((8,))), noise_level=[0.1])
 
 
 def test_a_new_penalty_is_a_hook_not_an_edit_of_the_train_step(tiny):
@@ -125,8 +125,8 @@ def test_label_smoothing_sweep_runs_from_its_config_and_reports_itself(tmp_path)
 
     assert sweep_experiment.main(["--workdir", str(tmp_path), "--config", f"{REPO}/configs/label_smoothing.py:quick",
                           "--config.epochs=1", "--config.model.hidden=[32]"]) == 0
-    m = experiment.read_json(tmp_path / "metrics.json")
-    c = experiment.read_json(tmp_path / "config.json")
+    m = trained.read_json(tmp_path / "metrics.json")
+    c = trained.read_json(tmp_path / "config.json")
     assert m["sweep_field"] == "label_smoothing" and m["label_smoothing_values"] == [0.0, 0.1]
     assert sorted({r["label_smoothing"] for r in m["runs"]}) == pytest.approx([0.0, 0.1]) and len(m["runs"]) == 4
     assert all(0.8 < r["test_accuracy"] < 1.0 for r in m["runs"])

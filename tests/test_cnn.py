@@ -237,16 +237,16 @@ def test_short_real_training_passes_98_5(mnist):
 def test_evaluate_applies_a_cnn_workdir(tmp_path):
     """experiments.evaluate restores a CNN workdir's params and predicts with them."""
     from experiments import evaluate
-    from mnist_jax import experiment
+    from mnist_jax import trained
 
     config = load_config_file("configs/cnn.py")
     config.model.filters = (4, 4)
     config.model.dense = 8
     model = models.from_config(config.model)
     params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 2))
-    experiment.write_json(tmp_path / "config.json", config.to_dict())
-    experiment.write_json(tmp_path / "metrics.json", {"seeds": [0, 1]})
-    experiment.save_params(tmp_path, params)
+    trained.write_json(tmp_path / "config.json", config.to_dict())
+    trained.write_json(tmp_path / "metrics.json", {"seeds": [0, 1]})
+    trained.save_params(tmp_path, params)
     x = (np.random.default_rng(0).random((37, 28, 28)) * 255).astype(np.uint8)
     np.save(tmp_path / "x.npy", x)
     assert evaluate.main(["--workdir", str(tmp_path), "--images", str(tmp_path / "x.npy"),
@@ -281,12 +281,12 @@ def test_cnn_figures_are_written(tmp_path):
 
 
 def test_best_config_builds_an_augmented_task_that_trains(tiny):
-    from mnist_jax import experiment
+    from mnist_jax import training
 
     config = load_config_file("configs/cnn_best.py")
     model, task = tasks.classifier_from_config(config)
     assert models.describe(model) == "Conv32s-Pool-Drop-Conv64s-Pool-Drop-Dense128-Drop"
-    hp, seeds = sweep.grid([0], **experiment.hparams(config, task))
+    hp, seeds = sweep.grid([0], **training.hparams(config, task))
     assert sorted(hp) == ["dropout_rate", "learning_rate"]
     spec = TrainSpec(epochs=2, batch_size=64, optimizer=config.optimizer, schedule=config.schedule)
     history = sweep.train_grid(task, spec, hp, seeds, tiny).history
@@ -294,19 +294,19 @@ def test_best_config_builds_an_augmented_task_that_trains(tiny):
 
 
 def test_automatic_run_chunk_trains_conv_nets_one_run_at_a_time_on_a_cpu():
-    from mnist_jax import experiment
+    from mnist_jax import training
 
     config = load_config_file("configs/cnn.py")
     assert config.run_chunk == 0
     _, conv = tasks.classifier_from_config(config)
     dense = tasks.classifier_task(models.MLP((8,)))
     conv_vae = tasks.vae_task(models.VAE(latent=2, hidden=(8,), conv=True))
-    assert experiment.run_chunk(config, conv, backend="cpu") == 1
-    assert experiment.run_chunk(config, conv_vae, backend="cpu") == 1  # the model says so, whatever the experiment
-    assert experiment.run_chunk(config, conv, backend="gpu") is None
-    assert experiment.run_chunk(config, dense, backend="cpu") is None
+    assert training.run_chunk(config, conv, backend="cpu") == 1
+    assert training.run_chunk(config, conv_vae, backend="cpu") == 1  # the model says so, whatever the experiment
+    assert training.run_chunk(config, conv, backend="gpu") is None
+    assert training.run_chunk(config, dense, backend="cpu") is None
     config.run_chunk = 3
-    assert experiment.run_chunk(config, conv, backend="cpu") == 3
+    assert training.run_chunk(config, conv, backend="cpu") == 3
 
 
 def test_accuracy_figure_zooms_past_a_far_first_epoch_and_says_so():

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mnist_jax import compilation, experiment
+from mnist_jax import cli, compilation
 from mnist_jax import workdir as workdir_lib
 
 # A fresh process: imports mnist_jax, compiles one small scan, prints its counts and its result.
@@ -146,7 +146,7 @@ def test_run_in_workdir_records_every_compilation_of_the_run(tmp_path):
 
     config = ml_collections.ConfigDict({"n": 1239})
     with workdir_lib.Workdir.open(tmp_path / "w", "toy") as wd:
-        metrics = experiment.run_in_workdir(wd, run, config, "test")
+        metrics = cli.run_in_workdir(wd, run, config, "test")
     c = metrics["timing"]["compilation"]
     assert c["programs"] >= 1 and c["compile_seconds"] > 0
     assert c["persistent_cache"] == compilation.cache_label()  # a label, not a path of this machine

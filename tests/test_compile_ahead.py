@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mnist_jax import experiment, models, regularizers, sweep, tasks, train
+from mnist_jax import models, regularizers, sweep, tasks, train, training
 
 
 @pytest.fixture
@@ -81,13 +81,13 @@ def test_the_experiment_layer_prepares_what_train_runs(tiny, builds, tmp_path):
     task, hp, seeds = dense_grid()
     config = ml_collections.ConfigDict({"epochs": 2, "batch_size": 64, "optimizer": "sgd", "schedule": "constant",
                                         "chunk_epochs": 1, "checkpoint_every": 1, "checkpoint_seconds": 0.0})
-    training = experiment.Training(config, task, hp, seeds).prepare(tiny)
-    settle(training.trainer)
-    result = training.train(tmp_path, tiny, "train")
+    planned = training.Training(config, task, hp, seeds).prepare(tiny)
+    settle(planned.trainer)
+    result = planned.train(tmp_path, tiny, "train")
     assert len(builds) == 2 and "MainThread" not in builds, builds
     assert result.history["loss"].shape == (4, 2)
     # the same grid trained without preparing: the same numbers
-    same_result(result, experiment.train(config, tmp_path / "plain", task, hp, seeds, tiny))
+    same_result(result, training.train(config, tmp_path / "plain", task, hp, seeds, tiny))
 
 
 def test_off_compiles_on_first_use(tiny, builds, monkeypatch):

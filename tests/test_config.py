@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import mlp, variance_sources
-from mnist_jax import experiment, registry, train
+from mnist_jax import registry, train, training
 from mnist_jax.config import (
     DISTINCT_LISTS,
     LIST_RULES,
@@ -173,7 +173,7 @@ def test_the_highest_allowed_seed_derives_no_seed_outside_int32(arg):
         derived = np.concatenate([v for k, v in seeds.items() if k in train.STREAMS or k == "bootstrap"])
         derived = derived[derived != -1]  # -1: a perturbation that is off
     else:
-        derived = np.asarray(experiment.seeds_of(config), np.int64)
+        derived = np.asarray(training.seeds_of(config), np.int64)
     assert derived.min() >= config.seed and derived.max() == last_seed(config) == SEED_LIMIT - 1
     with config.unlocked():
         config.seed += 1

@@ -10,15 +10,15 @@ import json
 import numpy as np
 import pytest
 
-from mnist_jax import experiment
+from mnist_jax import training
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def planted(monkeypatch):
-    """Run 0 of every `experiment.train` call diverges in its first epoch."""
-    real = experiment.train
+    """Run 0 of every `training.train` call diverges in its first epoch."""
+    real = training.train
 
     def train(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -27,7 +27,7 @@ def planted(monkeypatch):
         result.history["diverged"] = flags
         return result
 
-    monkeypatch.setattr(experiment, "train", train)
+    monkeypatch.setattr(training, "train", train)
 
 
 def run(module: str, tmp_path, *overrides: str, config: str | None = None) -> dict:

@@ -15,7 +15,7 @@ import pytest
 
 from experiments import cnn, mlp
 from experiments import sweep as sweep_experiment
-from mnist_jax import experiment, models, results, sweep
+from mnist_jax import models, results, sweep, training
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def no_data(monkeypatch):
     """Loading data fails the test: every refusal here comes before the expensive part."""
     def fail(*a, **k):
         raise AssertionError("data was loaded: the error was not found before the expensive part")
-    monkeypatch.setattr(experiment, "load_data", fail)
+    monkeypatch.setattr(training, "load_data", fail)
 
 
 @pytest.fixture

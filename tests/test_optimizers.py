@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from mnist_jax import config as config_lib
-from mnist_jax import experiment, models, sweep, tasks, train
+from mnist_jax import models, sweep, tasks, train, training
 
 TASK = tasks.classifier_task(models.MLP((16,)))
 
@@ -94,14 +94,14 @@ def test_optimizers_are_optax_by_name_plus_momentum():
 def test_train_spec_traces_the_optimizer_arguments_the_config_sets():
     config = ml_collections.ConfigDict({"epochs": 2, "batch_size": 32, "optimizer": "adamw", "learning_rate": 1e-3,
                                         "weight_decay": 1e-4, "b2": 0.99, "momentum": 0.9})
-    spec = experiment.train_spec(config)
+    spec = training.train_spec(config)
     assert spec.optimizer_args == ("b2", "weight_decay")  # adamw takes no momentum; eps keeps optax's default
-    assert experiment.hparams(config, TASK, spec, weight_decay=[0.0, 1e-2]) == {
+    assert training.hparams(config, TASK, spec, weight_decay=[0.0, 1e-2]) == {
         "learning_rate": [1e-3], "b2": [0.99], "weight_decay": [0.0, 1e-2]}
     config.optimizer = "adam"
-    assert experiment.train_spec(config).optimizer_args == ("b2",)
+    assert training.train_spec(config).optimizer_args == ("b2",)
     config.sweep = {"eps": [1e-8, 1e-6]}  # a swept argument needs no field of its own
-    assert experiment.train_spec(config).optimizer_args == ("b2", "eps")
+    assert training.train_spec(config).optimizer_args == ("b2", "eps")
 
 
 @pytest.mark.parametrize("field, value", [("b1", 1.0), ("b2", -0.1), ("eps", 0.0), ("weight_decay", -1e-4),

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from experiments import vae as vae_experiment
-from mnist_jax import compilation, experiment, generative, models, tasks
+from mnist_jax import compilation, generative, models, tasks, training
 
 
 def programs_of(fn):
@@ -29,7 +29,7 @@ def two_vaes():
 
 def test_loading_data_compiles_nothing():
     config = ml_collections.ConfigDict({"n_val": 5000, "protocol": "holdout", "train_images": 1000, "batch_size": 128})
-    (splits, _), n = programs_of(lambda: experiment.load_data(config))
+    (splits, _), n = programs_of(lambda: training.load_data(config))
     assert n == 0  # jnp.asarray or slicing a device array would compile a program per array
     assert splits.train_x.shape == (1000, 28, 28, 1) and isinstance(splits.test_x, jax.Array)
 

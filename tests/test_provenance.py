@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from experiments import reproduce
-from mnist_jax import compare, experiment, provenance, results_table
+from mnist_jax import compare, provenance, results_table, trained
+from mnist_jax.config import parse_args
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMALL = ["--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[16]"]
@@ -110,10 +111,10 @@ def test_comparable_and_compare_leave_out_timings_times_and_provenance_only(tmp_
 def fake_stage(workdir: pathlib.Path, code_id: str, **extra) -> list[str]:
     """A 'complete' mlp stage (config.json of these args, a metrics.json made by `code_id`), no training."""
     args = ["--workdir", str(workdir), "--config", str(ROOT / "configs/mlp.py"), "--config.seeds=3"]
-    _, config = experiment.parse_args(args, "")
+    _, config = parse_args(args, "")
     workdir.mkdir(parents=True)
-    experiment.write_json(workdir / "config.json", config.to_dict())
-    experiment.write_json(workdir / "metrics.json", {"provenance": {"code_id": code_id, **extra}})
+    trained.write_json(workdir / "config.json", config.to_dict())
+    trained.write_json(workdir / "metrics.json", {"provenance": {"code_id": code_id, **extra}})
     return args
 
 

@@ -1,7 +1,7 @@
 """The README's promises: it is a short user's guide whose Python blocks and `python -m` commands
 run, its two commands are what CI runs, and the docs/ pages it links exist and agree with the code.
 
-The commands run in this process on tiny synthetic data (`experiment.load_data` is replaced), in a
+The commands run in this process on tiny synthetic data (`training.load_data` is replaced), in a
 temporary folder, shrunk to `--config.seeds=2 --config.epochs=1` where the command does not shrink
 itself; those that train are integration tests. A command that another test already trains as
 written, or that needs the full profile, runs up to its data loading here (parsing, registry,
@@ -25,7 +25,7 @@ import pytest
 from conftest import synthetic_splits
 
 from mnist_jax import data as data_lib
-from mnist_jax import experiment, launch
+from mnist_jax import launch, training
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -175,7 +175,7 @@ def synthetic(monkeypatch, request):
         if until_data(command):
             raise DataLoaded
         return data_lib.Splits(*(jax.device_put(a) for a in synthetic_splits(n_train=256, n_eval=100))), 0.0
-    monkeypatch.setattr(experiment, "load_data", load_data)
+    monkeypatch.setattr(training, "load_data", load_data)
 
 
 def localized(args: list[str], place: pathlib.Path) -> list[str]:

@@ -92,7 +92,7 @@ def test_evaluate_batches_large_inputs_to_the_same_result(tmp_path):
     assert evaluate.main(["--workdir", str(workdir), "--images", str(tmp_path / "x.npy"),
                           "--out", str(tmp_path / "y.npy")]) == 0
     config = json.loads((workdir / "config.json").read_text())
-    model, params = evaluate.experiment.restore_run(workdir, config["model"], 0)
+    model, params = evaluate.trained.restore_run(workdir, config["model"], 0)
     expected = np.asarray(jnp.argmax(model.apply(params, preprocess_images(jnp.asarray(x))), -1))
     assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
 

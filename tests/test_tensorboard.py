@@ -16,8 +16,9 @@ import types
 
 import pytest
 
-from mnist_jax import experiment, registry
+from mnist_jax import registry, training
 from mnist_jax import tensorboard as tb
+from mnist_jax.config import REPO_ROOT
 from tests.conftest import synthetic_splits
 
 # TensorBoard's reader imports TensorFlow when it finds it, for nothing it needs here: this empty
@@ -32,7 +33,7 @@ SWEEP = ["--config.sweep.learning_rate=[0.05,0.1]", "--config.seeds=2", "--confi
 @pytest.fixture
 def synthetic(monkeypatch):
     """Every experiment trains on tiny synthetic digits instead of MNIST."""
-    monkeypatch.setattr(experiment, "load_data", lambda config: (synthetic_splits(), 0.0))
+    monkeypatch.setattr(training, "load_data", lambda config: (synthetic_splits(), 0.0))
 
 
 def run_mlp(workdir: pathlib.Path, *extra: str) -> dict:
@@ -113,10 +114,10 @@ KILLED_AT_EVENT = textwrap.dedent("""
     import os, signal, sys
     from tensorboardX import event_file_writer
     from experiments import mlp
-    from mnist_jax import experiment
+    from mnist_jax import training
     from tests.conftest import synthetic_splits
 
-    experiment.load_data = lambda config: (synthetic_splits(), 0.0)
+    training.load_data = lambda config: (synthetic_splits(), 0.0)
     written = [0]
     write_event = event_file_writer.EventsWriter.write_event
 
@@ -136,8 +137,8 @@ def test_a_run_killed_while_writing_event_files_leaves_none_and_its_rerun_matche
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     # SIGKILL in the middle of the event files of the second of the four runs (after 6 events)
     proc = subprocess.run([sys.executable, "-c", KILLED_AT_EVENT, "6", "--workdir", str(killed), *SWEEP],
-                          capture_output=True, text=True, cwd=experiment.REPO_ROOT,
-                          env={**os.environ, "PYTHONPATH": str(experiment.REPO_ROOT)})
+                          capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     events = [p for p in killed.rglob("events.out.tfevents.*")]
     assert events, "the kill came before any event file was written"
@@ -161,9 +162,9 @@ def workdir_meta(workdir: pathlib.Path) -> pathlib.Path:
 
 def test_python_m_experiments_lists_every_registered_experiment():
     out = subprocess.run([sys.executable, "-m", "experiments"], capture_output=True, text=True, check=True,
-                         cwd=experiment.REPO_ROOT).stdout
+                         cwd=REPO_ROOT).stdout
     for exp in registry.experiments():
-        rel = exp.config.relative_to(experiment.REPO_ROOT)
+        rel = exp.config.relative_to(REPO_ROOT)
         assert f"{exp.name}  (python -m {exp.entry}" in out
         assert f"--config {rel}\n" in out
     assert "--config configs/mlp.py:quick" in out

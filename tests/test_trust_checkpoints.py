@@ -18,8 +18,10 @@ import pytest
 from conftest import synthetic_splits
 
 from experiments import evaluate, mlp
-from mnist_jax import experiment, models, sweep, tasks
+from mnist_jax import data as data_lib
+from mnist_jax import models, sweep, tasks, trained
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
+from mnist_jax.config import ConfigError
 from mnist_jax.train import TrainSpec
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -150,7 +152,7 @@ def test_a_restored_healthy_run_with_non_finite_params_is_refused():
 def synthetic_data(monkeypatch_or_context, n_train: int = 512) -> None:
     """experiments train on synthetic digits instead of MNIST (fast, offline)."""
     splits = synthetic_splits(n_train=n_train, n_eval=128)
-    monkeypatch_or_context.setattr(experiment.data_lib, "load_splits", lambda **kw: splits)
+    monkeypatch_or_context.setattr(data_lib, "load_splits", lambda **kw: splits)
 
 
 TINY = ["--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[16]",
@@ -186,12 +188,12 @@ def test_non_finite_params_of_a_run_its_metrics_call_healthy_are_called_damaged(
     synthetic_data(monkeypatch)
     w = tmp_path / "w"
     assert mlp.main(["--workdir", str(w), *TINY]) == 0
-    model = models.from_config(experiment.read_json(w / "config.json")["model"])
-    params = experiment.load_params(w, models.init_shapes(model, runs=2))
+    model = models.from_config(trained.read_json(w / "config.json")["model"])
+    params = trained.load_params(w, models.init_shapes(model, runs=2))
     params = sweep.jax.tree_util.tree_map(lambda a: np.where(np.arange(2).reshape(-1, *[1] * (a.ndim - 1)) == 1, np.nan, a),
                                           params)
     shutil.rmtree(w / "params")
-    experiment.save_params(w, params)  # sound checksums of params that contradict metrics.json
+    trained.save_params(w, params)  # sound checksums of params that contradict metrics.json
     capsys.readouterr()
     assert evaluate.main(["--workdir", str(w), "--images", str(images(tmp_path)), "--seed", "1"]) == 1
     assert "not finite although its metrics say it did not diverge" in capsys.readouterr().err
@@ -353,8 +355,8 @@ def healthy_params_are_finite(w: pathlib.Path) -> None:
     try:
         metrics = json.loads((w / "metrics.json").read_text())
         config = json.loads((w / "config.json").read_text())
-        params = experiment.load_params(w, models.init_shapes(models.from_config(config["model"]), runs=2))
-    except (OSError, ValueError, KeyError, TypeError, CheckpointError, experiment.ConfigError):
+        params = trained.load_params(w, models.init_shapes(models.from_config(config["model"]), runs=2))
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError, ConfigError):
         return
     for r, record in enumerate(metrics.get("runs", [])):
         if record.get("diverged") is False:

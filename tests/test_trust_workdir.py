@@ -1,7 +1,7 @@
 """Issue #26: a workdir's own files cannot delete elsewhere, no progress is thrown away before
 the new run stands, faults are one line each, and `compare` can show that a resume kept the numbers.
 
-Unit tests drive `experiment.main` with the fake runs of test_workdir (no training); the
+Unit tests drive `cli.main` with the fake runs of test_workdir (no training); the
 integration tests train tiny real runs in subprocesses and interrupt them at checkpoints.
 """
 
@@ -19,8 +19,9 @@ import pytest
 from test_workdir import S, committed, fake_run, main, reads, snapshot, wait_for_checkpoint  # noqa: F401 (reads: of its fake runs)
 
 from experiments import evaluate
-from mnist_jax import compare, experiment, results_table
+from mnist_jax import compare, results_table, trained, training
 from mnist_jax import workdir as workdir_lib
+from mnist_jax.config import ConfigError, parse_args
 
 MARKER = pathlib.Path(".mnist_jax") / "workdir.json"
 
@@ -150,11 +151,11 @@ def test_a_new_config_that_fails_before_its_first_checkpoint_keeps_the_unfinishe
         assert capsys.readouterr().err.strip() == "interrupted; run again to resume from epoch 0"
     elif failure == "config error":
         def rejects(config, run_dir):
-            raise experiment.ConfigError("rejected inside run")
+            raise ConfigError("rejected inside run")
         assert main(rejects, w, *other) == 2
     else:  # SIGKILL after `begin` set the unfinished run aside: the next process finds it so
         wd = workdir_lib.Workdir.open(w, "mlp")
-        wd.begin(experiment.to_jsonable(experiment.parse_args(["--workdir", str(w), *other], "configs/mlp.py")[1].to_dict()))
+        wd.begin(trained.to_jsonable(parse_args(["--workdir", str(w), *other], "configs/mlp.py")[1].to_dict()))
         wd.close()
     assert {k: v for k, v in snapshot(w).items() if not k.startswith(".mnist_jax")} == committed_before
     assert main(resume_epoch, w, *S, "--config.learning_rate=0.3") == 0
@@ -165,7 +166,7 @@ def test_a_new_config_that_fails_before_its_first_checkpoint_keeps_the_unfinishe
 def test_a_model_that_is_no_classifier_is_refused_before_the_data_loads(tmp_path, monkeypatch, capsys, kind):
     from experiments import mlp
 
-    monkeypatch.setattr(experiment, "load_data", lambda config: pytest.fail("data loaded for a model that cannot train"))
+    monkeypatch.setattr(training, "load_data", lambda config: pytest.fail("data loaded for a model that cannot train"))
     assert mlp.main(["--workdir", str(tmp_path / "w"), f"--config.model.kind={kind}"]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert f"config.model.kind='{kind}' is not allowed here: this experiment trains a classifier" in line
@@ -269,7 +270,7 @@ def test_truncated_json_anywhere_in_a_workdir_is_one_line_naming_it_or_harmless(
     the damaged file when it is one the command reads (the fake params end evaluate otherwise)."""
     w = tmp_path / "w"
     assert main(fake_run, w, *S) == 0
-    experiment.write_json(w / "checkpoints" / "code_id.json", {"code_id": "git:x"})
+    trained.write_json(w / "checkpoints" / "code_id.json", {"code_id": "git:x"})
     assert main(checkpointed_then_interrupted, w, *S, "--config.learning_rate=0.3") == 130
     capsys.readouterr()
     truncate(w / name)
@@ -398,7 +399,7 @@ def test_compare_finds_no_difference_between_a_resumed_run_and_an_uninterrupted_
     from experiments import mlp
     from mnist_jax.checkpoint import Checkpointer
 
-    monkeypatch.setattr(experiment, "load_data", lambda config: (synthetic_splits(), 0.0))
+    monkeypatch.setattr(training, "load_data", lambda config: (synthetic_splits(), 0.0))
     args = ["--config.seeds=2", "--config.epochs=3", "--config.model.hidden=[8]", "--config.checkpoint_seconds=0"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert mlp.main(["--workdir", str(straight), *args]) == 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import variance_sources
-from mnist_jax import experiment, report, tasks, train
+from mnist_jax import report, tasks, train, training
 from mnist_jax.config import parse_args
 
 
@@ -31,7 +31,7 @@ def test_configs_parse_and_name_known_sources(name, tmp_path):
     assert config.seeds >= 3 and variance_sources.describe_model(config)
     if name == "variance_sources_cnn":
         _, task = tasks.classifier_from_config(config)
-        assert "dropout" in config.sources and experiment.hparams(config, task)["dropout_rate"] == [0.5]
+        assert "dropout" in config.sources and training.hparams(config, task)["dropout_rate"] == [0.5]
 
 
 @pytest.mark.integration

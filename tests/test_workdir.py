@@ -1,6 +1,6 @@
 """Issue #14: a workdir never lies and never loses a file.
 
-Unit tests drive `experiment.main` with a fake `run` (no training) to check the transaction,
+Unit tests drive `cli.main` with a fake `run` (no training) to check the transaction,
 the marker, the lock and the one-line errors; integration tests train tiny real runs, and the
 chaos test kills one with SIGKILL at random moments.
 """
@@ -22,7 +22,8 @@ import pytest
 
 from experiments import evaluate, mlp, reproduce, vae
 from experiments import sweep as sweep_experiment
-from mnist_jax import experiment, models, plots, registry, stats, sweep, tasks
+from mnist_jax import cli, models, plots, registry, stats, sweep, tasks, trained, training
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError, parse_args
 from mnist_jax.train import TrainSpec
@@ -61,7 +62,7 @@ def main(run, workdir, *args, default="configs/mlp.py"):
 def call_main(run, argv, default):
     """experiment.main's exit code ("escaped" when a Ctrl-C got through it)."""
     try:
-        return experiment.main(run, argv, default)
+        return cli.main(run, argv, default)
     except KeyboardInterrupt:
         return "escaped"
 
@@ -176,7 +177,7 @@ def test_discard_for_force_removes_only_what_mnist_jax_made(tmp_path):
 
 def test_an_empty_workdir_argument_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert experiment.main(must_not_run, ["--workdir=", *S], "configs/mlp.py") == 2
+    assert cli.main(must_not_run, ["--workdir=", *S], "configs/mlp.py") == 2
     assert "--workdir is empty" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -238,9 +239,9 @@ def test_evaluate_refuses_a_diverged_run(tmp_path, capsys):
     model = models.from_config(config.model)
     params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 2))
     params = jax.tree_util.tree_map(lambda a: a.at[1].set(jnp.nan), params)
-    experiment.write_json(tmp_path / "config.json", config.to_dict())
-    experiment.write_json(tmp_path / "metrics.json", {"seeds": [0, 1], "history": {"diverged": [[False], [True]]}})
-    experiment.save_params(tmp_path, params)
+    trained.write_json(tmp_path / "config.json", config.to_dict())
+    trained.write_json(tmp_path / "metrics.json", {"seeds": [0, 1], "history": {"diverged": [[False], [True]]}})
+    trained.save_params(tmp_path, params)
     np.save(tmp_path / "x.npy", np.zeros((3, 28, 28), np.uint8))
     args = ["--workdir", str(tmp_path), "--images", str(tmp_path / "x.npy")]
     assert evaluate.main([*args, "--seed", "1"]) == 1
@@ -287,7 +288,7 @@ def no_data(monkeypatch):
     """Loading data (the first expensive step of every run) fails the test."""
     def fail(*a, **k):
         raise AssertionError("data was loaded: the error was not found before the expensive part")
-    monkeypatch.setattr(experiment, "load_data", fail)
+    monkeypatch.setattr(training, "load_data", fail)
 
 
 def test_vae_refuses_a_non_classifier_before_training(tmp_path, no_data, capsys):
@@ -295,7 +296,7 @@ def test_vae_refuses_a_non_classifier_before_training(tmp_path, no_data, capsys)
     assert "config.classifier.model.kind='dae' is not allowed" in capsys.readouterr().err
     den = tmp_path / "den"
     (den / "params").mkdir(parents=True)
-    experiment.write_json(den / "config.json", {"experiment": "denoise", "model": {"kind": "dae"}})
+    trained.write_json(den / "config.json", {"experiment": "denoise", "model": {"kind": "dae"}})
     assert vae.main(["--workdir", str(tmp_path / "v2"), f"--config.classifier.workdir={den}"]) == 2
     assert "not a classifier" in capsys.readouterr().err
 
@@ -312,7 +313,7 @@ def test_evaluate_checks_out_before_any_compute(tmp_path, monkeypatch, capsys, o
     (tmp_path / "ro").mkdir()
     os.chmod(tmp_path / "ro", 0o555)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(evaluate.experiment, "restore_run", lambda *a: pytest.fail("restored before checking --out"))
+    monkeypatch.setattr(trained, "restore_run", lambda *a: pytest.fail("restored before checking --out"))
     # a folder nobody can write into: read-only for a user; for root (who writes anyway), /proc
     out = out.replace("RO", "/proc" if os.geteuid() == 0 and os.path.isdir("/proc") else "ro")
     assert evaluate.main(["--workdir", "nowhere", "--images", "x.npy", "--out", out]) == 2
@@ -439,7 +440,7 @@ def test_a_killed_json_write_leaves_no_file_in_the_committed_workdir(tmp_path):
 
     assert main(leaves_a_temp, w, *S) == 0
     assert not [p for p in w.rglob("*") if p.name.endswith(".tmp")]
-    assert experiment.workdir_lib.temp_path(w / "metrics.json") == w / ".metrics.json.tmp"  # fixed, overwritten
+    assert workdir_lib.temp_path(w / "metrics.json") == w / ".metrics.json.tmp"  # fixed, overwritten
 
 
 def test_evaluate_batches_hold_the_output_once(tmp_path):
@@ -671,7 +672,7 @@ def test_evaluate_after_an_interrupted_run_uses_the_finished_run_and_says_so(tmp
 
     def real_params_run(config, run_dir):
         params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 2))
-        experiment.save_params(run_dir, params)
+        trained.save_params(run_dir, params)
         return {"seeds": [0, 1]}
 
     w = tmp_path / "w"

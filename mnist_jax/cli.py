@@ -1,0 +1,212 @@
+"""The command line of every experiment and the lifecycle of its workdir: parse, validate,
+open and lock the workdir, run, and commit config.json / metrics.json with their provenance.
+
+An experiment module defines `run(config, workdir) -> metrics` and `reads(config)`, and ends with
+`main = cli.entry_point(run, "configs/<name>.py", __doc__, __name__)`; this module does the rest
+of the contract in docs/extending.md (config.json, metrics.json, exit codes, clear errors).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Callable
+
+import ml_collections
+
+from mnist_jax import compilation, distributed, preflight, provenance, registry, sweep, tensorboard, trained
+from mnist_jax import data as data_lib
+from mnist_jax import workdir as workdir_lib
+from mnist_jax.checkpoint import CheckpointError, is_disk_full, space_text
+from mnist_jax.config import REPO_ROOT, ConfigError, load_config_module, parse_args
+
+
+def entry_point(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], default_config: str,
+                description: str = "", module_name: str = "") -> Callable[[list[str] | None], int]:
+    """The `main(argv)` of an experiment module: `main(run, argv, default_config, description)`.
+
+    The module's last line is `main = cli.entry_point(run, "configs/x.py", __doc__, __name__)`:
+    run as a script (`python -m experiments.x`, so `module_name == "__main__"`), it also runs
+    `main` and exits with its code.
+    """
+
+    def entry(argv: list[str] | None = None) -> int:
+        return main(run, argv, default_config, description)
+
+    if module_name == "__main__":
+        sys.exit(entry())
+    return entry
+
+
+def main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
+         default_config: str, description: str = "") -> int:
+    """Parse, validate, open and lock the workdir, run, and commit config.json / metrics.json.
+
+    The command runs every config whose ENTRY names it (`registry`). User errors print one line
+    and return 2; missing data or a bad checkpoint return 1; Ctrl-C returns 130 with the epoch a
+    rerun resumes from.
+
+    Started as several processes (`mnist_jax.distributed`), every process trains and process 0
+    alone opens, locks and commits the workdir and prints; a process that fails ends at once
+    with its exit code, which stops the others (`distributed.exit_now`).
+    """
+    if distributed.initialize():
+        try:
+            code = _main(run, argv, default_config, description)
+        except SystemExit as err:  # --help, or a usage error of the argument parser: the same everywhere
+            code = err.code if isinstance(err.code, int) else 1
+            if code == 0:
+                raise
+        except BaseException as err:  # noqa: BLE001 - anything unexpected must stop every process
+            distributed.exit_now(1, err)
+        if code != 0:
+            distributed.exit_now(code)
+        return code
+    return _main(run, argv, default_config, description)
+
+
+def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: list[str] | None,
+          default_config: str, description: str) -> int:
+    workdir = None
+    try:
+        path, config = parse_args(argv, default_config, description)
+        check_experiment(config, default_config)
+        preflight.preflight(config, run)
+        workdir = distributed.on_writer(lambda: workdir_lib.Workdir.open(path, experiment_name(config, default_config)))
+        run_in_workdir(workdir, run, config, provenance.command_line(argv, run.__module__), path)
+    except distributed.WriterFailed as err:  # process 0 has said why
+        return err.code
+    except KeyboardInterrupt:
+        if distributed.is_writer():
+            print(f"interrupted; run again to resume from epoch {_resume_epoch(workdir)}", file=sys.stderr)
+        return 130
+    except Interrupted:
+        return 130
+    except ConfigError as err:
+        if distributed.is_writer():  # every process checks the same config: process 0 says it
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (data_lib.DataUnavailableError, CheckpointError) as err:
+        print(f"error: {_who()}{err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        where = err.filename or (workdir.run_dir if workdir is not None else path)
+        what = where if err.filename else f"into {where}"  # a figure's writer does not say which file
+        print(f"error: {_who()}no space left on the device writing {what} ({space_text(where)}); free some and run "
+              f"again to resume from epoch {_resume_epoch(workdir)}", file=sys.stderr)
+        return 1
+    finally:
+        if workdir is not None:
+            workdir.close()
+            workdir.remove_if_unused()
+    if workdir is not None:
+        print(f"wrote {workdir.root / 'metrics.json'}")
+    return 0
+
+
+def experiment_name(config: ml_collections.ConfigDict, default_config: str) -> str:
+    """The experiment a config runs: its `experiment` field, else the default config's name."""
+    return config.get("experiment", None) or pathlib.Path(default_config).stem
+
+
+def check_experiment(config: ml_collections.ConfigDict, default_config: str) -> str:
+    """The config's experiment name; ConfigError when the registry (`configs/`) says another
+    command runs that experiment."""
+    name = experiment_name(config, default_config)
+    this = load_config_module(REPO_ROOT / default_config).ENTRY
+    entries = registry.entries_of(name)
+    if this not in entries:
+        runs = f"is run by {' or '.join(sorted(entries))}" if entries else "is not registered in configs/"
+        raise ConfigError(f"--config is a config of experiment {name!r}, which {runs}; this command is {this}")
+    return name
+
+
+def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict],
+                   config: ml_collections.ConfigDict, command: str, path: str | os.PathLike | None = None) -> dict:
+    """Run `config` in the workdir's run directory and commit its outputs with its metrics, whose
+    provenance names `command` and the code (and the code that wrote any checkpoints it resumed).
+
+    The run resumes the unfinished run of the same config, if any; the committed config.json,
+    metrics.json and everything else change only at the commit, all together. Any failure of a
+    new run before its first checkpoint (a ConfigError, a crash, Ctrl-C) leaves the workdir as it
+    was, an unfinished run of another config included (`Workdir.abandon`).
+
+    In a multi-process run only process 0 has the open `workdir` and begins and commits the run;
+    the others (`workdir` None) train in the run directory under `path` once process 0 made it.
+    """
+    def begin() -> tuple[pathlib.Path, str | None]:
+        run_dir = workdir.begin(trained.to_jsonable(config.to_dict()))
+        other_code = trained.foreign_checkpoints(run_dir)
+        if other_code and trained.outside_part(other_code) != trained.outside_part(provenance.code_id()):
+            # another version of a model file from outside the repository: its checkpoints are another model's
+            print(f"{workdir.root}: its checkpoints were trained with other code from outside the repository "
+                  f"({other_code}); training from the start")
+            shutil.rmtree(run_dir / "checkpoints")
+            other_code = None
+        elif other_code:
+            print(f"{workdir.root}: its checkpoints were written by other code ({other_code}); a resumed run says so "
+                  "in its provenance")
+        return run_dir, other_code
+
+    began = distributed.on_writer(begin)
+    shared = (pathlib.Path(path or ".").resolve() / workdir_lib.META / workdir_lib.RUN, None)
+    run_dir, other_code = began if workdir is not None else shared
+    started, start, compiled = provenance.now(), time.perf_counter(), compilation.counts()
+    cache_at_start = compilation.cache_entries()
+    try:
+        metrics = run(config, run_dir)
+    except BaseException:
+        if workdir is not None:
+            workdir.abandon()
+        raise
+    finally:
+        sweep.cancel_ahead()  # nothing this run queued compiles into the next one
+    metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
+    metrics["timing"]["compilation"] = {**compilation.since(compiled),  # every program of the run, not only training's
+                                        "cache_entries_at_start": cache_at_start}
+    prov = provenance.collect(command, started)
+    if other_code:
+        prov["checkpoints_from"] = other_code
+    metrics = with_provenance(metrics, prov)
+    distributed.on_writer(lambda: workdir.commit(lambda d: write_outputs(d, metrics, config)))
+    return metrics
+
+
+def write_outputs(run_dir: pathlib.Path, metrics: dict, config: ml_collections.ConfigDict) -> None:
+    """What the commit adds to the run: metrics.json and, unless `config.tensorboard` is False, the
+    TensorBoard event files of its runs (`mnist_jax.tensorboard`), so both appear together or not at all."""
+    trained.write_json(run_dir / "metrics.json", metrics)
+    if config.get("tensorboard", True):
+        tensorboard.write(run_dir, trained.to_jsonable(metrics))
+
+
+def with_provenance(metrics: dict, prov: dict) -> dict:
+    """metrics with `schema_version` and `provenance` first, as every metrics.json has them."""
+    return {"schema_version": provenance.SCHEMA_VERSION, "provenance": prov,
+            **{k: v for k, v in metrics.items() if k not in ("schema_version", "provenance")}}
+
+
+def config_matches(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+    """Whether the workdir's committed run (config.json, written only together with its results)
+    had exactly `config`."""
+    path = pathlib.Path(workdir) / "config.json"
+    return path.exists() and trained.read_json(path) == trained.to_jsonable(config.to_dict())
+
+
+class Interrupted(Exception):
+    """A nested experiment was interrupted and has said so: exit 130 without another message."""
+
+
+def _resume_epoch(workdir: workdir_lib.Workdir | None) -> int:
+    """The epoch a rerun of the same config resumes from (0 when this run was undone or never began)."""
+    return workdir_lib.checkpoint_epoch(workdir.run_dir) if workdir is not None and not workdir.abandoned else 0
+
+
+def _who() -> str:
+    """'process K: ' in a multi-process run, where an error may be one process's own."""
+    return f"process {distributed.process_index()}: " if distributed.is_multiprocess() else ""
