@@ -286,6 +286,7 @@ RULES = {
     "conv": (_is_bool, "True or False (a convolutional encoder and decoder)"),
     "conditional": (_is_bool, "True or False (the label goes into encoder and decoder)"),
     "force": (_is_bool, "True or False"),
+    "tensorboard": (_is_bool, "True or False (TensorBoard event files of every run)"),
     "workdir": (_is_line, "a folder as one line of text, or '' (none)"),
     "profile": (lambda v: v in ("quick", "full"), "'quick' or 'full'"),
     "only": (lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.,\s-]*", v) is not None,
