@@ -173,16 +173,30 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     if other_code:
         prov["checkpoints_from"] = other_code
     metrics = with_provenance(metrics, prov)
-    distributed.on_writer(lambda: workdir.commit(lambda d: write_outputs(d, metrics, config)))
+    section = getattr(sys.modules.get(run.__module__), "section", None)
+    distributed.on_writer(lambda: workdir.commit(lambda d: write_outputs(d, metrics, config, section)))
     return metrics
 
 
-def write_outputs(run_dir: pathlib.Path, metrics: dict, config: ml_collections.ConfigDict) -> None:
-    """What the commit adds to the run: metrics.json and, unless `config.tensorboard` is False, the
-    TensorBoard event files of its runs (`mnist_jax.tensorboard`), so both appear together or not at all."""
+def write_outputs(run_dir: pathlib.Path, metrics: dict, config: ml_collections.ConfigDict,
+                  section: Callable[[dict], str] | None = None) -> None:
+    """What the commit adds to the run: metrics.json, its REPORT.md (the experiment's `section`
+    of these metrics, with their provenance: any workdir gets one, a stage of the study's job or
+    not) and, unless `config.tensorboard` is False, the TensorBoard event files of its runs
+    (`mnist_jax.tensorboard`), so all appear together or not at all. A section that cannot be
+    rendered costs the report, never the results: one line says so."""
     trained.write_json(run_dir / "metrics.json", metrics)
+    plain = trained.read_json(run_dir / "metrics.json")  # the metrics as a reader of the file sees them
+    if section is not None:
+        try:
+            text = f"{section(plain)}\n\n{provenance.describe(plain.get('provenance'))}\n"
+        except Exception as err:  # noqa: BLE001 - the report is derived; the results it comes from stand
+            print(f"warning: REPORT.md not written ({type(err).__name__}: {err}); metrics.json has every number",
+                  file=sys.stderr)
+        else:
+            workdir_lib.write_text_atomic(run_dir / "REPORT.md", text)
     if config.get("tensorboard", True):
-        tensorboard.write(run_dir, trained.to_jsonable(metrics))
+        tensorboard.write(run_dir, plain)
 
 
 def with_provenance(metrics: dict, prov: dict) -> dict:

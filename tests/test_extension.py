@@ -213,6 +213,7 @@ def test_a_model_from_outside_trains_its_sweep_with_no_edit_of_the_package(tmp_p
     assert [p["dropout_rate"] for p in m["per_value"]] == [0.0, 0.5] and all(p["runs"] == 2 for p in m["per_value"])
     assert any(p.endswith("mymodule.py") for p in m["provenance"]["outside_code"])
     assert "| dropout_rate |" in cnn.section(m)
+    assert "| dropout_rate |" in (work / "REPORT.md").read_text()  # a workdir of its own gets its report
 
 
 @pytest.mark.integration
