@@ -81,7 +81,7 @@ def commands(text: str) -> list[str]:
 
 def test_readme_is_a_short_guide_in_its_order():
     text = readme()
-    assert len(README.read_bytes()) <= 15 * 1024, "README.md is a user's guide of at most 15 KB; the rest goes to docs/"
+    assert len(README.read_bytes()) <= 15_000, "README.md is a user's guide of at most 15 KB; the rest goes to docs/"
     headings = re.findall(r"^## (.+)$", without_generated(text), re.M)
     assert headings == list(SECTIONS)
 
