@@ -65,3 +65,19 @@ def test_real_mnist_shapes_and_cache_needs_no_tensorflow(mnist):
             "assert raw['train_x'].shape == (60000, 28, 28, 1); "
             "assert 'tensorflow' not in sys.modules, 'cache load imported TensorFlow'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_synthetic_mnist_has_the_layout_of_mnist(synthetic_mnist):
+    raw = data_lib.load_mnist()
+    assert sorted(raw) == ["test_x", "test_y", "train_x", "train_y"]
+    for protocol in ("holdout", "study"):
+        splits = data_lib.load_splits(protocol=protocol, on_device=False)
+        for x, y in zip(splits[::2], splits[1::2], strict=True):
+            assert x.dtype == np.uint8 and x.shape[1:] == data_lib.IMAGE_SHAPE and x.shape[0] == y.shape[0]
+            assert y.dtype == np.int32 and sorted(set(y.tolist())) == list(range(data_lib.NUM_CLASSES))
+    assert np.array_equal(splits.val_x, splits.test_x)  # the study's protocol validates on the test set
+
+
+def test_a_fast_test_cannot_load_the_real_mnist():
+    with pytest.raises(pytest.fail.Exception, match="integration"):
+        data_lib.load_mnist()

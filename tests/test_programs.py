@@ -27,11 +27,11 @@ def two_vaes():
     return model, params
 
 
-def test_loading_data_compiles_nothing():
-    config = ml_collections.ConfigDict({"n_val": 5000, "protocol": "holdout", "train_images": 1000, "batch_size": 128})
+def test_loading_data_compiles_nothing(synthetic_mnist):
+    config = ml_collections.ConfigDict({"n_val": 5000, "protocol": "holdout", "train_images": 100, "batch_size": 64})
     (splits, _), n = programs_of(lambda: training.load_data(config))
     assert n == 0  # jnp.asarray or slicing a device array would compile a program per array
-    assert splits.train_x.shape == (1000, 28, 28, 1) and isinstance(splits.test_x, jax.Array)
+    assert splits.train_x.shape == (100, 28, 28, 1) and isinstance(splits.test_x, jax.Array)
 
 
 def test_vae_helpers_compile_once_for_every_run():

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from mnist_jax import losses, models, regularizers, sweep, tasks, train
-from mnist_jax.data import Splits
 
 SPEC = train.TrainSpec(epochs=3, batch_size=48)  # 256 examples: 5 full batches and one of 16
 
@@ -199,10 +198,6 @@ def test_unknown_optimizer_is_a_clear_error(tiny):
 def test_empty_grid_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match="empty"):
         sweep.train_grid(mlp_task(), SPEC, {"learning_rate": np.zeros(0, np.float32)}, np.zeros(0, np.int32), tiny)
-
-
-def test_splits_type_is_what_runs_take(tiny):
-    assert isinstance(tiny, Splits)
 
 
 def test_traced_dropout_rate_reaches_the_model(tiny):

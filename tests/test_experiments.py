@@ -1,0 +1,112 @@
+"""Every registered experiment end to end on tiny synthetic data (`synthetic_mnist`): its command
+runs in-process, writes metrics.json with finite numbers, its figures and its REPORT section; and
+`reproduce` runs two stages into one REPORT.md. The experiments come from the registry
+(`configs/`), so a new config is tested here by itself."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import pytest
+
+from experiments import reproduce
+from mnist_jax import registry
+from mnist_jax.config import ConfigError, load_config_file
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+# Overrides that shrink a config to a smoke test of its wiring; each applies to a config that has
+# the field, and only where it lowers the config's value.
+SHRINK = {
+    "seeds": 2, "epochs": 1, "batch_size": 64, "n_val": 100, "train_images": 0,
+    "denoiser_epochs": 1, "map_epochs": 1, "classifier.epochs": 1, "classifier.batch_size": 64,
+    "denoiser.batch_size": 64, "iwae_k": 4, "iwae_images": 20, "iwae_batch": 10, "n_samples": 100,
+    "test_resamples": 20,
+}
+FLOOR = {"variance_sources": {"seeds": 3}}  # a spread and its CI need 3 runs per source
+TRAINED = [e for e in registry.experiments() if e.entry != "experiments.reproduce"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def light_compiles():
+    """The programs here check wiring on a few hundred images: XLA compiles them with little
+    optimization (about half the compile time); they are dropped from JAX's caches afterwards."""
+    before = jax.config._read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+    jax.clear_caches()
+
+
+def get(config, dotted: str):
+    """config.<dotted>, or None when the config has no such field."""
+    node = config
+    for name in dotted.split("."):
+        if not hasattr(node, "keys") or name not in node:
+            return None
+        node = node[name]
+    return node
+
+
+def config_arg(e: registry.Experiment) -> str:
+    """The experiment's quick profile, or its file when its get_config takes no profile."""
+    try:
+        load_config_file(e.config_arg("quick"))
+    except ConfigError:
+        return str(e.config)
+    return e.config_arg("quick")
+
+
+def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
+    arg = config_arg(e)
+    config = load_config_file(arg)
+    shrink = {**SHRINK, **FLOOR.get(e.name, {})}
+    values = {k: (get(config, k), v) for k, v in shrink.items()}
+    return ["--workdir", str(workdir), "--config", arg,
+            *(f"--config.{k}={v}" for k, (now, v) in values.items()
+              if isinstance(now, (int, float)) and not isinstance(now, bool) and v < now)]
+
+
+def numbers(obj):
+    """Every int or float leaf of a JSON value (bools are not numbers here)."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+@pytest.mark.parametrize("e", TRAINED, ids=lambda e: e.config.stem)
+def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_path):
+    workdir = tmp_path / "w"
+    assert e.module().main(shrunk_args(e, workdir)) == 0
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["experiment"] == e.name
+    assert metrics["runs"], "metrics.json has no runs"
+    for r in metrics["runs"]:
+        if not r.get("diverged"):
+            assert all(math.isfinite(v) for v in numbers(r)), r
+    pngs = sorted(workdir.glob("*.png"))
+    assert pngs, "no figure written"
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG, png
+    text = e.module().section(metrics)
+    assert isinstance(text, str) and text.strip()
+
+
+def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_path):
+    stages = [s.name for s in registry.stages()][:2]
+    assert reproduce.main(["--workdir", str(tmp_path), f"--config.only={','.join(stages)}"]) == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics["stages"]) == stages
+    for name in stages:
+        assert metrics["stages"][name]["status"] == "ran"
+        assert (tmp_path / name / "metrics.json").exists()
+        section = registry.stage(name).module().section(json.loads((tmp_path / name / "metrics.json").read_text()))
+        assert section.strip() and section.strip() in report
