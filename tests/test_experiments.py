@@ -12,8 +12,9 @@ import jax
 import pytest
 
 from experiments import reproduce
-from mnist_jax import registry
-from mnist_jax.config import ConfigError, load_config_file
+from mnist_jax import preflight, registry, training
+from mnist_jax.config import ConfigError, load_config_file, parse_args
+from mnist_jax.sweep import num_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -82,9 +83,16 @@ def numbers(obj):
 
 
 @pytest.mark.parametrize("e", TRAINED, ids=lambda e: e.config.stem)
-def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_path):
+def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_path, monkeypatch):
     workdir = tmp_path / "w"
-    assert e.module().main(shrunk_args(e, workdir)) == 0
+    args = shrunk_args(e, workdir)
+    grids = []  # the runs of every grid the experiment trains (every grid trains through training.train)
+    real_train_grid = training.train_grid
+    monkeypatch.setattr(training, "train_grid", lambda task, spec, hp, seeds, *a, **k:
+                        grids.append(num_runs(seeds)) or real_train_grid(task, spec, hp, seeds, *a, **k))
+    assert e.module().main(args) == 0
+    _, config = parse_args(args, str(e.config))
+    assert max(grids) == preflight.planned_runs(config, e.module().run)  # the preflight counts exactly
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["experiment"] == e.name
     assert metrics["runs"], "metrics.json has no runs"
