@@ -24,8 +24,8 @@ def plain_optax(spec: train.TrainSpec, hp: dict, n_train: int) -> optax.Gradient
     return {"sgd": optax.sgd, "adam": optax.adam}[spec.optimizer](lr)
 
 
-@pytest.mark.parametrize("schedule", train.SCHEDULES)
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+# each optimizer of the study's configs once, and each schedule once
+@pytest.mark.parametrize("optimizer, schedule", [("sgd", "constant"), ("momentum", "cosine"), ("adam", "warmup_cosine")])
 def test_injected_optimizer_trains_bit_for_bit_as_plain_optax(tiny, monkeypatch, optimizer, schedule):
     spec = train.TrainSpec(epochs=2, batch_size=32, optimizer=optimizer, schedule=schedule)
     hp = {"learning_rate": jnp.float32(3e-3 if optimizer == "adam" else 0.05)}
