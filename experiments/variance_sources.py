@@ -82,6 +82,11 @@ def power_table(sigma: dict, config: ml_collections.ConfigDict) -> dict:
             "rows": rows, "sweeps": sweeps}
 
 
+def times(a: float, b: float, unit: str = " x") -> str:
+    """'1.23 x' for the ratio a / b; where b is 0 (a spread of exactly nothing) there is no ratio."""
+    return f"{a / b:.2f}{unit}" if b else f"no ratio{unit} (a spread of 0)"
+
+
 def verdict(per_source: dict) -> dict:
     """Whether each source alone spreads test accuracy as much as all together (its std inside the
     95 % CI of the std of `all`), the reading of Summers & Dinneen (2021)."""
@@ -103,7 +108,7 @@ def verdict(per_source: dict) -> dict:
                 dis_outside.append(source)
     tested = [s for s in inside + outside if s in NONDETERMINISM]
     agrees = bool(tested) and all(s in inside for s in tested)
-    ratio = ", ".join(f"{s} ({per_source[s]['std_pct']['std'] / all_ci['std']:.2f} x)" for s in outside)
+    ratio = ", ".join(f"{s} ({times(per_source[s]['std_pct']['std'], all_ci['std'])})" for s in outside)
     text = (f"Spread (std of test accuracy) inside the 95 % CI of 'all' ({all_ci['ci_low']:.3f}-{all_ci['ci_high']:.3f} "
             f"% points): {', '.join(inside) or 'none'}; outside: {ratio or 'none'}.")
     if dis_outside:
@@ -273,7 +278,7 @@ def section(m: dict) -> str:
         f"For scale: the test-set sampling std of one model (no training; {sampling['resamples']} bootstrap resamples "
         f"of the {sampling['test_images']:,} test images) is {sampling['bootstrap_std_pct']:.3f} % points "
         f"(binomial formula: {sampling['binomial_std_pct']:.3f}): the spread over runs of 'all' is "
-        f"{m['per_source']['all']['std_pct']['std'] / sampling['bootstrap_std_pct']:.2f} times that.",
+        f"{times(m['per_source']['all']['std_pct']['std'], sampling['bootstrap_std_pct'], ' times')} that.",
         f"**Against Summers & Dinneen (2021)**: {m['verdict']['text']}",
         f"**How many seeds** (from the spread of 'all', σ = {power['sigma_pct']:.3f} % points, upper 95 % bound "
         f"{power['sigma_ci_high_pct']:.3f}; {power['test']}, alpha {power['alpha']:g}, power {power['power']:g}):",
