@@ -67,3 +67,15 @@ def test_variance_sources_end_to_end(tmp_path):
     assert "Against Summers & Dinneen" in text and "seeds per arm" in text and "variance_sources.png" in text
     config = json.loads((tmp_path / "config.json").read_text())
     assert "Summers & Dinneen" in report.row("variance_sources", m, config)[1]
+
+
+def test_a_spread_of_exactly_zero_has_a_verdict():
+    """Runs of 'all' that agree on every test image (std 0) leave no ratio to print, not a ZeroDivisionError."""
+    from experiments import variance_sources
+
+    def row(std, identical=False):
+        return {"std_pct": {"std": std, "ci_low": 0.0, "ci_high": std}, "identical_runs": identical,
+                "disagreement": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0}, "std_pct_by_epoch": None}
+
+    v = variance_sources.verdict({"init": row(0.1), "all": row(0.0)})
+    assert v["outside_all_ci"] == ["init"] and "no ratio" in v["text"]
