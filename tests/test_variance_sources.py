@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import variance_sources
-from mnist_jax import report, tasks, train, training
+from mnist_jax import models, report, tasks, train, training
 from mnist_jax.config import parse_args
 
 
@@ -28,7 +28,7 @@ def test_each_source_varies_its_own_seed_only():
 def test_configs_parse_and_name_known_sources(name, tmp_path):
     _, config = parse_args(["--workdir", str(tmp_path), "--config", f"configs/{name}.py"], "")
     assert set(config.sources) <= set(variance_sources.SOURCES) and "all" in config.sources
-    assert config.seeds >= 3 and variance_sources.describe_model(config)
+    assert config.seeds >= 3 and variance_sources.describe_model(config, models.from_config(config.model))
     if name == "variance_sources_cnn":
         _, task = tasks.classifier_from_config(config)
         assert "dropout" in config.sources and training.hparams(config, task)["dropout_rate"] == [0.5]
