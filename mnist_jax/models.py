@@ -18,7 +18,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax._src.interpreters import partial_eval as pe
+
+try:  # jax's dead-code elimination of a jaxpr: which inputs an output needs (no public API has it)
+    from jax._src.interpreters.partial_eval import dce_jaxpr
+except ImportError:  # another jax: every call argument counts as used
+    dce_jaxpr = None
 
 from mnist_jax.config import ConfigError
 from mnist_jax.data import IMAGE_SHAPE
@@ -435,9 +439,11 @@ def _used_hparams(model: nn.Module, names: tuple[str, ...]) -> tuple[str, ...]:
             kwargs["train"] = True
         return model.apply(params, x, rngs={"dropout": jax.random.key(0)}, **kwargs)
 
+    if dce_jaxpr is None:
+        return names
     scalars = [jax.ShapeDtypeStruct((), jnp.float32)] * len(names)
     jaxpr = jax.make_jaxpr(apply)(params, scalars).jaxpr
-    _, used = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    _, used = dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
     return tuple(n for n, u in zip(names, used[-len(names):], strict=True) if u)
 
 
