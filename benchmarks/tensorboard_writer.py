@@ -2,7 +2,7 @@
 
     python -m benchmarks.tensorboard_writer --imports 5                  # import time of each writer
     python -m benchmarks.tensorboard_writer --write docs/results/h100/l2_sweep/metrics.json
-    python -m benchmarks.tensorboard_writer --stage 3 --root /tmp/tb_stage  # a quick stage, on vs off
+    python -m benchmarks.tensorboard_writer --stage 3 --root runs/tb_stage   # a quick stage, on vs off
 
 `--imports N`: each candidate is imported N times, each in a fresh process that has already
 imported numpy and jax (every run has), the candidates alternated; prints the median seconds of
