@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import models, tasks, trained
+from mnist_jax import tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +53,6 @@ class TrainedGrid:
         """Predicted labels (R, N) of every run on images x."""
         fn = _predictions_fn(self.model)
         return np.asarray(tasks.over_runs(fn, (self.params,), (jnp.asarray(x),), chunk=runs_at_once))
-
-    @classmethod
-    def restore(cls, workdir: str | pathlib.Path, block: dict, params_dir: str = "params") -> TrainedGrid:
-        """The grid a finished workdir saved in `params_dir`, of the model config `block`."""
-        model = models.from_config(block)
-        metrics = trained.read_json(pathlib.Path(workdir) / "metrics.json")
-        params = trained.load_params(workdir, models.init_shapes(model, runs=trained.run_count(metrics)),
-                                     params_dir)
-        return cls(model, params)
 
 
 @functools.lru_cache(maxsize=64)

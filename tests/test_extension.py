@@ -289,3 +289,22 @@ def test_momentum_given_to_sgd_is_what_sgd_trains_with():
     _, task = tasks.classifier_from_config(config)
     assert training.hparams(config, task, spec)["momentum"] == [0.1]
     assert "momentum" in train.optimizer_hparams(spec)
+
+
+def test_a_trained_grid_gives_each_runs_logits_and_predictions(tiny):
+    """TrainedGrid's logits of every run, a few runs at a time, are each run's own logits."""
+    import jax
+
+    from mnist_jax import grid, tasks, train
+
+    model = models.MLP((16,))
+    hp, seeds = sweep.grid([0, 1, 2], learning_rate=[0.1])
+    result = sweep.train_grid(tasks.classifier_task(model), train.TrainSpec(epochs=1, batch_size=64), hp, seeds, tiny)
+    trained = grid.TrainedGrid(model, result.state.params, hp, seeds)
+    logits = trained.logits(tiny.test_x, runs_at_once=2)
+    assert logits.shape == (3, len(tiny.test_y), 10) and trained.runs == 3
+    for r in range(3):
+        one = np.asarray(tasks.classifier_logits(model, trained.run_params(r), jax.numpy.asarray(tiny.test_x)))
+        np.testing.assert_allclose(logits[r], one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(trained.predictions(tiny.test_x), logits.argmax(-1))
+    assert not np.array_equal(logits[0], logits[1])  # other seeds, other runs
