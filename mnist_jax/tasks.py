@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from mnist_jax import augment as augment_lib
 from mnist_jax import generative, losses, models, noise, regularizers
+from mnist_jax.config import ConfigError
 from mnist_jax.data import IMAGE_SHAPE, Splits, preprocess_images
 from mnist_jax.train import Batch, Task, stream_key
 
@@ -91,16 +92,9 @@ def classifier_task(model: nn.Module, augment: Callable | None = None, augment_s
 
 
 def check_classifier(model: nn.Module, kind: str | None) -> None:
-    """ConfigError unless `model`, called as a classifier's training step calls it, maps images to
-    10 class scores (checked from shapes alone: a denoiser or a VAE is refused before training)."""
-    from mnist_jax.config import ConfigError
-
-    x = jnp.zeros((1, *IMAGE_SHAPE))
-    try:
-        out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x, train=False))
-    except TypeError:  # a module whose call takes no `train`: not a classifier of this codebase
-        out = None
-    if getattr(out, "shape", None) != (1, 10):
+    """ConfigError unless `model` maps images to 10 class scores (`models.is_classifier`, from
+    shapes alone: a denoiser or a VAE is refused before training)."""
+    if not models.is_classifier(model):
         raise ConfigError(f"config.model.kind={kind!r} is not allowed here: this experiment trains a classifier, and "
                           "that model does not map an image to 10 class scores")
 

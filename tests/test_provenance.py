@@ -16,7 +16,7 @@ from mnist_jax.config import parse_args
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMALL = ["--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[16]"]
 FIELDS = {"code", "code_id", "python", "packages", "backend", "device_kind", "device_count", "process_count", "devices",
-          "host_cpu", "xla_flags", "deterministic_gpu_ops", "deterministic", "command", "started", "ended"}
+          "host_cpu", "xla_flags", "deterministic_gpu_ops", "deterministic", "command", "started", "ended", "outside_code"}
 
 
 def test_deterministic_gpu_ops_are_on_by_default_and_can_be_switched_off():

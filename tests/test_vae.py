@@ -218,8 +218,8 @@ def test_brief_training_on_mnist_drives_the_negative_elbo_far_below_its_start(mn
 def vae_workdir(tmp_path_factory):
     """A smoke-sized run of the experiment: 2 seeds, 1 epoch, a small IWAE, an MLP judge."""
     workdir = tmp_path_factory.mktemp("vae")
-    argv = ["--workdir", str(workdir), "--config.seeds=2", "--config.epochs=1", "--config.iwae_images=20",
-            "--config.iwae_k=50", "--config.map_epochs=1", "--config.classifier.model.kind=mlp"]
+    argv = ["--workdir", str(workdir), "--config", "configs/vae.py:quick", "--config.seeds=2", "--config.epochs=1",
+            "--config.iwae_images=20", "--config.iwae_k=50", "--config.map_epochs=1", "--config.n_samples=10000"]
     assert vae_experiment.main(argv) == 0
     return workdir
 

@@ -524,7 +524,7 @@ def tree_shape(root: pathlib.Path) -> set[str]:
     for p in root.rglob("*"):
         rel = p.relative_to(root).parts
         out.add("/".join(part if not (len(part) == 32 and all(c in "0123456789abcdef" for c in part)) else "<hash>"
-                         for part in rel))
+                         for part in rel).split(".tfevents.")[0])  # TensorBoard's event file names hold the time
     return out
 
 
@@ -644,7 +644,7 @@ DIVERGING = {  # tiny configs whose every run diverges (learning rate 1e30), per
                    "--config.dense_candidates=[0]", "--config.dropout_rates=[0.5]", "--config.learning_rate=1e30"],
     "vae": ["--config.seeds=1", "--config.epochs=1", "--config.iwae_images=10", "--config.iwae_k=2",
             "--config.n_samples=100", "--config.map_epochs=0", "--config.classifier.epochs=1",
-            "--config.classifier.model.kind=mlp", "--config.learning_rate=1e30"],
+            "--config", "configs/vae.py:quick", "--config.learning_rate=1e30"],
 }
 
 
