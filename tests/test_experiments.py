@@ -10,6 +10,7 @@ import math
 
 import jax
 import pytest
+from test_reproduce import numeric_leaves
 
 from experiments import reproduce
 from mnist_jax import preflight, registry, training
@@ -70,18 +71,6 @@ def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
               if isinstance(now, (int, float)) and not isinstance(now, bool) and v < now)]
 
 
-def numbers(obj):
-    """Every int or float leaf of a JSON value (bools are not numbers here)."""
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from numbers(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from numbers(v)
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        yield obj
-
-
 @pytest.mark.parametrize("e", TRAINED, ids=lambda e: e.config.stem)
 def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_path, monkeypatch):
     workdir = tmp_path / "w"
@@ -98,7 +87,7 @@ def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_pa
     assert metrics["runs"], "metrics.json has no runs"
     for r in metrics["runs"]:
         if not r.get("diverged"):
-            assert all(math.isfinite(v) for v in numbers(r)), r
+            assert all(math.isfinite(v) for v in numeric_leaves(r)), r
     pngs = sorted(workdir.glob("*.png"))
     assert pngs, "no figure written"
     for png in pngs:
