@@ -19,29 +19,11 @@ from __future__ import annotations
 import os
 
 import jax
-import numpy as np
 import pytest
+import synthetic
+from synthetic import SYNTHETIC_EVAL, SYNTHETIC_TRAIN, synthetic_splits  # noqa: F401 - tests import them from here
 
 from mnist_jax import data as data_lib
-
-SYNTHETIC_TRAIN, SYNTHETIC_EVAL = 256, 100  # training images; validation and test images each
-
-
-def synthetic_splits(n_train: int = 256, n_eval: int = 64, seed: int = 0) -> data_lib.Splits:
-    """Learnable fake digits: class k lights up row band k of the image (uint8, NHWC)."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = rng.integers(0, 10, n).astype(np.int32)
-        x = rng.integers(0, 60, (n, 28, 28, 1)).astype(np.uint8)
-        for i, k in enumerate(y):
-            x[i, 2 + 2 * k: 4 + 2 * k, 4:24, 0] = 255
-        return x, y
-
-    tx, ty = make(n_train)
-    vx, vy = make(n_eval)
-    ex, ey = make(n_eval)
-    return data_lib.Splits(tx, ty, vx, vy, ex, ey)
 
 
 @pytest.fixture
@@ -57,28 +39,24 @@ def mnist():
 
 @pytest.fixture
 def synthetic_mnist(monkeypatch) -> data_lib.Splits:
-    """MNIST replaced by `synthetic_splits` wherever the library loads it (`data.load_mnist`,
-    `data.load_splits`): SYNTHETIC_TRAIN training images, SYNTHETIC_EVAL validation images (whatever
-    `n_val` asks) and SYNTHETIC_EVAL test images. A random label on 30 % of the images of each split
-    keeps every model imperfect and runs of different seeds apart, as on MNIST (the statistics of
-    the experiments divide by spreads). Returns the holdout splits."""
-    rng = np.random.default_rng(1)
-    s = synthetic_splits(SYNTHETIC_TRAIN, SYNTHETIC_EVAL)
-    s = s._replace(**{k: np.where(rng.random(y.shape) < 0.3, rng.integers(0, 10, y.shape), y).astype(np.int32)
-                      for k, y in s._asdict().items() if k.endswith("_y")})
-    raw = {"train_x": np.concatenate([s.train_x, s.val_x]), "train_y": np.concatenate([s.train_y, s.val_y]),
-           "test_x": s.test_x, "test_y": s.test_y}
+    """MNIST replaced by `synthetic.noisy_splits` wherever the library loads it in this process
+    (`synthetic.install`): SYNTHETIC_TRAIN training images, SYNTHETIC_EVAL validation images
+    (whatever `n_val` asks) and SYNTHETIC_EVAL test images, 30 % of them with a random label.
+    Returns the holdout splits. XLA compiles the test's programs with little optimization
+    (`light_compiles`): on a few hundred images, compiling is nearly all their cost."""
+    before = jax.config._read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield synthetic.install(monkeypatch.setattr)
+    jax.config.update("jax_disable_most_optimizations", before)
 
-    def load_mnist(cache_dir=None, data_dir=None):
-        return {k: v.copy() for k, v in raw.items()}
 
-    def load_splits(n_val=5_000, protocol="holdout", on_device=True, cache_dir=None):
-        splits = data_lib.make_splits(load_mnist(), SYNTHETIC_EVAL, protocol)
-        return data_lib.Splits(*(jax.device_put(a) for a in splits)) if on_device else splits
-
-    monkeypatch.setattr(data_lib, "load_mnist", load_mnist)
-    monkeypatch.setattr(data_lib, "load_splits", load_splits)
-    return s
+@pytest.fixture
+def synthetic_processes(synthetic_mnist, monkeypatch) -> data_lib.Splits:
+    """`synthetic_mnist` here and in every process started from this test with the environment of
+    this process (commands, launchers and the processes they start)."""
+    for name, value in {**synthetic.subprocess_env(), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    return synthetic_mnist
 
 
 @pytest.fixture(autouse=True)

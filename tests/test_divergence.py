@@ -1,6 +1,6 @@
 """A diverged run is left out of the statistics of every experiment that summarizes runs.
 
-Each experiment trains a tiny version of itself on the real MNIST with run 0 of every training
+Each experiment trains a tiny version of itself on synthetic digits (`synthetic_mnist`) with run 0 of every training
 marked diverged (as the compiled program marks a run whose loss stops being finite); its
 summaries must count one run fewer where run 0 belongs, and its runs table must say so.
 """
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def planted(monkeypatch):
+def planted(monkeypatch, synthetic_mnist):
     """Run 0 of every `training.train` call diverges in its first epoch."""
     real = training.train
 
@@ -66,12 +66,12 @@ def test_l2_sweep(planted, tmp_path):
 
 def test_cnn(planted, tmp_path):
     m = run("experiments.cnn", tmp_path, "--config.seeds=2", "--config.epochs=1", "--config.model.filters=[4, 4]",
-            "--config.model.dense=8", "--config.train_images=2000")
+            "--config.model.dense=8")
     assert m["test_accuracy"]["n"] == 1 and m["diverged_seeds"] == [0]
 
 
 def test_cnn_search(planted, tmp_path):
-    m = run("experiments.cnn_search", tmp_path, "--config.seeds=2", "--config.epochs=1", "--config.train_images=500",
+    m = run("experiments.cnn_search", tmp_path, "--config.seeds=2", "--config.epochs=1",
             "--config.filters_candidates=[4]", "--config.dense_candidates=[0]", "--config.dropout_rates=[0.5, 0.8]")
     assert [r["diverged"] for r in m["runs"]] == [True, False] * (len(m["runs"]) // 2)  # run 0 of each program
     for rnd in m["rounds"].values():  # every candidate's program lost its run 0: one run of two left

@@ -1,7 +1,7 @@
 """TensorBoard event files of every run, read back with TensorBoard's own reader, and the listing
 of the experiments (`python -m experiments`).
 
-The runs train on tiny synthetic data (`conftest.synthetic_splits` in place of MNIST)."""
+The runs train on tiny synthetic data (`tests/synthetic.py` in place of MNIST)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from mnist_jax import registry, training
 from mnist_jax import tensorboard as tb
 from mnist_jax.config import REPO_ROOT
-from tests.conftest import synthetic_splits
+from tests.synthetic import synthetic_splits
 
 # TensorBoard's reader imports TensorFlow when it finds it, for nothing it needs here: this empty
 # module is the switch that makes it use its own stub (`tensorboard.compat.tf`).
@@ -115,7 +115,7 @@ KILLED_AT_EVENT = textwrap.dedent("""
     from tensorboardX import event_file_writer
     from experiments import mlp
     from mnist_jax import training
-    from tests.conftest import synthetic_splits
+    from tests.synthetic import synthetic_splits
 
     training.load_data = lambda config: (synthetic_splits(), 0.0)
     written = [0]

@@ -1,0 +1,76 @@
+"""Tiny synthetic MNIST for tests, and its installation in place of the real MNIST.
+
+`synthetic_splits` makes learnable fake digits. `install` replaces the real MNIST by them wherever
+the library loads it (`data.load_mnist`, `data.load_splits`) in this process. A process started
+with `subprocess_env(env)` does the same at its start (`tests/synthetic_site/sitecustomize.py`),
+so commands, launchers and the processes they start train on the same fake digits.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from mnist_jax import data as data_lib
+
+SYNTHETIC_TRAIN, SYNTHETIC_EVAL = 256, 100  # training images; validation and test images each
+ENV = "MNIST_JAX_TEST_DATA"  # "synthetic": a process started with it trains on `noisy_splits`
+SITE = pathlib.Path(__file__).resolve().parent / "synthetic_site"
+
+
+def synthetic_splits(n_train: int = 256, n_eval: int = 64, seed: int = 0) -> data_lib.Splits:
+    """Learnable fake digits: class k lights up row band k of the image (uint8, NHWC)."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 10, n).astype(np.int32)
+        x = rng.integers(0, 60, (n, 28, 28, 1)).astype(np.uint8)
+        for i, k in enumerate(y):
+            x[i, 2 + 2 * k: 4 + 2 * k, 4:24, 0] = 255
+        return x, y
+
+    tx, ty = make(n_train)
+    vx, vy = make(n_eval)
+    ex, ey = make(n_eval)
+    return data_lib.Splits(tx, ty, vx, vy, ex, ey)
+
+
+def noisy_splits() -> data_lib.Splits:
+    """SYNTHETIC_TRAIN training, SYNTHETIC_EVAL validation and test images, a random label on 30 %
+    of each split: every model stays imperfect and runs of different seeds apart, as on MNIST (the
+    statistics of the experiments divide by spreads)."""
+    rng = np.random.default_rng(1)
+    s = synthetic_splits(SYNTHETIC_TRAIN, SYNTHETIC_EVAL)
+    return s._replace(**{k: np.where(rng.random(y.shape) < 0.3, rng.integers(0, 10, y.shape), y).astype(np.int32)
+                         for k, y in s._asdict().items() if k.endswith("_y")})
+
+
+def install(setattr: Callable = setattr) -> data_lib.Splits:
+    """`noisy_splits` in place of MNIST in `mnist_jax.data` (`setattr`: a monkeypatch's, to undo it
+    after a test); the validation set is SYNTHETIC_EVAL images whatever `n_val` asks. Returns the splits."""
+    s = noisy_splits()
+    raw = {"train_x": np.concatenate([s.train_x, s.val_x]), "train_y": np.concatenate([s.train_y, s.val_y]),
+           "test_x": s.test_x, "test_y": s.test_y}
+
+    def load_mnist(cache_dir=None, data_dir=None):
+        return {k: v.copy() for k, v in raw.items()}
+
+    def load_splits(n_val=5_000, protocol="holdout", on_device=True, cache_dir=None):
+        splits = data_lib.make_splits(load_mnist(), SYNTHETIC_EVAL, protocol)
+        return data_lib.Splits(*(jax.device_put(a) for a in splits)) if on_device else splits
+
+    setattr(data_lib, "load_mnist", load_mnist)
+    setattr(data_lib, "load_splits", load_splits)
+    return s
+
+
+def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) for a process that trains on `noisy_splits` too."""
+    env = dict(os.environ if env is None else env)
+    env[ENV] = "synthetic"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), env.get("PYTHONPATH", "")) if p)
+    return env
