@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import models, trained
+from mnist_jax import trained
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
@@ -99,6 +99,9 @@ def predict_labels(model, params, x: np.ndarray) -> np.ndarray:
     return in_batches(fn, x, dtype=np.int64)
 
 
+ROLE_NOUN = {"classifier": "classifier", "denoiser": "autoencoder", "generative": "VAE"}
+
+
 def level_runs(records: list[dict], level: float | None, what: str) -> list[int]:
     """Indices (into `records`) of the runs trained at noise `level`; ConfigError naming the
     trained levels when --level is missing or matches none."""
@@ -133,68 +136,97 @@ def reconstruct_images(model, params, x: np.ndarray) -> np.ndarray:
     return in_batches(jax.jit(fn), x, dtype=np.float32)
 
 
-def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
-    """(result, one-line summary) of the trained model of an experiment's workdir applied to x."""
-    experiment_name = config.get("experiment")
-    block = config.get("model") if isinstance(config.get("model"), dict) else None
-    role = models.role(models.from_config(block)) if block and "kind" in block else None
-    if experiment_name == "noise_accuracy":
-        return apply_noise_accuracy(workdir, config, x, args)
-    if (workdir / "metrics.json").exists() and not (workdir / "params").is_dir():
-        raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment_name!r} saves no trained model that "
-                          "evaluate can apply (it keeps only its statistics)")
-    if args.level is not None and role != "denoiser":
-        raise ConfigError("--level applies to denoising workdirs (experiments.denoise, experiments.noise_accuracy) only")
-    if role == "denoiser":
-        metrics = finished_metrics(workdir)
-        records = metrics.get("runs") or [{"noise_level": v} for v in metrics["noise_level"]]
-        runs = level_runs(records, args.level, "autoencoder")
-        model, params = trained.restore_run(workdir, config["model"], args.seed, runs=runs)
-        out = denoise_images(model, params, x)
-        return out, (f"{len(out)} images denoised by the autoencoder trained at noise level {args.level:g} "
-                     f"(seed index {args.seed}); mean intensity {out.mean():.4f}")
-    if role == "generative":
-        if config["model"].get("conditional"):
-            raise ConfigError("--workdir holds a conditional VAE: it needs labels, which evaluate does not take")
-        model, params = trained.restore_run(workdir, config["model"], args.seed)
-        out = reconstruct_images(model, params, x)
-        return out, f"{len(out)} images reconstructed by VAE run {args.seed}; mean intensity {out.mean():.4f}"
+def declared_models(workdir: pathlib.Path, config: dict) -> dict[str, dict]:
+    """{name: declaration} of the trained params the workdir declares (`trained.declarations`);
+    for a workdir whose params declare nothing, the primary params its config's `model` block
+    builds (`trained.inferred_declaration`). ConfigError in one line when there is nothing to apply."""
+    declared = trained.declarations(workdir)
+    if declared:
+        return declared
+    inferred = trained.inferred_declarations(workdir, config, finished_metrics(workdir))
+    if inferred:
+        return inferred
+    undeclared = trained.undeclared_params(workdir)
+    experiment = config.get("experiment")
+    if undeclared:
+        raise ConfigError(f"--workdir {str(workdir)!r}: its trained params ({', '.join(undeclared)}) declare no model "
+                          f"(an older mnist-jax made it); run python -m experiments.{experiment} --workdir {workdir} "
+                          "again with its config to declare them (it resumes from its checkpoints)")
+    raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment!r} saves no trained model that evaluate "
+                      "can apply (it keeps only its statistics)")
+
+
+def choose(declared: dict[str, dict], args) -> str:
+    """The name of the declared params set the user asks for: `--model NAME`, or `--curve X` (the
+    one whose runs declare curve X), else the only one, else the primary one."""
+    names = ", ".join(declared)
+    if args.model is not None and args.curve is not None:
+        raise ConfigError("--model and --curve both choose the model: give one of them")
+    if args.model is not None:
+        if args.model not in declared:
+            raise ConfigError(f"--model {args.model}: this workdir declares {names}")
+        return args.model
+    if args.curve is not None:
+        curves = {r["curve"]: name for name, d in declared.items() for r in d["runs"] if "curve" in r}
+        if args.curve not in curves:
+            listed = ", ".join(repr(c) for c in curves) if curves else f"none (its models: {names})"
+            raise ConfigError(f"--curve {args.curve!r}: this workdir declares the curves {listed}")
+        return curves[args.curve]
+    primary = [name for name, d in declared.items() if d.get("primary")]
+    if len(declared) == 1 or len(primary) == 1:
+        return next(iter(declared)) if len(declared) == 1 else primary[0]
+    raise ConfigError(f"this workdir declares several models ({names}): choose one with --model")
+
+
+def selected_runs(name: str, declared: dict, level: float | None) -> tuple[list[int], str]:
+    """(indices into the declared runs that --level selects, what they are in words)."""
+    runs, noun = declared["runs"], ROLE_NOUN.get(declared.get("role"), "model")
+    if not any("noise_level" in r for r in runs):
+        if level is not None:
+            raise ConfigError(f"--level: {name} ({declared['description']}) was trained without noise levels")
+        return list(range(len(runs))), name
+    return level_runs(runs, level, noun), f"{name} at noise level {level:g}"
+
+
+def apply_declared(workdir: pathlib.Path, declared: dict[str, dict], name: str, run: int, x: np.ndarray,
+                   shown: int) -> np.ndarray:
+    """Run `run` of the params set `name` applied to images x, as its role says: a classifier's
+    labels, a denoiser's denoised images, a VAE's reconstructions. A set whose declaration names an
+    input reads the images that run `run` of that set made of x."""
+    decl = declared[name]
+    upstream = decl.get("input")
+    if upstream is not None:
+        if upstream not in declared:
+            raise CheckpointError(f"{name} of {str(workdir)!r} reads the output of {upstream}, which the workdir "
+                                  "does not declare: it is damaged; run the experiment again on it")
+        x = apply_declared(workdir, declared, upstream, run, x, shown)
+    model, params = trained.restore_declared(workdir, name, decl, run, shown)
+    role = decl.get("role")
     if role == "classifier":
-        model, params = trained.restore_run(workdir, config["model"], args.seed)
-        labels = predict_labels(model, params, x)
-        counts = np.bincount(labels, minlength=10)
-        return labels, f"{len(labels)} images; predicted label counts 0-9: {counts.tolist()}"
-    raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment_name!r} saves no trained model that "
-                      "evaluate can apply")
+        return predict_labels(model, params, x)
+    if role == "denoiser":
+        return denoise_images(model, params, x)
+    if role == "generative":
+        if getattr(model, "conditional", False):
+            raise ConfigError(f"--model {name} is a conditional VAE: it needs labels, which evaluate does not take")
+        return reconstruct_images(model, params, x)
+    raise ConfigError(f"--model {name}: its model ({decl['description']}) is no classifier, denoiser or VAE, "
+                      "which are what evaluate applies")
 
 
-def apply_noise_accuracy(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
-    """Labels of a noise_accuracy workdir's classifier of `--curve` (clean by default; noisy and
-    denoised need the --level they were trained at; denoised images go through that run's
-    autoencoder first)."""
-    curve = args.curve or "clean"
-    if curve not in ("clean", "noisy", "denoised"):
-        raise ConfigError(f"--curve {curve!r}: expected 'clean', 'noisy' or 'denoised'")
-    records = [r for r in finished_metrics(workdir)["runs"] if r["curve"] == curve]
-    if curve == "clean":
-        if args.level is not None:
-            raise ConfigError("--level: the clean classifier was trained without noise (use --curve noisy or denoised)")
-        runs = list(range(len(records)))
-    else:
-        runs = level_runs(records, args.level, f"{curve} classifier")
-    kind = config["classifier"]["kind"]
-    block, _ = models.split_block({"kind": kind, **config["classifier"][kind]})
-    model, params = trained.restore_run(workdir, block, args.seed, f"{curve}_params", runs=runs)
-    if records[runs[args.seed]]["diverged"]:
-        trained.check_not_diverged(True, params, args.seed)
-    if curve == "denoised":
-        dae, dparams = trained.restore_run(workdir, config["denoiser"]["model"], args.seed, "denoiser_params",
-                                              runs=runs)
-        x = denoise_images(dae, dparams, x)
-    labels = predict_labels(model, params, x)
-    counts = np.bincount(labels, minlength=10)
-    at = "" if curve == "clean" else f" trained at noise level {args.level:g}"
-    return labels, f"{len(labels)} images; the {curve} classifier{at} (seed index {args.seed}) predicts 0-9: {counts.tolist()}"
+def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
+    """(result, one-line summary) of the trained model the workdir declares, chosen by the
+    arguments (`choose`, `selected_runs`), applied to x."""
+    declared = declared_models(workdir, config)
+    name = choose(declared, args)
+    runs, what = selected_runs(name, declared[name], args.level)
+    if not 0 <= args.seed < len(runs):
+        raise ConfigError(f"--seed {args.seed}: this workdir has runs 0..{len(runs) - 1} of {what}")
+    out = apply_declared(workdir, declared, name, runs[args.seed], x, args.seed)
+    head = f"{len(out)} images; {what} (run {args.seed}, {declared[name]['description']})"
+    if out.dtype == np.int64:
+        return out, f"{head} predicts 0-9: {np.bincount(out, minlength=10).tolist()}"
+    return out, f"{head} made images of mean intensity {out.mean():.4f}"
 
 
 def check_out(text: str) -> pathlib.Path:
@@ -230,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--images", required=True, help=".npy file of images")
     parser.add_argument("--out", help=".npy file for the result (default: print a summary only)")
-    parser.add_argument("--seed", type=int, default=0, help="index of the trained run to use")
-    parser.add_argument("--level", type=float, help="denoising workdirs: the noise level the model was trained at")
-    parser.add_argument("--curve", help="noise_accuracy workdirs: the classifier of curve clean (default), noisy or denoised")
+    parser.add_argument("--model", help="the declared trained model to apply (default: the only one, or the primary one)")
+    parser.add_argument("--seed", type=int, default=0, help="position of the run to use among those selected")
+    parser.add_argument("--level", type=float, help="select the runs trained at this noise level (models that declare one)")
+    parser.add_argument("--curve", help="the model whose runs declare this curve (noise_accuracy: clean, noisy or denoised)")
     try:
         args = parser.parse_args(argv)
         workdir = pathlib.Path(args.workdir)
