@@ -1,27 +1,36 @@
-"""Apply a trained model of a workdir to images in a .npy file.
+"""Apply a trained model that a workdir declares to images in a .npy file.
 
-    python -m experiments.evaluate --workdir runs/mlp --images digits.npy --out labels.npy [--seed K]
+    python -m experiments.evaluate --workdir runs/mlp --images digits.npy --out labels.npy [--model NAME] [--seed K]
 
 Images: uint8 in 0..255 or float in [0, 1], shape (N, 28, 28), (N, 28, 28, 1) or (N, 784).
-A classifier's workdir writes the predicted labels, int64 of shape (N,). `--seed K` picks the
-K-th trained run of the workdir (0 by default). Images are processed in batches, so memory
-stays bounded for any N.
+Images are processed in batches, so memory stays bounded for any N.
 
-A denoising autoencoder workdir (experiments.denoise) needs `--level L`, the training noise
-level of the autoencoder to apply, and `--seed K` picks the K-th seed trained at that level:
+What it can apply is what the workdir declares: every experiment that saves trained params
+(`trained.save_params`) declares them beside them, in NAME/model.json (`trained.declaration`):
+the model block that builds them, the model's role, one record per run (seed, traced
+hyperparameters such as noise_level, diverged, and columns such as noise_accuracy's curve), the
+params set whose output feeds them (if any), whether they are the workdir's primary model, and a
+one-line description. Evaluate reads only that:
+
+- `--model NAME` picks a declared params set (default: the only one, else the primary one);
+  `--curve X` picks the one whose runs declare curve X (noise_accuracy's clean, noisy, denoised);
+- `--level L` keeps the runs declared at noise level L (required when the runs declare levels);
+  `--seed K` is the K-th of the runs kept (0 by default), checked against them;
+- the role decides what is written: a classifier's predicted labels (int64, shape (N,)), a
+  denoiser's denoised images or a VAE's reconstructions (its decoded posterior mean), both float32
+  in [0, 1] in the layout of the input; a run whose declaration names an input reads what the
+  same run of that input made of the images (noise_accuracy's denoised classifiers read images
+  denoised by the autoencoder of their run):
 
     python -m experiments.evaluate --workdir runs/denoise --images noisy.npy --out denoised.npy --level 0.4
-
-It writes the denoised images, float32 in [0, 1], in the layout of the input. A VAE workdir
-(experiments.vae, unconditional) writes its reconstructions (the decoded posterior mean) the
-same way. A noise_accuracy workdir applies the classifier of `--curve clean` (default),
-`noisy` or `denoised` (these two with the `--level` they were trained at; `denoised` runs the
-images through that run's autoencoder first):
-
     python -m experiments.evaluate --workdir runs/noise_accuracy --images x.npy --curve denoised --level 0.5
 
-`--seed` is checked against the runs the workdir really has (its metrics' runs table).
+A workdir whose params declare nothing (older code wrote them) is applied through its config's
+`model` block when that builds its primary params; otherwise one line says to run its experiment
+on it again, which declares them (resuming from its checkpoints). Errors are one line, exit 2,
+listing what the workdir declares; a missing, damaged or diverged run's params exit 1.
 """
+
 
 from __future__ import annotations
 

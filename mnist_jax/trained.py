@@ -72,7 +72,8 @@ def grid_declaration(model: Any, hp: dict, seeds: Any, history: dict, what: str,
     """The `declaration` of a trained grid's params: its runs as `results.runs_table` of `hp`,
     `seeds` and `history` (with any per-run `columns`), described as the model and `what` it is."""
     runs = results.runs_table(hp, seeds, history, **columns)
-    return declaration(model, runs, f"{models.describe(model)}: {what} ({len(runs)} runs)", input=input, primary=primary)
+    described = f"{models.describe(model)}: {what} ({len(runs)} run{'s' * (len(runs) != 1)})"
+    return declaration(model, runs, described, input=input, primary=primary)
 
 
 def save_params(workdir: pathlib.Path, params: Any, name: str = PRIMARY, declared: dict | None = None) -> None:
