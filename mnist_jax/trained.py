@@ -1,5 +1,6 @@
 """What a trained run leaves on disk, read and written: JSON outputs, the saved params of every
-run, one run restored as (model, params), and which code started a workdir's checkpoints."""
+run with their declaration (what model they are, its role, its runs: `declaration`), one run
+restored as (model, params), and which code started a workdir's checkpoints."""
 
 from __future__ import annotations
 
