@@ -31,7 +31,6 @@ on it again, which declares them (resuming from its checkpoints). Errors are one
 listing what the workdir declares; a missing, damaged or diverged run's params exit 1.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -148,7 +147,7 @@ def reconstruct_images(model, params, x: np.ndarray) -> np.ndarray:
 def declared_models(workdir: pathlib.Path, config: dict) -> dict[str, dict]:
     """{name: declaration} of the trained params the workdir declares (`trained.declarations`);
     for a workdir whose params declare nothing, the primary params its config's `model` block
-    builds (`trained.inferred_declaration`). ConfigError in one line when there is nothing to apply."""
+    builds (`trained.inferred_declarations`). ConfigError in one line when there is nothing to apply."""
     declared = trained.declarations(workdir)
     if declared:
         return declared

@@ -131,7 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
 
     ae_spec = TrainSpec(epochs=ae_epochs, batch_size=config.denoiser.batch_size, optimizer=config.denoiser.optimizer)
     ae, hp_ae, seeds_ae = denoising.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
-                                             learning_rate=config.denoiser.learning_rate)
+                                                    learning_rate=config.denoiser.learning_rate)
     trained.save_params(workdir, ae.state.params, name="denoiser_params", declared=trained.grid_declaration(
         dae, hp_ae, seeds_ae, ae.history, "the autoencoder of each noise level and seed that (b) denoises with"))
 
