@@ -87,7 +87,9 @@ def load_images(path: str) -> np.ndarray:
 
 def in_batches(fn, x: np.ndarray, batch: int = BATCH, dtype=None) -> np.ndarray:
     """fn over x in fixed-size batches (the last one padded): one compile, bounded memory (the
-    result is filled in place, so the output is held once)."""
+    result is filled in place, so the output is held once). Fewer images than a batch are one
+    batch of their own size, so a handful of images costs a handful."""
+    batch = min(batch, x.shape[0])
     out = None
     for start in range(0, x.shape[0], batch):
         chunk = x[start:start + batch]
