@@ -58,7 +58,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     data, data_seconds = training.load_data(config)
     result, hp, seeds = denoising.train_denoisers(config, workdir, model, levels, data)
     params = result.state.params
-    trained.save_params(workdir, params)
+    trained.save_params(workdir, params, declared=trained.grid_declaration(
+        model, hp, seeds, result.history, "a denoising autoencoder per noise level and seed", primary=True))
     run_levels = hp["noise_level"]
     test = denoising.test_metrics(model, params, run_levels, data, config.seed)
     diverged = np.asarray(result.history["diverged"], bool)[:, -1]

@@ -1,26 +1,34 @@
-"""Apply a trained model of a workdir to images in a .npy file.
+"""Apply a trained model that a workdir declares to images in a .npy file.
 
-    python -m experiments.evaluate --workdir runs/mlp --images digits.npy --out labels.npy [--seed K]
+    python -m experiments.evaluate --workdir runs/mlp --images digits.npy --out labels.npy [--model NAME] [--seed K]
 
 Images: uint8 in 0..255 or float in [0, 1], shape (N, 28, 28), (N, 28, 28, 1) or (N, 784).
-A classifier's workdir writes the predicted labels, int64 of shape (N,). `--seed K` picks the
-K-th trained run of the workdir (0 by default). Images are processed in batches, so memory
-stays bounded for any N.
+Images are processed in batches, so memory stays bounded for any N.
 
-A denoising autoencoder workdir (experiments.denoise) needs `--level L`, the training noise
-level of the autoencoder to apply, and `--seed K` picks the K-th seed trained at that level:
+What it can apply is what the workdir declares: every experiment that saves trained params
+(`trained.save_params`) declares them beside them, in NAME/model.json (`trained.declaration`):
+the model block that builds them, the model's role, one record per run (seed, traced
+hyperparameters such as noise_level, diverged, and columns such as noise_accuracy's curve), the
+params set whose output feeds them (if any), whether they are the workdir's primary model, and a
+one-line description. Evaluate reads only that:
+
+- `--model NAME` picks a declared params set (default: the only one, else the primary one);
+  `--curve X` picks the one whose runs declare curve X (noise_accuracy's clean, noisy, denoised);
+- `--level L` keeps the runs declared at noise level L (required when the runs declare levels);
+  `--seed K` is the K-th of the runs kept (0 by default), checked against them;
+- the role decides what is written: a classifier's predicted labels (int64, shape (N,)), a
+  denoiser's denoised images or a VAE's reconstructions (its decoded posterior mean), both float32
+  in [0, 1] in the layout of the input; a run whose declaration names an input reads what the
+  same run of that input made of the images (noise_accuracy's denoised classifiers read images
+  denoised by the autoencoder of their run):
 
     python -m experiments.evaluate --workdir runs/denoise --images noisy.npy --out denoised.npy --level 0.4
-
-It writes the denoised images, float32 in [0, 1], in the layout of the input. A VAE workdir
-(experiments.vae, unconditional) writes its reconstructions (the decoded posterior mean) the
-same way. A noise_accuracy workdir applies the classifier of `--curve clean` (default),
-`noisy` or `denoised` (these two with the `--level` they were trained at; `denoised` runs the
-images through that run's autoencoder first):
-
     python -m experiments.evaluate --workdir runs/noise_accuracy --images x.npy --curve denoised --level 0.5
 
-`--seed` is checked against the runs the workdir really has (its metrics' runs table).
+A workdir whose params declare nothing (older code wrote them) is applied through its config's
+`model` block when that builds its primary params; otherwise one line says to run its experiment
+on it again, which declares them (resuming from its checkpoints). Errors are one line, exit 2,
+listing what the workdir declares; a missing, damaged or diverged run's params exit 1.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import models, trained
+from mnist_jax import trained
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
@@ -79,7 +87,9 @@ def load_images(path: str) -> np.ndarray:
 
 def in_batches(fn, x: np.ndarray, batch: int = BATCH, dtype=None) -> np.ndarray:
     """fn over x in fixed-size batches (the last one padded): one compile, bounded memory (the
-    result is filled in place, so the output is held once)."""
+    result is filled in place, so the output is held once). Fewer images than a batch are one
+    batch of their own size, so a handful of images costs a handful."""
+    batch = min(batch, x.shape[0])
     out = None
     for start in range(0, x.shape[0], batch):
         chunk = x[start:start + batch]
@@ -97,6 +107,9 @@ def predict_labels(model, params, x: np.ndarray) -> np.ndarray:
     """Predicted classes (N,) int64 of images x, batched."""
     fn = jax.jit(lambda xb: jnp.argmax(model.apply(params, preprocess_images(xb)), axis=-1))
     return in_batches(fn, x, dtype=np.int64)
+
+
+ROLE_NOUN = {"classifier": "classifier", "denoiser": "autoencoder", "generative": "VAE"}
 
 
 def level_runs(records: list[dict], level: float | None, what: str) -> list[int]:
@@ -133,68 +146,97 @@ def reconstruct_images(model, params, x: np.ndarray) -> np.ndarray:
     return in_batches(jax.jit(fn), x, dtype=np.float32)
 
 
-def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
-    """(result, one-line summary) of the trained model of an experiment's workdir applied to x."""
-    experiment_name = config.get("experiment")
-    block = config.get("model") if isinstance(config.get("model"), dict) else None
-    role = models.role(models.from_config(block)) if block and "kind" in block else None
-    if experiment_name == "noise_accuracy":
-        return apply_noise_accuracy(workdir, config, x, args)
-    if (workdir / "metrics.json").exists() and not (workdir / "params").is_dir():
-        raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment_name!r} saves no trained model that "
-                          "evaluate can apply (it keeps only its statistics)")
-    if args.level is not None and role != "denoiser":
-        raise ConfigError("--level applies to denoising workdirs (experiments.denoise, experiments.noise_accuracy) only")
-    if role == "denoiser":
-        metrics = finished_metrics(workdir)
-        records = metrics.get("runs") or [{"noise_level": v} for v in metrics["noise_level"]]
-        runs = level_runs(records, args.level, "autoencoder")
-        model, params = trained.restore_run(workdir, config["model"], args.seed, runs=runs)
-        out = denoise_images(model, params, x)
-        return out, (f"{len(out)} images denoised by the autoencoder trained at noise level {args.level:g} "
-                     f"(seed index {args.seed}); mean intensity {out.mean():.4f}")
-    if role == "generative":
-        if config["model"].get("conditional"):
-            raise ConfigError("--workdir holds a conditional VAE: it needs labels, which evaluate does not take")
-        model, params = trained.restore_run(workdir, config["model"], args.seed)
-        out = reconstruct_images(model, params, x)
-        return out, f"{len(out)} images reconstructed by VAE run {args.seed}; mean intensity {out.mean():.4f}"
+def declared_models(workdir: pathlib.Path, config: dict) -> dict[str, dict]:
+    """{name: declaration} of the trained params the workdir declares (`trained.declarations`);
+    for a workdir whose params declare nothing, the primary params its config's `model` block
+    builds (`trained.inferred_declarations`). ConfigError in one line when there is nothing to apply."""
+    declared = trained.declarations(workdir)
+    if declared:
+        return declared
+    inferred = trained.inferred_declarations(workdir, config, finished_metrics(workdir))
+    if inferred:
+        return inferred
+    undeclared = trained.undeclared_params(workdir)
+    experiment = config.get("experiment")
+    if undeclared:
+        raise ConfigError(f"--workdir {str(workdir)!r}: its trained params ({', '.join(undeclared)}) declare no model "
+                          f"(an older mnist-jax made it); run python -m experiments.{experiment} --workdir {workdir} "
+                          "again with its config to declare them (it resumes from its checkpoints)")
+    raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment!r} saves no trained model that evaluate "
+                      "can apply (it keeps only its statistics)")
+
+
+def choose(declared: dict[str, dict], args) -> str:
+    """The name of the declared params set the user asks for: `--model NAME`, or `--curve X` (the
+    one whose runs declare curve X), else the only one, else the primary one."""
+    names = ", ".join(declared)
+    if args.model is not None and args.curve is not None:
+        raise ConfigError("--model and --curve both choose the model: give one of them")
+    if args.model is not None:
+        if args.model not in declared:
+            raise ConfigError(f"--model {args.model}: this workdir declares {names}")
+        return args.model
+    if args.curve is not None:
+        curves = {r["curve"]: name for name, d in declared.items() for r in d["runs"] if "curve" in r}
+        if args.curve not in curves:
+            listed = ", ".join(repr(c) for c in curves) if curves else f"none (its models: {names})"
+            raise ConfigError(f"--curve {args.curve!r}: this workdir declares the curves {listed}")
+        return curves[args.curve]
+    primary = [name for name, d in declared.items() if d.get("primary")]
+    if len(declared) == 1 or len(primary) == 1:
+        return next(iter(declared)) if len(declared) == 1 else primary[0]
+    raise ConfigError(f"this workdir declares several models ({names}): choose one with --model")
+
+
+def selected_runs(name: str, declared: dict, level: float | None) -> tuple[list[int], str]:
+    """(indices into the declared runs that --level selects, what they are in words)."""
+    runs, noun = declared["runs"], ROLE_NOUN.get(declared.get("role"), "model")
+    if not any("noise_level" in r for r in runs):
+        if level is not None:
+            raise ConfigError(f"--level: {name} ({declared['description']}) was trained without noise levels")
+        return list(range(len(runs))), name
+    return level_runs(runs, level, noun), f"{name} at noise level {level:g}"
+
+
+def apply_declared(workdir: pathlib.Path, declared: dict[str, dict], name: str, run: int, x: np.ndarray,
+                   shown: int) -> np.ndarray:
+    """Run `run` of the params set `name` applied to images x, as its role says: a classifier's
+    labels, a denoiser's denoised images, a VAE's reconstructions. A set whose declaration names an
+    input reads the images that run `run` of that set made of x."""
+    decl = declared[name]
+    upstream = decl.get("input")
+    if upstream is not None:
+        if upstream not in declared:
+            raise CheckpointError(f"{name} of {str(workdir)!r} reads the output of {upstream}, which the workdir "
+                                  "does not declare: it is damaged; run the experiment again on it")
+        x = apply_declared(workdir, declared, upstream, run, x, shown)
+    model, params = trained.restore_declared(workdir, name, decl, run, shown)
+    role = decl.get("role")
     if role == "classifier":
-        model, params = trained.restore_run(workdir, config["model"], args.seed)
-        labels = predict_labels(model, params, x)
-        counts = np.bincount(labels, minlength=10)
-        return labels, f"{len(labels)} images; predicted label counts 0-9: {counts.tolist()}"
-    raise ConfigError(f"--workdir {str(workdir)!r}: experiment {experiment_name!r} saves no trained model that "
-                      "evaluate can apply")
+        return predict_labels(model, params, x)
+    if role == "denoiser":
+        return denoise_images(model, params, x)
+    if role == "generative":
+        if getattr(model, "conditional", False):
+            raise ConfigError(f"--model {name} is a conditional VAE: it needs labels, which evaluate does not take")
+        return reconstruct_images(model, params, x)
+    raise ConfigError(f"--model {name}: its model ({decl['description']}) is no classifier, denoiser or VAE, "
+                      "which are what evaluate applies")
 
 
-def apply_noise_accuracy(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
-    """Labels of a noise_accuracy workdir's classifier of `--curve` (clean by default; noisy and
-    denoised need the --level they were trained at; denoised images go through that run's
-    autoencoder first)."""
-    curve = args.curve or "clean"
-    if curve not in ("clean", "noisy", "denoised"):
-        raise ConfigError(f"--curve {curve!r}: expected 'clean', 'noisy' or 'denoised'")
-    records = [r for r in finished_metrics(workdir)["runs"] if r["curve"] == curve]
-    if curve == "clean":
-        if args.level is not None:
-            raise ConfigError("--level: the clean classifier was trained without noise (use --curve noisy or denoised)")
-        runs = list(range(len(records)))
-    else:
-        runs = level_runs(records, args.level, f"{curve} classifier")
-    kind = config["classifier"]["kind"]
-    block, _ = models.split_block({"kind": kind, **config["classifier"][kind]})
-    model, params = trained.restore_run(workdir, block, args.seed, f"{curve}_params", runs=runs)
-    if records[runs[args.seed]]["diverged"]:
-        trained.check_not_diverged(True, params, args.seed)
-    if curve == "denoised":
-        dae, dparams = trained.restore_run(workdir, config["denoiser"]["model"], args.seed, "denoiser_params",
-                                              runs=runs)
-        x = denoise_images(dae, dparams, x)
-    labels = predict_labels(model, params, x)
-    counts = np.bincount(labels, minlength=10)
-    at = "" if curve == "clean" else f" trained at noise level {args.level:g}"
-    return labels, f"{len(labels)} images; the {curve} classifier{at} (seed index {args.seed}) predicts 0-9: {counts.tolist()}"
+def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> tuple[np.ndarray, str]:
+    """(result, one-line summary) of the trained model the workdir declares, chosen by the
+    arguments (`choose`, `selected_runs`), applied to x."""
+    declared = declared_models(workdir, config)
+    name = choose(declared, args)
+    runs, what = selected_runs(name, declared[name], args.level)
+    if not 0 <= args.seed < len(runs):
+        raise ConfigError(f"--seed {args.seed}: this workdir has runs 0..{len(runs) - 1} of {what}")
+    out = apply_declared(workdir, declared, name, runs[args.seed], x, args.seed)
+    head = f"{len(out)} images; {what} (run {args.seed}, {declared[name]['description']})"
+    if out.dtype == np.int64:
+        return out, f"{head} predicts 0-9: {np.bincount(out, minlength=10).tolist()}"
+    return out, f"{head} made images of mean intensity {out.mean():.4f}"
 
 
 def check_out(text: str) -> pathlib.Path:
@@ -230,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--images", required=True, help=".npy file of images")
     parser.add_argument("--out", help=".npy file for the result (default: print a summary only)")
-    parser.add_argument("--seed", type=int, default=0, help="index of the trained run to use")
-    parser.add_argument("--level", type=float, help="denoising workdirs: the noise level the model was trained at")
-    parser.add_argument("--curve", help="noise_accuracy workdirs: the classifier of curve clean (default), noisy or denoised")
+    parser.add_argument("--model", help="the declared trained model to apply (default: the only one, or the primary one)")
+    parser.add_argument("--seed", type=int, default=0, help="position of the run to use among those selected")
+    parser.add_argument("--level", type=float, help="select the runs trained at this noise level (models that declare one)")
+    parser.add_argument("--curve", help="the model whose runs declare this curve (noise_accuracy: clean, noisy or denoised)")
     try:
         args = parser.parse_args(argv)
         workdir = pathlib.Path(args.workdir)

@@ -130,17 +130,22 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     trainings = {name: t.prepare(data) for name, t in trainings.items()}
 
     ae_spec = TrainSpec(epochs=ae_epochs, batch_size=config.denoiser.batch_size, optimizer=config.denoiser.optimizer)
-    ae, hp_ae, _ = denoising.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
-                                             learning_rate=config.denoiser.learning_rate)
-    trained.save_params(workdir, ae.state.params, name="denoiser_params")
+    ae, hp_ae, seeds_ae = denoising.train_denoisers(config, workdir, dae, levels, data, name="denoiser", spec=ae_spec,
+                                                    learning_rate=config.denoiser.learning_rate)
+    trained.save_params(workdir, ae.state.params, name="denoiser_params", declared=trained.grid_declaration(
+        dae, hp_ae, seeds_ae, ae.history, "the autoencoder of each noise level and seed that (b) denoises with"))
 
     assert np.array_equal(hp["noise_level"], hp_ae["noise_level"])  # run r of (b) uses autoencoder r
     # (b) trains with the autoencoders just trained, in the program compiled from their shapes
     trainings["denoised"] = dataclasses.replace(trainings["denoised"],
                                                 hp=tasks.with_frozen(hp, "denoiser", ae.state.params))
     results = {name: t.train(workdir, data, name) for name, t in trainings.items()}
+    grids = {"noisy": (hp, seeds), "denoised": (hp, seeds), "clean": (hp_c, seeds_c)}
     for name, result in results.items():
-        trained.save_params(workdir, result.state.params, name=f"{name}_params")
+        trained.save_params(workdir, result.state.params, name=f"{name}_params", declared=trained.grid_declaration(
+            clf, *grids[name], result.history, f"the {name} curve's classifiers, {CURVES[name]}",
+            input="denoiser_params" if name == "denoised" else None, primary=name == "clean",
+            curve=[name] * len(result.history["diverged"])))
 
     # Test accuracy of every run on the same corrupted test images; (c) is tested at every level.
     key = tasks.eval_noise_key(config.seed, "test")
@@ -210,7 +215,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "conclusion": verdict,
         "denoiser_test": {"noise_level": levels_r, "seeds": seeds, **psnr},
         "runs": [{"curve": k, **record}
-                 for k, hp_k, seeds_k in (("noisy", hp, seeds), ("denoised", hp, seeds), ("clean", hp_c, seeds_c))
+                 for k, (hp_k, seeds_k) in grids.items()
                  for record in results_lib.runs_table(
                      hp_k, seeds_k, results[k].history, ("val_accuracy",),
                      **({"test_accuracy": acc[k].reshape(-1)} if k != "clean"

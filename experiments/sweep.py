@@ -62,7 +62,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     data, data_seconds = training.load_data(config)
     hp, seeds = training.swept_grid(config, task)
     result = training.train(config, workdir, task, hp, seeds, data)
-    trained.save_params(workdir, result.state.params)
+    trained.save_params(workdir, result.state.params, declared=trained.grid_declaration(
+        model, hp, seeds, result.history, f"classifiers over {field}", primary=True))
 
     h = result.history
     n_test = int(data.test_x.shape[0])

@@ -168,7 +168,8 @@ def get_classifier(config, workdir: pathlib.Path, data, prepared: training.Train
         plan = prepared or classifier_training(config)
         model, spec = plan.model, plan.spec
         result = plan.train(workdir, data, "classifier")
-        trained.save_params(workdir, result.state.params, "classifier_params")
+        trained.save_params(workdir, result.state.params, "classifier_params", trained.grid_declaration(
+            model, plan.hp, plan.seeds, result.history, "the classifier that judges the samples"))
         params = run_params(result.state.params, 0)
         info = {"source": "trained in this run", "model": cls.model.to_dict(), "epochs": spec.epochs,
                 "optimizer": cls.optimizer, "learning_rate": cls.learning_rate, "seed": cls.seed,
@@ -374,7 +375,8 @@ def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, m
     elif plan is not None:
         map_config = plan.config
         map_model, map_result = train_vae(workdir, data, plan, "vae_2d")
-        trained.save_params(workdir, map_result.state.params, "params_2d")
+        trained.save_params(workdir, map_result.state.params, "params_2d", trained.grid_declaration(
+            map_model, plan.hp, plan.seeds, map_result.history, "the 2-D VAE of vae_latent.png"))
         map_params = run_params(map_result.state.params, 0)
         map_info = {"model": map_config.model.to_dict(), "epochs": map_config.epochs, "seed": config.seed,
                     "test_neg_elbo": float(map_result.history["test_neg_elbo"][0, -1]), "timing": map_result.timing}
@@ -401,8 +403,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     base_key = jax.random.key(config.seed)
 
     side = prepare_side_trainings(config, data)  # compiled in the background while the VAEs train
-    model, result = train_vae(workdir, data, vae_training(config, config.model, seeds), "vae")
-    trained.save_params(workdir, result.state.params)
+    plan = vae_training(config, config.model, seeds)
+    model, result = train_vae(workdir, data, plan, "vae")
+    trained.save_params(workdir, result.state.params, declared=trained.grid_declaration(
+        model, plan.hp, plan.seeds, result.history, "VAEs, one per seed", primary=True))
     history = result.history
     p0 = run_params(result.state.params, 0)
     n_params = models.param_count(p0)

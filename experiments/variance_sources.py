@@ -153,7 +153,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     n_runs = len(run_source)
     hp = {k: np.full(n_runs, v, np.float32) for k, v in hp1.items()}
     result = training.train(config, workdir, task, hp, seeds, data, metric="test_accuracy")
-    trained.save_params(workdir, result.state.params)
+    trained.save_params(workdir, result.state.params, declared=trained.grid_declaration(
+        model, hp, seeds, result.history, "classifiers, seeds per source of variance", primary=True, source=run_source))
     h = result.history
     diverged = results.divergence(h, seeds["init"], hp)
     test_acc = results.final_of_finite(h, "test_accuracy")

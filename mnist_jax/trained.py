@@ -1,5 +1,6 @@
 """What a trained run leaves on disk, read and written: JSON outputs, the saved params of every
-run, one run restored as (model, params), and which code started a workdir's checkpoints."""
+run with their declaration (what model they are, its role, its runs: `declaration`), one run
+restored as (model, params), and which code started a workdir's checkpoints."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mnist_jax import models, provenance
+from mnist_jax import distributed, models, provenance, results
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError
@@ -45,11 +46,89 @@ def read_json(path: str | os.PathLike) -> Any:
     return workdir_lib.read_json_file(pathlib.Path(path), "the file")
 
 
-def save_params(workdir: pathlib.Path, params: Any, name: str = "params") -> None:
-    """The trained params of every run (leading run axis) as an orbax checkpoint."""
+DECLARATION = "model.json"  # beside the params it declares: NAME/model.json
+PRIMARY = "params"  # the params set an experiment saves when it names none
+
+
+def declaration(model: Any, runs: list[dict], description: str, *, input: str | None = None,
+                primary: bool = False) -> dict:
+    """What a saved params set says about itself, for `experiments.evaluate` and any reader:
+
+    - `model`: the block that builds the model (`models.from_config`, `restore_run`);
+    - `role`: `models.role` of the model ("classifier", "denoiser", "generative" or None);
+    - `description`: one short line for people;
+    - `runs`: one record per run of the params' run axis, in order, with the fields a user picks
+      runs by (its traced hyperparameters such as `noise_level`, its `seed`, `diverged`, and any
+      column the experiment adds, such as noise_accuracy's `curve`): `results.runs_table`;
+    - `input`: the name of the params set whose output run r of this one reads (its run r), or None;
+    - `primary`: whether it is the one a reader applies when none is named.
+    """
+    block = {"kind": models.kind_of(model), **{f: getattr(model, f) for f in models.fields_of(type(model))}}
+    return {"model": to_jsonable(block), "role": models.role(model), "description": description,
+            "runs": to_jsonable(runs), "input": input, "primary": primary}
+
+
+def grid_declaration(model: Any, hp: dict, seeds: Any, history: dict, what: str, *, input: str | None = None,
+                     primary: bool = False, **columns: Any) -> dict:
+    """The `declaration` of a trained grid's params: its runs as `results.runs_table` of `hp`,
+    `seeds` and `history` (with any per-run `columns`), described as the model and `what` it is."""
+    runs = results.runs_table(hp, seeds, history, **columns)
+    described = f"{models.describe(model)}: {what} ({len(runs)} run{'s' * (len(runs) != 1)})"
+    return declaration(model, runs, described, input=input, primary=primary)
+
+
+def save_params(workdir: pathlib.Path, params: Any, name: str = PRIMARY, declared: dict | None = None) -> None:
+    """The trained params of every run (leading run axis) as an orbax checkpoint in `workdir/name`,
+    with their `declaration` beside them (NAME/model.json) when `declared` is given. Both are
+    written into the run directory, so the workdir's commit publishes them together."""
     ckpt = Checkpointer(workdir / name, max_to_keep=1)
     ckpt.save(0, params)
     ckpt.close()
+    if declared is not None:
+        distributed.on_writer(lambda: write_json(pathlib.Path(workdir) / name / DECLARATION, declared))
+
+
+def declarations(workdir: pathlib.Path) -> dict[str, dict]:
+    """{name: declaration} of every params set the workdir declares (`declaration`), by name;
+    a declaration that is not one is a ConfigError naming its file."""
+    found = {}
+    for path in sorted(pathlib.Path(workdir).glob(f"*/{DECLARATION}")):
+        name = path.parent.name
+        if not workdir_lib.is_plain_name(name):
+            continue
+        declared = read_json(path)
+        runs = declared.get("runs") if isinstance(declared, dict) else None
+        if not (isinstance(runs, list) and all(isinstance(r, dict) for r in runs)
+                and isinstance(declared.get("model"), dict) and "kind" in declared["model"]):
+            raise ConfigError(f"{str(path)!r} is not a declaration of trained params (a model block and a list of "
+                              "runs): it is damaged; run the experiment again on this workdir to rewrite it")
+        found[name] = declared
+    return found
+
+
+def undeclared_params(workdir: pathlib.Path) -> list[str]:
+    """Names of the params sets (`save_params`) in the workdir that declare nothing (older code wrote them)."""
+    return sorted(p.parent.name for p in pathlib.Path(workdir).glob("*/0.checksums.json")
+                  if workdir_lib.is_plain_name(p.parent.name) and not (p.parent / DECLARATION).exists())
+
+
+def inferred_declarations(workdir: pathlib.Path, config: dict, metrics: dict) -> dict[str, dict]:
+    """{PRIMARY: declaration} of the primary params that an experiment saved without a
+    declaration: the model of the config's `model` block, one run per row of the metrics' runs
+    table (else of its history, else per seed); {} when there are no such params or no such block."""
+    block = config.get("model")
+    if PRIMARY not in undeclared_params(workdir) or not (isinstance(block, dict) and "kind" in block):
+        return {}
+    model = models.from_config(block)
+    if "runs" in metrics:
+        runs = metrics["runs"]
+    else:
+        diverged = (metrics.get("history") or {}).get("diverged")
+        levels = metrics.get("noise_level")
+        runs = [{**({"diverged": bool(np.asarray(diverged[r])[-1])} if diverged is not None else {}),
+                 **({"noise_level": levels[r]} if isinstance(levels, list) else {})} for r in range(run_count(metrics))]
+    described = f"{models.describe(model)}, inferred from config.json (its params declare nothing)"
+    return {PRIMARY: {**declaration(model, runs, described, primary=True), "model": dict(block)}}
 
 
 def load_params(workdir: pathlib.Path, like: Any, name: str = "params") -> Any:
@@ -106,6 +185,18 @@ def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: 
     elif params_dir == "params" and "diverged" in (metrics.get("history") or {}):
         flagged = bool(np.asarray(metrics["history"]["diverged"][index])[-1])
     check_not_diverged(flagged, params, run_index)
+    return model, params
+
+
+def restore_declared(workdir: pathlib.Path, name: str, declared: dict, run: int, shown: int | None = None):
+    """(model, params) of run `run` (an index into its declared runs) of the params set `name`
+    (`declaration`); a run that diverged, by its declaration or its params, is a CheckpointError
+    that names it as `shown` (the user's --seed; default `run`)."""
+    model = models.from_config(declared["model"])
+    like = models.init_shapes(model, runs=len(declared["runs"]))
+    params = jax.tree_util.tree_map(lambda a: a[run], load_params(workdir, like, name))
+    flagged = declared["runs"][run].get("diverged")
+    check_not_diverged(None if flagged is None else bool(flagged), params, run if shown is None else shown)
     return model, params
 
 

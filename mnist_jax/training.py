@@ -209,13 +209,14 @@ class Training:
 
 
 def train_seeds(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Task, data: data_lib.Splits,
-                **swept: list[float]) -> tuple[dict, np.ndarray, SweepResult]:
+                model: Any, **swept: list[float]) -> tuple[dict, np.ndarray, SweepResult]:
     """(hp, seeds, result): the config's seeds x its sweep declaration (and any `swept` values) of
-    the task's traced hyperparameters as one grid, trained (`train`) and its params saved
-    (`trained.save_params`)."""
+    the task's traced hyperparameters as one grid, trained (`train`) and its params saved and
+    declared as the classifiers of `model` (`trained.save_params`)."""
     hp, seeds = swept_grid(config, task, **swept)
     result = train(config, workdir, task, hp, seeds, data)
-    trained.save_params(workdir, result.state.params)
+    trained.save_params(workdir, result.state.params,
+                        declared=trained.grid_declaration(model, hp, seeds, result.history, "classifiers", primary=True))
     return hp, seeds, result
 
 
@@ -224,7 +225,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: pathlib.Path):
     (data, data seconds, model, hp, seeds, result)."""
     model, task = tasks.classifier_from_config(config)  # a model that is no classifier is refused before the data loads
     data, data_seconds = load_data(config)
-    hp, seeds, result = train_seeds(config, workdir, task, data)
+    hp, seeds, result = train_seeds(config, workdir, task, data, model)
     return data, data_seconds, model, hp, seeds, result
 
 

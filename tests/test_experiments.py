@@ -10,10 +10,11 @@ import math
 
 import jax
 import pytest
+from test_evaluate import evaluate_each_declared
 from test_reproduce import numeric_leaves
 
 from experiments import reproduce
-from mnist_jax import preflight, registry, training
+from mnist_jax import preflight, registry, trained, training
 from mnist_jax.config import ConfigError, load_config_file, parse_args
 from mnist_jax.sweep import num_runs
 
@@ -29,6 +30,7 @@ SHRINK = {
 }
 FLOOR = {"variance_sources": {"seeds": 3}}  # a spread and its CI need 3 runs per source
 TRAINED = [e for e in registry.experiments() if e.entry != "experiments.reproduce"]
+NO_MODEL = {"cnn_search"}  # keeps only its statistics: evaluate says so (test_evaluate)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,6 +96,10 @@ def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_pa
         assert png.read_bytes()[:8] == PNG, png
     text = e.module().section(metrics)
     assert isinstance(text, str) and text.strip()
+    if e.name in NO_MODEL:
+        assert not trained.declarations(workdir)
+    else:  # evaluate applies every model it saves
+        evaluate_each_declared(workdir, tmp_path)
 
 
 def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_path):
