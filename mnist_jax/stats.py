@@ -272,7 +272,7 @@ def ensemble_by_size(logits, labels, subsets: int = 200, seed: int = 0, confiden
     return out
 
 
-def _chosen(means: np.ndarray) -> np.ndarray:
+def chosen_index(means: np.ndarray) -> np.ndarray:
     """The index of the highest mean along axis 0 (the first on ties, as `np.argmax` and so
     experiments.sweep choose), a value without runs (NaN) never ahead of one with runs."""
     return np.argmax(np.where(np.isnan(means), -np.inf, means), axis=0)
@@ -285,7 +285,7 @@ def _resampled_choice(groups: list[np.ndarray], m: int | None, resamples: int, r
     for i, g in enumerate(groups):
         if g.size:
             means[i] = g[rng.integers(0, g.size, (resamples, m or g.size))].mean(axis=1)
-    return _chosen(means)
+    return chosen_index(means)
 
 
 def selection_stability(groups, resamples: int = 2000, seed: int = 0, target: float = 0.9,
@@ -307,7 +307,7 @@ def selection_stability(groups, resamples: int = 2000, seed: int = 0, target: fl
                 "seeds_for_target": None, "target": target, "chosen_value_at_target": None, "largest_tried": 0,
                 "curve": []}
     rng = np.random.default_rng(seed)
-    real = _chosen(np.array([g.mean() if g.size else np.nan for g in groups]))
+    real = chosen_index(np.array([g.mean() if g.size else np.nan for g in groups]))
     counts = np.bincount(_resampled_choice(groups, None, resamples, rng), minlength=len(groups))
     p = counts / resamples
     largest = max_factor * max(g.size for g in groups)
