@@ -185,8 +185,9 @@ def selection_text(s: dict) -> str:
         return ""
     shares = sorted(s["points"], key=lambda p: -p["p_chosen"])
     names = [n for n in s["points"][0] if n not in ("runs", "p_chosen")]
-    listed = "; ".join(f"{point_text({n: p[n] for n in names})} chosen in {100 * p['p_chosen']:.0f} % of resamples"
-                       for p in shares if p["p_chosen"] > 0)
+    listed = ", ".join(f"{point_text({n: p[n] for n in names})}{' chosen' * (i == 0)} in {100 * p['p_chosen']:.0f} %"
+                       for i, p in enumerate(p for p in shares if p["p_chosen"] > 0)) + f" of {s['resamples']} resamples"
+    never = [point_text({n: p[n] for n in names}) for p in s["points"] if p["p_chosen"] == 0]
     target = f"{100 * s['target']:.0f} %"
     if s["seeds_for_target"] is not None:
         stable = (f"one value would be chosen in {target} of resamples with {s['seeds_for_target']} seeds per value "
@@ -195,8 +196,8 @@ def selection_text(s: dict) -> str:
         last = s["curve"][-1] if s["curve"] else None
         stable = (f"no value is chosen in {target} of resamples with up to {s['largest_tried']} seeds per value"
                   + (f" (the most: {point_text(last['point'])}, {100 * last['p']:.0f} %)" if last else ""))
-    return (f"**How stable the choice is** (validation accuracy, the seeds of each value resampled with replacement, "
-            f"{s['resamples']} resamples): {listed}. Extrapolated by resampling more seeds per value: {stable}.")
+    return (f"**How stable the choice is** (validation accuracy, the seeds of each value resampled with replacement): "
+            f"{listed}; never chosen: {', '.join(never) or 'none'}. Extrapolated by resampling more seeds per value: {stable}.")
 
 
 def ensemble_text(e: dict) -> str:

@@ -105,3 +105,50 @@ def test_the_flip_fraction_is_zero_or_one_where_runs_agree():
     assert out["disagreement"]["mean"] == pytest.approx(6 / 6 / 4)
     assert out["test_error"]["mean"] == pytest.approx(np.mean([1, 2, 1, 2]) / 4)
     assert out["disagreement_over_error"] == pytest.approx(0.25 / 0.375)
+
+
+def runs_of(values, val, diverged=()):
+    """A runs table of a sweep of l2 over `values` (seed fastest), validation accuracies `val`."""
+    seeds = len(val) // len(values)
+    return [{"l2": values[i // seeds], "seed": i % seeds, "val_accuracy": v, "diverged": i in diverged}
+            for i, v in enumerate(val)]
+
+
+def test_a_sweeps_selection_and_ensemble_are_of_the_point_validation_chooses():
+    from mnist_jax import report, results
+
+    runs = runs_of([0.0, 1e-4, 1e-3], [0.90, 0.91, 0.95, 0.96, 0.99, 0.10], diverged={5})
+    s = results.selection(runs, {"l2": [0.0, 1e-4, 1e-3]}, resamples=400)
+    assert [p["p_chosen"] for p in s["points"]] == [0.0, 0.0, 1.0]  # the diverged seed is left out: 0.99 alone
+    assert s["chosen"] == {"l2": 1e-3} and s["resamples"] == 400 and s["seeds_for_target"] == 2
+    text = report.selection_text(s)
+    assert "l2 = 0.001 chosen in 100 % of 400 resamples" in text and "never chosen: l2 = 0, l2 = 0.0001" in text
+    assert results.ensemble_runs(runs, {"l2": [0.0, 1e-4, 1e-3]}) == ({"l2": 1e-3}, [4])
+    assert results.ensemble_runs(runs, None) == ({}, [0, 1, 2, 3, 4])
+
+
+class FixedGrid:
+    """A stand-in for grid.TrainedGrid with fixed logits (runs, N, C)."""
+
+    def __init__(self, logits):
+        self.all = np.asarray(logits)
+
+    def select(self, runs):
+        return FixedGrid(self.all[list(runs)])
+
+    def logits(self, x, runs_at_once=4):
+        return self.all
+
+
+def test_seed_outcomes_ensemble_the_chosen_points_seeds_and_need_two_of_them():
+    from mnist_jax import results
+
+    logits, y = random_logits(runs=6, n=50)
+    runs = runs_of([0.0, 1e-4], [0.9, 0.9, 0.8, 0.95, 0.95, 0.95])
+    out = results.seed_outcomes(FixedGrid(logits), None, y, runs, {"l2": [0.0, 1e-4]})
+    assert set(out) == {"selection", "ensemble", "flips"}
+    assert out["ensemble"]["of"] == {"l2": 1e-4} and out["ensemble"]["run_indices"] == [3, 4, 5]
+    assert out["ensemble"]["ensemble"] == stats.ensemble(logits[3:], y)["ensemble"]
+    assert out["flips"]["runs"] == 3 and out["flips"]["wrong_in_runs"] == stats.flips(logits[3:].argmax(-1), y)["wrong_in_runs"]
+    one = runs_of([0.0], [0.9, 0.8], diverged={1})
+    assert results.seed_outcomes(FixedGrid(logits[:2]), None, y, one) == {}
