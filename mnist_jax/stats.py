@@ -250,19 +250,27 @@ def _subsets(s: int, k: int, limit: int, rng: np.random.Generator) -> tuple[np.n
     return masks, False
 
 
+def ensemble_sizes(s: int, most: int = 32) -> list[int]:
+    """The ensemble sizes k that `ensemble_by_size` evaluates of s runs: every k = 1..s when
+    s <= `most`, else `most` of them spread evenly on a log scale, 1 and s among them."""
+    if s <= most:
+        return list(range(1, s + 1))
+    return sorted({int(k) for k in np.round(np.geomspace(1, s, most))} | {1, s})
+
+
 def ensemble_by_size(logits, labels, subsets: int = 200, seed: int = 0, confidence: float = 0.95,
                      chunk: int = 32) -> list[dict]:
-    """Test accuracy of ensembles of k of the S runs of `logits` (S, N, C), k = 1..S: per k, the
-    mean over subsets of size k (all of them when there are at most `subsets`, else `subsets`
-    random ones from a numpy Generator seeded with `seed`) and the percentile interval of the
-    subsets' accuracies at `confidence`. k = S is the full ensemble (`ensemble`).
-    [{k, subsets, exhaustive, mean, ci_low, ci_high}]."""
+    """Test accuracy of ensembles of k of the S runs of `logits` (S, N, C), k = 1..S (at most 32
+    sizes: `ensemble_sizes`): per k, the mean over subsets of size k (all of them when there are at
+    most `subsets`, else `subsets` random ones from a numpy Generator seeded with `seed`) and the
+    percentile interval of the subsets' accuracies at `confidence`. k = S is the full ensemble
+    (`ensemble`). [{k, subsets, exhaustive, mean, ci_low, ci_high}]."""
     probs = softmax(logits)
     y = np.asarray(labels)
     s = probs.shape[0]
     rng = np.random.default_rng(seed)
     out = []
-    for k in range(1, s + 1):
+    for k in ensemble_sizes(s):
         masks, exhaustive = _subsets(s, k, subsets, rng)
         acc = np.concatenate([(_subset_probs(probs, masks[i:i + chunk]).argmax(axis=-1) == y).mean(axis=1)
                               for i in range(0, len(masks), chunk)])

@@ -152,3 +152,9 @@ def test_seed_outcomes_ensemble_the_chosen_points_seeds_and_need_two_of_them():
     assert out["flips"]["runs"] == 3 and out["flips"]["wrong_in_runs"] == stats.flips(logits[3:].argmax(-1), y)["wrong_in_runs"]
     one = runs_of([0.0], [0.9, 0.8], diverged={1})
     assert results.seed_outcomes(FixedGrid(logits[:2]), None, y, one) == {}
+
+
+def test_a_large_grid_evaluates_at_most_32_ensemble_sizes_from_1_to_s():
+    assert stats.ensemble_sizes(10) == list(range(1, 11))
+    sizes = stats.ensemble_sizes(200)
+    assert sizes[0] == 1 and sizes[-1] == 200 and len(sizes) <= 34 and sizes == sorted(set(sizes))
