@@ -95,7 +95,7 @@ def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_pa
         assert png.read_bytes()[:8] == PNG, png
     text = e.module().section(metrics)
     assert isinstance(text, str) and text.strip()
-    if e.entry in SEED_GRIDS:  # the seeds beyond their mean, evaluated after training
+    if e.entry in SEED_GRIDS and config.seeds >= 2:  # the seeds beyond their mean, evaluated after training
         assert {"ensemble", "flips"} <= set(metrics) and metrics["ensemble"]["by_size"][-1]["k"] == 2
         assert {"ensemble.png", "unstable_digits.png"} <= {p.name for p in pngs}
         assert "Which test images flip" in text
