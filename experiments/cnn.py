@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import cli, grid, kernels, models, plots, preflight, results, stats, training
-from mnist_jax.report import ci, figure, mean_std, pct, per_value_table, seeds_text, study, table, timing_line
+from mnist_jax.report import ci, figure, mean_std, pct, per_value_table, seed_variance, seeds_text, study, table, timing_line
 
 
 def confusion(trained: grid.TrainedGrid, x: jax.Array, y: jax.Array) -> np.ndarray:
@@ -29,8 +29,9 @@ def confusion(trained: grid.TrainedGrid, x: jax.Array, y: jax.Array) -> np.ndarr
     return out
 
 
-def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.Path) -> None:
-    """accuracy.png and confusion.png of a finished run, from its metrics (so they can be redrawn)."""
+def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.Path, images) -> None:
+    """accuracy.png and confusion.png of a finished run, from its metrics (so they can be redrawn), and its
+    ensemble.png and unstable_digits.png (`images`: the test images)."""
     history = {k: np.asarray(v) for k, v in metrics["history"].items()}
     n_runs, acc = len(metrics["runs"]), stats.describe(metrics["test_accuracy"])
     aug = f", random shifts ±{config.max_shift} px" if config.get("max_shift", 0) else ""
@@ -44,6 +45,7 @@ def figures(config: ml_collections.ConfigDict, metrics: dict, workdir: pathlib.P
     plots.confusion_matrix(np.asarray(metrics["confusion_matrix"]["sum_over_seeds"]), workdir / "confusion.png",
                            f"Test-set confusion matrix, {model}\n{setting}\n{training.runs_text(config)}, "
                            f"mean test accuracy {acc}", n_runs=n_runs)
+    plots.seed_variance(metrics, images, workdir, f"{model}, {setting}")
 
 
 def reads(config: ml_collections.ConfigDict) -> list[str]:
@@ -55,7 +57,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     data, data_seconds, model, hp, seeds, result = training.train_classifier(config, workdir)
     history = result.history
     n_params = models.param_count(jax.tree_util.tree_map(lambda a: a[0], result.state.params))
-    cm = confusion(grid.TrainedGrid(model, result.state.params, hp, seeds), data.test_x, data.test_y)
+    trained_grid = grid.TrainedGrid(model, result.state.params, hp, seeds)
+    cm = confusion(trained_grid, data.test_x, data.test_y)
     outcome = results.classifier_summary(hp, seeds, history, training.sweep_values(config))  # diverged runs left out
     test_acc, summary = outcome["test_accuracy"]["per_seed"], outcome["test_accuracy"]
     timing = training.timing(data_seconds, result)
@@ -77,7 +80,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "timing": timing,
         "resumed_from_epoch": result.resumed_from_epoch,
     }
-    figures(config, metrics, workdir)
+    metrics.update(results.seed_outcomes(trained_grid, data.test_x, data.test_y, metrics["runs"],
+                                         training.sweep_values(config), runs_at_once=1))
+    figures(config, metrics, workdir, data.test_x)
     met = "met" if metrics["target"]["met"] else "NOT met"
     print(f"test accuracy {stats.describe(summary)} over {len(seeds)} seeds "
           f"(per seed {', '.join(f'{100 * a:.2f}' for a in test_acc)}); target {100 * config.target_accuracy:.1f} % {met}; "
@@ -107,6 +112,7 @@ def section_cnn(m: dict, title: str, study: str) -> str:
         table(["", "this codebase", "study"], rows),
         *([f"Swept: {', '.join(m['sweep'])}.", per_value_table(m)] if m.get("per_value") else []),
         goal,
+        *seed_variance(m),
         timing_line(m),
         figure(name, "accuracy.png", "Training and validation accuracy per epoch, mean ± 1 std over seeds"),
         figure(name, "confusion.png", "Confusion matrix on the test set, summed over seeds"),

@@ -10,8 +10,8 @@ import pathlib
 import jax
 import ml_collections
 
-from mnist_jax import cli, models, plots, preflight, results, stats, training
-from mnist_jax.report import ci, figure, mean_std, net_text, per_value_table, seeds_text, study, table, timing_line
+from mnist_jax import cli, grid, models, plots, preflight, results, stats, training
+from mnist_jax.report import ci, figure, mean_std, net_text, per_value_table, seed_variance, seeds_text, study, table, timing_line
 
 
 def describe(summary: dict) -> str:
@@ -37,6 +37,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "timing": training.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
+    what = (f"{models.describe(model)} ({n_params:,} params), {config.optimizer.upper()} lr "
+            f"{training.value_text(config, 'learning_rate')}, batch {config.batch_size}, {config.epochs} epochs")
+    metrics.update(results.seed_outcomes(grid.TrainedGrid(model, result.state.params, hp, seeds), data.test_x, data.test_y,
+                                         metrics["runs"], training.sweep_values(config)))
+    plots.seed_variance(metrics, data.test_x, workdir, what)
     val_name = "validation = test set (study protocol)" if config.protocol == "study" else f"validation = {config.n_val} held-out"
     plots.accuracy_curves(
         history, workdir / "accuracy.png",
@@ -65,6 +70,7 @@ def section(m: dict) -> str:
         "## 2. Dense classifier 784-64-64-10",
         table(["", "this codebase", "study", "reference"], rows),
         *([f"Swept: {', '.join(m['sweep'])}.", per_value_table(m)] if m.get("per_value") else []),
+        *seed_variance(m),
         timing_line(m),
         figure("mlp", "accuracy.png", "Training and validation accuracy per epoch, mean ± 1 std over seeds"),
     ])

@@ -19,9 +19,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import cli, models, plots, preflight, results, stats, tasks, trained, training
+from mnist_jax import cli, grid, models, plots, preflight, results, stats, tasks, trained, training
 from mnist_jax.config import ConfigError
-from mnist_jax.report import ci, figure, mean_std, net_text, seeds_text, study, table, timing_line
+from mnist_jax.report import ci, figure, mean_std, net_text, seed_variance, seeds_text, study, table, timing_line
 
 # The metrics key of the swept values, as metrics.json files have always named them.
 VALUES_KEYS = {"l2": "l2_factors", "dropout_rate": "dropout_rates"}
@@ -142,7 +142,14 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "resumed_from_epoch": result.resumed_from_epoch,
     }
 
+    # the seeds beyond their mean: how stable the choice is, and the ensemble and flips of the chosen value's seeds
+    metrics.update(results.seed_outcomes(grid.TrainedGrid(model, result.state.params, hp, seeds), data.test_x,
+                                         data.test_y, metrics["runs"], {field: values}, key="final_val_accuracy",
+                                         runs_at_once=training.run_chunk(config, task) or 4))
     figures(config, metrics, workdir)
+    plots.seed_variance(metrics, data.test_x, workdir,
+                        f"{metrics['model']} ({metrics['param_count']:,} params), {config.optimizer} lr {config.learning_rate}, "
+                        f"batch {config.batch_size}, {config.epochs} epochs")
     if chosen_err["n"]:
         print(f"chosen on validation: {field}={values[chosen]:g}, test error {chosen_err['mean']:.3f} % "
               f"(95 % CI {chosen_err['ci_low']:.3f}-{chosen_err['ci_high']:.3f}); reference {ref_pct:.2f} %")
@@ -253,6 +260,7 @@ def section_sweep(m: dict, name: str, title: str, study_note: str) -> str:
                "P(a run beats a run at the first value) [95 % CI]", "study protocol: best test accuracy over epochs (%)"],
               rows),
         summary + detectable_text(m),
+        *seed_variance(m),
         timing_line(m),
         figure(name, f"{m['experiment']}.png", "Test error per value: every seed a dot, mean with 95 % CI"),
         figure(name, f"{m['experiment']}_std.png", "Run-to-run standard deviation per value"),

@@ -24,7 +24,7 @@ import numpy as np
 
 from mnist_jax import cli, grid, models, plots, preflight, results, stats, tasks, train, trained, training
 from mnist_jax.config import REPO_ROOT, load_config_file
-from mnist_jax.report import figure, mean_std, net_text, num, pct, seeds_text, table, timing_line
+from mnist_jax.report import figure, flips_text, mean_std, net_text, num, pct, seeds_text, table, timing_line
 
 SOURCES = (*train.STREAMS, "one_bit", "bootstrap", "all")
 # the sources Summers & Dinneen (2021) varied one at a time (initialization, shuffling, augmentation,
@@ -198,12 +198,15 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "test_sampling_std": sampling,
         "verdict": verdict(per_source),
         "power": power_table(per_source["all"]["std_pct"], config),
+        # which test images the runs of 'all' flip on, and their disagreement against their test error (Jiang et al.)
+        "flips": stats.flips(preds[all_runs], data.test_y, results.UNSTABLE_SHOWN),
         "diverged": diverged,
         "history": {k: h[k] for k in ("loss", "val_accuracy", "test_accuracy")},
         "timing": training.timing(data_seconds, result),
         "resumed_from_epoch": result.resumed_from_epoch,
     }
     figures(config, metrics, workdir)
+    plots.seed_variance({"flips": metrics["flips"]}, data.test_x, workdir, f"{metrics['model']}, every stream varied ('all')")
     print(metrics["verdict"]["text"])
     return metrics
 
@@ -281,6 +284,9 @@ def section(m: dict) -> str:
         f"(binomial formula: {sampling['binomial_std_pct']:.3f}): the spread over runs of 'all' is "
         f"{times(m['per_source']['all']['std_pct']['std'], sampling['bootstrap_std_pct'], ' times')} that.",
         f"**Against Summers & Dinneen (2021)**: {m['verdict']['text']}",
+        *([f"Of the runs of 'all': {flips_text(m['flips'])}",
+           figure("variance_sources", "unstable_digits.png", "The test images the runs of 'all' disagree on most")]
+          if m.get("flips") else []),
         f"**How many seeds** (from the spread of 'all', σ = {power['sigma_pct']:.3f} % points, upper 95 % bound "
         f"{power['sigma_ci_high_pct']:.3f}; {power['test']}, alpha {power['alpha']:g}, power {power['power']:g}):",
         table(["difference of mean test accuracy (% points)", "seeds per arm", "seeds per arm at the upper bound of σ"],

@@ -42,6 +42,15 @@ class TrainedGrid:
         """The params of run `run` (no run axis)."""
         return jax.tree_util.tree_map(lambda a: a[run], self.params)
 
+    def select(self, runs) -> TrainedGrid:
+        """The grid of the runs `runs` (indices) of this one, in that order."""
+        idx = np.asarray(runs, np.int64)
+        pick = (lambda a: None if a is None else (a[idx] if isinstance(a, jax.Array) else np.asarray(a)[idx]))
+        return dataclasses.replace(self, params=jax.tree_util.tree_map(pick, self.params),
+                                   hp={k: pick(v) for k, v in self.hp.items()},
+                                   seeds=({k: pick(v) for k, v in self.seeds.items()} if isinstance(self.seeds, dict)
+                                          else pick(self.seeds)))
+
     def logits(self, x: jax.Array | np.ndarray, runs_at_once: int = 4) -> np.ndarray:
         """Evaluation-mode logits (R, N, 10) of every run on images x (uint8 or float, NHWC):
         `runs_at_once` runs vmapped at a time, each in batches of the model's evaluation batch,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from pathlib import Path
 
 import matplotlib
 
@@ -402,3 +403,70 @@ def variance_sources(labels, stds, disagreements, path, title: str, *, all_label
         third.legend(fontsize=7, title="source varied", title_fontsize=7)
     fig.suptitle(_wrap(title, 130), fontsize=9)
     save(fig, path)
+
+
+def ensemble_size(block: dict, path: str | os.PathLike, title: str) -> None:
+    """Test accuracy (%) of ensembles of k runs against k (metrics.json's `ensemble` block): the mean
+    over subsets of size k with the percentile interval of the subsets as a band, the mean member
+    with its 95 % CI, and the full ensemble."""
+    rows = block["by_size"]
+    k = np.array([r["k"] for r in rows])
+    mean, lo, hi = (100.0 * np.array([r[key] for r in rows], np.float64) for key in ("mean", "ci_low", "ci_high"))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(k, mean, marker="o", ms=3.5, color="C0", label="ensemble of k runs (softmax averaged), mean over subsets")
+    ax.fill_between(k, lo, hi, color="C0", alpha=0.22, linewidth=0, label="95 % of the subsets of size k")
+    member = block["members"]["accuracy"]
+    ax.axhline(100.0 * member["mean"], color="C3", ls="--", lw=1.2,
+               label=f"mean member ({member['n']} runs)" + (", 95 % CI" if member["n"] > 2 else ""))
+    if member["n"] > 2:
+        ax.axhspan(100.0 * member["ci_low"], 100.0 * member["ci_high"], color="C3", alpha=0.12, linewidth=0)
+    ax.scatter([k[-1]], [100.0 * block["ensemble"]["accuracy"]], color="C1", zorder=3, s=30,
+               label=f"all {block['runs']} runs")
+    ax.set_xlabel("runs in the ensemble, k")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(k if len(k) <= 20 else k[::max(1, len(k) // 10)])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(_wrap(title, 90), fontsize=9)
+    save(fig, path)
+
+
+def unstable_digits(block: dict, images, path: str | os.PathLike, title: str, columns: int = 8) -> None:
+    """The most unstable test images of metrics.json's `flips` block (`images`: the test images,
+    uint8 NHWC): each with its label, the share of runs that get it wrong, and the runs' votes."""
+    shown = block["most_unstable"]
+    if not shown:
+        fig, ax = plt.subplots(figsize=(6.0, 1.6))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"every run agrees on every one of the {block['examples']:,} test images", ha="center")
+        ax.set_title(_wrap(title, 90), fontsize=9)
+        save(fig, path)
+        return
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.9 * rows + 0.9), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    images = np.asarray(images)
+    for ax, r in zip(axes.ravel(), shown, strict=False):
+        ax.imshow(images[r["index"]].reshape(images.shape[1], images.shape[2]), cmap="gray_r", interpolation="nearest")
+        votes = sorted(((n, c) for c, n in enumerate(r["votes"]) if n), key=lambda nc: (-nc[0], nc[1]))
+        ax.set_title(f"#{r['index']}, label {r['label']}\nwrong in {100 * r['wrong_fraction']:.0f} %\nvotes "
+                     + " ".join(f"{c}:{n}" for n, c in votes[:4]), fontsize=6.5)
+    fig.suptitle(_wrap(title, 110), fontsize=9)
+    save(fig, path)
+
+
+def seed_variance(metrics: dict, images, workdir, what: str) -> None:
+    """ensemble.png and unstable_digits.png (the names the REPORT's `report.seed_variance` shows) of
+    metrics.json's `ensemble` and `flips` blocks, where it has them; `images`: the test images;
+    `what`: the trained runs for the titles."""
+    e, f = metrics.get("ensemble"), metrics.get("flips")
+    of = (lambda b: "" if not b.get("of") else " of " + ", ".join(f"{n} = {v:g}" for n, v in b["of"].items()))
+    if e:
+        ensemble_size(e, Path(workdir) / "ensemble.png",
+                      f"Ensembles of the {e['runs']} seeds{of(e)}: test accuracy against ensemble size\n{what}")
+    if f:
+        err = f["test_error"]["mean"]
+        unstable_digits(f, images, Path(workdir) / "unstable_digits.png",
+                        f"The {len(f['most_unstable'])} test images the {f['runs']} runs{of(f)} disagree on most "
+                        f"({f['unstable']:,} of {f['examples']:,} flip; mean test error {100 * err:.2f} %)\n{what}")

@@ -9,7 +9,7 @@ import functools
 import json
 import pathlib
 
-from mnist_jax import distributed, provenance, registry
+from mnist_jax import distributed, provenance, registry, stats
 from mnist_jax.config import load_config_file
 
 
@@ -169,3 +169,80 @@ def seeds_text(c: dict) -> str:
     return f"{c['seeds']} seed{'s' * (c['seeds'] > 1)}"
 
 
+
+
+# --- What the seeds say beyond their mean (metrics.json's `selection`, `ensemble`, `flips`) ---
+
+def point_text(point: dict) -> str:
+    """'l2 = 1e-06' (a point of a swept grid), 'l2 = 0, lr = 0.1' for several names."""
+    return ", ".join(f"{n} = {v:g}" for n, v in point.items())
+
+
+def selection_text(s: dict) -> str:
+    """How often validation would choose each point with other seeds, and the seeds per point at
+    which one would be chosen in 90 % of the resamples."""
+    if not s.get("resamples"):
+        return ""
+    shares = sorted(s["points"], key=lambda p: -p["p_chosen"])
+    names = [n for n in s["points"][0] if n not in ("runs", "p_chosen")]
+    listed = ", ".join(f"{point_text({n: p[n] for n in names})}{' chosen' * (i == 0)} in {100 * p['p_chosen']:.0f} %"
+                       for i, p in enumerate(p for p in shares if p["p_chosen"] > 0)) + f" of {s['resamples']} resamples"
+    never = [point_text({n: p[n] for n in names}) for p in s["points"] if p["p_chosen"] == 0]
+    target = f"{100 * s['target']:.0f} %"
+    if s["seeds_for_target"] is not None:
+        stable = (f"one value would be chosen in {target} of resamples with {s['seeds_for_target']} seeds per value "
+                  f"({point_text(s['chosen_at_target'])})")
+    else:
+        last = s["curve"][-1] if s["curve"] else None
+        stable = (f"no value is chosen in {target} of resamples with up to {s['largest_tried']} seeds per value"
+                  + (f" (the most: {point_text(last['point'])}, {100 * last['p']:.0f} %)" if last else ""))
+    return (f"**How stable the choice is** (validation accuracy, the seeds of each value resampled with replacement): "
+            f"{listed}; never chosen: {', '.join(never) or 'none'}. Extrapolated by resampling more seeds per value: {stable}.")
+
+
+def ensemble_text(e: dict) -> str:
+    """The ensemble of the seeds against its mean member (accuracy, NLL, ECE), and its accuracy
+    against the number of runs it averages."""
+    of = f" of {point_text(e['of'])}, the value chosen on validation" if e.get("of") else ""
+    whole, members = e["ensemble"], e["members"]
+    rows = [[f"ensemble (softmax averaged) of the {e['runs']} runs{of}", pct(whole["accuracy"]), num(whole["nll"], 4),
+             pct(whole["ece"])],
+            ["one run: mean ± std over the runs", mean_std(members["accuracy"]), mean_std(members["nll"], 1.0, 4),
+             mean_std(members["ece"])]]
+    curve = ", ".join(f"{r['k']}: {pct(r['mean'])}" + ("" if r["ci_low"] == r["ci_high"] else
+                                                      f" [{pct(r['ci_low'])}, {pct(r['ci_high'])}]")
+                      for r in e["by_size"])
+    return "\n\n".join([
+        table(["", "test accuracy (%)", "test NLL (nats)", f"ECE (%, {stats.ECE_BINS} bins)"], rows),
+        f"Test accuracy (%) of ensembles of k runs (mean over subsets of size k [95 % of the subsets], at most "
+        f"{e['subsets_per_size']} per size): {curve}."])
+
+
+def flips_text(f: dict, shown: int = 5) -> str:
+    """Which test images the runs get wrong, their churn, and disagreement against test error (Jiang et al. 2022)."""
+    of = f" of {point_text(f['of'])}" if f.get("of") else ""
+    dis, err = f["disagreement"], f["test_error"]
+    ratio = "n/a" if f["disagreement_over_error"] is None else f"{f['disagreement_over_error']:.2f}"
+    listed = "; ".join(f"#{u['index']} (label {u['label']}, votes "
+                       + ", ".join(f"{c}: {n}" for c, n in sorted(enumerate(u["votes"]), key=lambda cn: -cn[1]) if n) + ")"
+                       for u in f["most_unstable"][:shown])
+    return (f"**Which test images flip** over the {f['runs']} runs{of}: {f['never_wrong']:,} of {f['examples']:,} are never "
+            f"wrong, {f['always_wrong']:,} always wrong, {f['unstable']:,} right in some runs and wrong in others"
+            + (f"; the most unstable: {listed}" if listed else "") + ". "
+            f"Two runs label {pct(dis['mean'])} % of test images differently (churn; 95 % CI {ci(dis)}), against a mean "
+            f"test error of {pct(err['mean'])} % ({ci(err)}): disagreement / error = {ratio} "
+            "(Jiang et al. 2022: about 1 when the ensemble of the runs is well calibrated).")
+
+
+def seed_variance(m: dict) -> list[str]:
+    """The REPORT parts of metrics.json's `selection`, `ensemble` and `flips` blocks, with their
+    figures (ensemble.png, unstable_digits.png in the experiment's folder); [] without them."""
+    name = m["experiment"]
+    parts = [selection_text(m["selection"])] if m.get("selection") else []
+    if m.get("ensemble"):
+        parts += [ensemble_text(m["ensemble"]),
+                  figure(name, "ensemble.png", "Test accuracy of ensembles of k runs against k, with the mean member")]
+    if m.get("flips"):
+        parts += [flips_text(m["flips"]),
+                  figure(name, "unstable_digits.png", "The test images the runs disagree on most, with their votes")]
+    return [p for p in parts if p]

@@ -74,15 +74,24 @@ def runs_table(hp: dict[str, np.ndarray], seeds: Any, history: dict[str, np.ndar
     return out
 
 
-def per_value(runs: list[dict], sweep: dict[str, list[float]],
-              keys: Sequence[str] = ("test_accuracy", "val_accuracy")) -> list[dict]:
-    """One record per point of a swept grid (every combination of `sweep`'s values): its values,
-    how many runs it has, and the summary of each of `keys` over them (diverged runs left out)."""
+def points(runs: list[dict], sweep: dict[str, list[float]]) -> list[tuple[dict, list[int]]]:
+    """Every combination of `sweep`'s values (the points of a swept grid, in the declaration's
+    order) as ({name: value}, indices of its runs in `runs`)."""
     names = list(sweep)
     out = []
     for point in itertools.product(*(sweep[n] for n in names)):
         values = {n: hp_value(v) for n, v in zip(names, point, strict=True)}
-        members = [r for r in runs if all(r[n] == v for n, v in values.items())]
+        out.append((values, [i for i, r in enumerate(runs) if all(r[n] == v for n, v in values.items())]))
+    return out
+
+
+def per_value(runs: list[dict], sweep: dict[str, list[float]],
+              keys: Sequence[str] = ("test_accuracy", "val_accuracy")) -> list[dict]:
+    """One record per point of a swept grid (every combination of `sweep`'s values): its values,
+    how many runs it has, and the summary of each of `keys` over them (diverged runs left out)."""
+    out = []
+    for values, members in points(runs, sweep):
+        members = [runs[i] for i in members]
         record = {**values, "runs": len(members)}
         for k in keys:
             record[k] = stats.summary(np.array([np.nan if r[k] is None else r[k] for r in members], float))
@@ -109,3 +118,72 @@ def classifier_summary(hp: dict[str, np.ndarray], seeds: Any, history: dict[str,
         "val_accuracy": {"per_seed": val_acc, **stats.summary(val_acc)},
         "diverged": divergence(history, seeds, hp),
     }
+
+
+# --- What the seeds of a grid say beyond their mean: ensembles, flips, how stable a choice is ---
+
+SELECTION_RESAMPLES = 2000  # bootstrap resamples of the seeds of each swept value
+ENSEMBLE_SUBSETS = 200  # subsets of the runs per ensemble size, when there are more
+UNSTABLE_SHOWN = 16  # test images listed (and drawn) as the most unstable
+STATS_SEED = 0  # the numpy Generator seed of the resamples and subsets: the same grid gives the same numbers
+
+
+def _score(run: dict, key: str) -> float:
+    value = run.get(key)
+    return np.nan if run.get("diverged") or value is None else float(value)
+
+
+def selection(runs: list[dict], sweep: dict[str, list[float]], key: str = "val_accuracy",
+              resamples: int = SELECTION_RESAMPLES) -> dict:
+    """How stable the choice of a swept grid's point on validation is (`stats.selection_stability`):
+    the point with the highest mean `key` over its seeds (the first on ties), and per point the
+    share of bootstrap resamples of the seeds in which it is chosen, with the seeds per point at
+    which one point would be chosen in 90 % of them. Points are dicts {name: value}."""
+    grid = points(runs, sweep)
+    groups = [[_score(runs[i], key) for i in members] for _, members in grid]
+    s = stats.selection_stability(groups, resamples, STATS_SEED)
+    point = (lambda i: None if i is None else grid[i][0])
+    return {"on": key, "rule": "highest mean over the point's seeds, the first point on ties; diverged runs left out",
+            "resamples": s["resamples"], "seed": s["seed"],
+            "points": [{**values, "runs": len(members), "p_chosen": p} for (values, members), p in zip(grid, s["p_chosen"],
+                                                                                                       strict=True)],
+            "chosen": point(s["chosen"]), "most_chosen": point(s["most_chosen"]), "target": s["target"],
+            "seeds_for_target": s["seeds_for_target"], "chosen_at_target": point(s["chosen_value_at_target"]),
+            "largest_tried": s["largest_tried"],
+            "curve": [{"seeds": c["seeds"], "point": point(c["value"]), "p": c["p"]} for c in s["curve"]]}
+
+
+def ensemble_runs(runs: list[dict], sweep: dict[str, list[float]] | None, key: str = "val_accuracy") -> tuple[dict, list[int]]:
+    """({name: value} of the point, indices of its runs that did not diverge): the runs an ensemble
+    is made of. Without a sweep every run; with one, the seeds of the point validation chooses (the
+    highest mean `key`, the first on ties), so the ensemble is of seeds, never of settings."""
+    if not sweep:
+        return {}, [i for i, r in enumerate(runs) if not r.get("diverged")]
+    grid = points(runs, sweep)
+    scores = [np.array([_score(runs[i], key) for i in members], np.float64) for _, members in grid]
+    best = int(stats.chosen_index(np.array([s[np.isfinite(s)].mean() if np.isfinite(s).any() else np.nan
+                                            for s in scores])))
+    values, members = grid[best]
+    return values, [i for i in members if not runs[i].get("diverged")]
+
+
+def seed_outcomes(trained, x, y, runs: list[dict], sweep: dict[str, list[float]] | None = None,
+                  key: str = "val_accuracy", runs_at_once: int = 4) -> dict:
+    """The `selection`, `ensemble` and `flips` blocks of metrics.json, for a trained grid
+    (`grid.TrainedGrid`, runs in the order of `runs`) on images x with labels y, evaluated after
+    training. selection (`selection`): with a sweep of two or more points. ensemble and flips: on
+    the runs of `ensemble_runs`, when at least 2 of them are left.
+
+    ensemble: `stats.ensemble` (the softmax averaged over the runs; accuracy, NLL and ECE against
+    the members') with `by_size` (`stats.ensemble_by_size`); flips: `stats.flips` (per test image,
+    the runs that get it wrong; disagreement against test error). Both name the point (`of`)."""
+    out = {"selection": selection(runs, sweep, key)} if sweep and len(points(runs, sweep)) > 1 else {}
+    of, members = ensemble_runs(runs, sweep, key)
+    if len(members) < 2:
+        return out
+    logits = trained.select(members).logits(x, runs_at_once=runs_at_once)
+    y = np.asarray(y)
+    subsets = {"subsets_per_size": ENSEMBLE_SUBSETS, "seed": STATS_SEED}
+    return {**out, "ensemble": {"of": of, "run_indices": members, **stats.ensemble(logits, y),
+                         "by_size": stats.ensemble_by_size(logits, y, ENSEMBLE_SUBSETS, STATS_SEED), **subsets},
+            "flips": {"of": of, "run_indices": members, **stats.flips(logits.argmax(axis=-1), y, UNSTABLE_SHOWN)}}

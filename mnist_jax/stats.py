@@ -1,8 +1,15 @@
 """Statistics over seeds: mean, std, Student-t confidence intervals, Welch's t-test, the CI of a
 std, how many seeds a difference needs, and P(A > B) with its CI. Every function takes plain
-sequences of per-run values (a runs table's column), NaN (diverged) runs dropped."""
+sequences of per-run values (a runs table's column), NaN (diverged) runs dropped.
+
+On a trained grid's outputs (per-run logits or predictions, `mnist_jax.grid.TrainedGrid`): the
+ensemble of the runs and its accuracy against its size, how often a selection would come out the
+same with other seeds (`selection_stability`), and which examples flip between runs (`flips`)."""
 
 from __future__ import annotations
+
+import itertools
+from math import comb
 
 import numpy as np
 from scipy import stats as sps
@@ -167,3 +174,193 @@ def bootstrap_mean_std(values, resamples: int = 2000, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     means = np.array([x[rng.integers(0, x.size, x.size)].mean() for _ in range(resamples)])
     return float(means.std(ddof=1))
+
+
+# --- Ensembles of runs, how stable a selection is, and which examples flip ---
+# These take a trained grid's outputs (`mnist_jax.grid.TrainedGrid`): logits (runs, N, C) or
+# predicted labels (runs, N), and the labels (N,).
+
+ECE_BINS = 15
+
+
+def softmax(logits, axis: int = -1) -> np.ndarray:
+    """Softmax of `logits` along `axis`, in float64."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of class probabilities (N, C): the confidence (top probability)
+    in `bins` equal-width bins (lo, hi] of [0, 1], sum over bins of (share of examples) x
+    |accuracy - mean confidence| (Guo et al. 2017)."""
+    p = np.asarray(probs, np.float64)
+    conf = p.max(axis=-1)
+    right = (p.argmax(axis=-1) == np.asarray(labels)).astype(np.float64)
+    which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    gap = np.bincount(which, right, bins) - np.bincount(which, conf, bins)  # sum of (right - confidence) per bin
+    return float(np.abs(gap).sum() / max(count.sum(), 1))
+
+
+def scores(probs, labels, bins: int = ECE_BINS) -> dict:
+    """{accuracy, nll, ece} of class probabilities (N, C): the share of argmax labels that are
+    right, the mean -log p(label), and the expected calibration error (`calibration_error`)."""
+    p = np.asarray(probs, np.float64)
+    y = np.asarray(labels)
+    picked = p[np.arange(y.size), y]
+    with np.errstate(divide="ignore"):
+        nll = float(-np.log(picked).mean())
+    return {"accuracy": float((p.argmax(axis=-1) == y).mean()), "nll": nll, "ece": calibration_error(p, y, bins)}
+
+
+def _subset_probs(probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The ensembles (M, N, C) of the subsets of runs `masks` (M, S) bool: each subset's runs'
+    probabilities (S, N, C) averaged. The full ensemble is the subset of every run, so both are
+    computed by the same arithmetic."""
+    weights = masks / masks.sum(axis=1, keepdims=True)
+    return (weights @ probs.reshape(probs.shape[0], -1)).reshape(len(masks), *probs.shape[1:])
+
+
+def ensemble(logits, labels, bins: int = ECE_BINS, confidence: float = 0.95) -> dict:
+    """The ensemble of the runs of `logits` (S, N, C): their softmax averaged over runs, with its
+    accuracy, NLL and ECE (`scores`), against the members' (`summary` over runs of each score).
+    {runs, ensemble: {accuracy, nll, ece}, members: {accuracy, nll, ece: summary}, gain: ensemble
+    minus mean member of each score}."""
+    probs = softmax(logits)
+    s = probs.shape[0]
+    whole = scores(_subset_probs(probs, np.ones((1, s), bool))[0], labels, bins)
+    each = [scores(p, labels, bins) for p in probs]
+    members = {k: summary([e[k] for e in each], confidence) for k in whole}
+    return {"runs": int(s), "ensemble": whole, "members": members,
+            "gain": {k: whole[k] - members[k]["mean"] for k in whole}}
+
+
+def _subsets(s: int, k: int, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """(masks (M, s) bool, exhaustive): every subset of size k of s runs when there are at most
+    `limit`, else `limit` random ones (each drawn uniformly, repeats allowed)."""
+    if comb(s, k) <= limit:
+        masks = np.zeros((comb(s, k), s), bool)
+        for i, members in enumerate(itertools.combinations(range(s), k)):
+            masks[i, list(members)] = True
+        return masks, True
+    masks = np.zeros((limit, s), bool)
+    for i in range(limit):
+        masks[i, rng.choice(s, k, replace=False)] = True
+    return masks, False
+
+
+def ensemble_sizes(s: int, most: int = 32) -> list[int]:
+    """The ensemble sizes k that `ensemble_by_size` evaluates of s runs: every k = 1..s when
+    s <= `most`, else `most` of them spread evenly on a log scale, 1 and s among them."""
+    if s <= most:
+        return list(range(1, s + 1))
+    return sorted({int(k) for k in np.round(np.geomspace(1, s, most))} | {1, s})
+
+
+def ensemble_by_size(logits, labels, subsets: int = 200, seed: int = 0, confidence: float = 0.95,
+                     chunk: int = 32) -> list[dict]:
+    """Test accuracy of ensembles of k of the S runs of `logits` (S, N, C), k = 1..S (at most 32
+    sizes: `ensemble_sizes`): per k, the mean over subsets of size k (all of them when there are at
+    most `subsets`, else `subsets` random ones from a numpy Generator seeded with `seed`) and the
+    percentile interval of the subsets' accuracies at `confidence`. k = S is the full ensemble
+    (`ensemble`). [{k, subsets, exhaustive, mean, ci_low, ci_high}]."""
+    probs = softmax(logits)
+    y = np.asarray(labels)
+    s = probs.shape[0]
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in ensemble_sizes(s):
+        masks, exhaustive = _subsets(s, k, subsets, rng)
+        acc = np.concatenate([(_subset_probs(probs, masks[i:i + chunk]).argmax(axis=-1) == y).mean(axis=1)
+                              for i in range(0, len(masks), chunk)])
+        lo, hi = np.percentile(acc, [50 * (1 - confidence), 50 * (1 + confidence)])
+        out.append({"k": k, "subsets": int(len(masks)), "exhaustive": exhaustive, "mean": float(acc.mean()),
+                    "ci_low": float(lo), "ci_high": float(hi)})
+    return out
+
+
+def chosen_index(means: np.ndarray) -> np.ndarray:
+    """The index of the highest mean along axis 0 (the first on ties, as `np.argmax` and so
+    experiments.sweep choose), a value without runs (NaN) never ahead of one with runs."""
+    return np.argmax(np.where(np.isnan(means), -np.inf, means), axis=0)
+
+
+def _resampled_choice(groups: list[np.ndarray], m: int | None, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """The chosen index in each of `resamples` bootstrap resamples: every group's runs resampled
+    with replacement (m of them, or as many as it has when m is None), their means compared."""
+    means = np.full((len(groups), resamples), np.nan)
+    for i, g in enumerate(groups):
+        if g.size:
+            means[i] = g[rng.integers(0, g.size, (resamples, m or g.size))].mean(axis=1)
+    return chosen_index(means)
+
+
+def selection_stability(groups, resamples: int = 2000, seed: int = 0, target: float = 0.9,
+                        max_factor: int = 4) -> dict:
+    """How often the value with the highest mean (e.g. validation accuracy) would be chosen with
+    other seeds: `groups`, one sequence of per-seed scores per value (NaN = diverged, dropped).
+
+    p_chosen: per value, the share of `resamples` bootstrap resamples (each value's seeds drawn S
+    of S with replacement, numpy Generator seeded with `seed`) in which it has the highest mean
+    (the first on ties); they sum to 1. seeds_for_target: the smallest number m of seeds per value
+    (2 .. max_factor x the most seeds of a value, drawn with replacement) at which one value is
+    chosen in at least `target` of the resamples, or None (with `largest_tried`), and that value;
+    `curve` gives that value's share for each m tried.
+    {resamples, seed, chosen, p_chosen, most_chosen, seeds_for_target, target, chosen_value_at_target,
+    largest_tried, curve: [{seeds, value, p}]}."""
+    groups = [_finite(g) for g in groups]
+    if not any(g.size for g in groups):
+        return {"resamples": 0, "seed": seed, "chosen": None, "p_chosen": [None] * len(groups), "most_chosen": None,
+                "seeds_for_target": None, "target": target, "chosen_value_at_target": None, "largest_tried": 0,
+                "curve": []}
+    rng = np.random.default_rng(seed)
+    real = chosen_index(np.array([g.mean() if g.size else np.nan for g in groups]))
+    counts = np.bincount(_resampled_choice(groups, None, resamples, rng), minlength=len(groups))
+    p = counts / resamples
+    largest = max_factor * max(g.size for g in groups)
+    curve, found = [], None
+    for m in range(2, largest + 1):
+        share = np.bincount(_resampled_choice(groups, m, resamples, rng), minlength=len(groups)) / resamples
+        best = int(np.argmax(share))
+        curve.append({"seeds": m, "value": best, "p": float(share[best])})
+        if share[best] >= target:
+            found = curve[-1]
+            break
+    return {"resamples": int(resamples), "seed": seed, "chosen": int(real), "p_chosen": [float(v) for v in p],
+            "most_chosen": int(np.argmax(p)), "target": target,
+            "seeds_for_target": None if found is None else found["seeds"],
+            "chosen_value_at_target": None if found is None else found["value"],
+            "largest_tried": curve[-1]["seeds"] if curve else 0, "curve": curve}
+
+
+def flip_fraction(predictions, labels) -> np.ndarray:
+    """Per example (N,), the fraction of the runs of `predictions` (runs, N) that label it wrong."""
+    return (np.asarray(predictions) != np.asarray(labels)[None, :]).mean(axis=0)
+
+
+def flips(predictions, labels, top: int = 16, classes: int = 10, confidence: float = 0.95) -> dict:
+    """Which examples the runs of `predictions` (runs, N) get wrong, and whether their
+    disagreement tracks their error (Jiang et al. 2022: the expected disagreement of two runs
+    approximates their test error).
+
+    {runs, examples, wrong_in_runs (count of examples wrong in exactly j runs, j = 0..runs),
+    never_wrong, always_wrong, unstable (right in some runs, wrong in others), most_unstable
+    (the `top` examples whose flip fraction is nearest 1/2, then by index: {index, label,
+    wrong_fraction, votes per class}), disagreement (`pairwise_disagreement`), test_error (`summary`
+    of the runs' error), disagreement_over_error}."""
+    p = np.asarray(predictions)
+    y = np.asarray(labels)
+    r, n = p.shape
+    wrong = (p != y[None, :]).sum(axis=0)
+    frac = wrong / r
+    unstable = np.flatnonzero((wrong > 0) & (wrong < r))
+    order = unstable[np.lexsort((unstable, np.abs(frac[unstable] - 0.5)))][:top]
+    error = summary((p != y[None, :]).mean(axis=1), confidence)
+    dis = pairwise_disagreement(p, confidence)
+    ratio = None if dis["mean"] is None or not error["mean"] else dis["mean"] / error["mean"]
+    return {"runs": int(r), "examples": int(n), "wrong_in_runs": np.bincount(wrong, minlength=r + 1).tolist(),
+            "never_wrong": int((wrong == 0).sum()), "always_wrong": int((wrong == r).sum()), "unstable": int(unstable.size),
+            "most_unstable": [{"index": int(i), "label": int(y[i]), "wrong_fraction": float(frac[i]),
+                               "votes": np.bincount(p[:, i], minlength=classes).tolist()} for i in order],
+            "disagreement": dis, "test_error": error, "disagreement_over_error": ratio}

@@ -29,6 +29,7 @@ SHRINK = {
     "test_resamples": 20,
 }
 FLOOR = {"variance_sources": {"seeds": 3}}  # a spread and its CI need 3 runs per source
+SEED_GRIDS = ("experiments.mlp", "experiments.cnn", "experiments.sweep")  # classifier grids with an ensemble of seeds
 TRAINED = [e for e in registry.experiments() if e.entry != "experiments.reproduce"]
 NO_MODEL = {"cnn_search"}  # keeps only its statistics: evaluate says so (test_evaluate)
 
@@ -100,6 +101,13 @@ def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_pa
         assert not trained.declarations(workdir)
     else:  # evaluate applies every model it saves
         evaluate_each_declared(workdir, tmp_path)
+    if e.entry in SEED_GRIDS and config.seeds >= 2:  # the seeds beyond their mean, evaluated after training
+        assert {"ensemble", "flips"} <= set(metrics) and metrics["ensemble"]["by_size"][-1]["k"] == 2
+        assert {"ensemble.png", "unstable_digits.png"} <= {p.name for p in pngs}
+        assert "Which test images flip" in text
+    if len(metrics.get("per_value", [])) > 1:  # a swept grid: how stable the choice on validation is
+        assert sum(p["p_chosen"] for p in metrics["selection"]["points"]) == pytest.approx(1.0)
+        assert "of resamples" in text
 
 
 def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_path):
