@@ -18,7 +18,7 @@ import numpy as np
 from mnist_jax import data as data_lib
 
 SYNTHETIC_TRAIN, SYNTHETIC_EVAL = 256, 100  # training images; validation and test images each
-ENV = "MNIST_JAX_TEST_DATA"  # "synthetic": a process started with it trains on `noisy_splits`
+ENV = "MNIST_JAX_TEST_DATA"  # "synthetic:N": a process started with it trains on `noisy_splits(N)`
 SITE = pathlib.Path(__file__).resolve().parent / "synthetic_site"
 
 
@@ -39,20 +39,20 @@ def synthetic_splits(n_train: int = 256, n_eval: int = 64, seed: int = 0) -> dat
     return data_lib.Splits(tx, ty, vx, vy, ex, ey)
 
 
-def noisy_splits() -> data_lib.Splits:
-    """SYNTHETIC_TRAIN training, SYNTHETIC_EVAL validation and test images, a random label on 30 %
+def noisy_splits(n_train: int = SYNTHETIC_TRAIN) -> data_lib.Splits:
+    """`n_train` training, SYNTHETIC_EVAL validation and test images, a random label on 30 %
     of each split: every model stays imperfect and runs of different seeds apart, as on MNIST (the
     statistics of the experiments divide by spreads)."""
     rng = np.random.default_rng(1)
-    s = synthetic_splits(SYNTHETIC_TRAIN, SYNTHETIC_EVAL)
+    s = synthetic_splits(n_train, SYNTHETIC_EVAL)
     return s._replace(**{k: np.where(rng.random(y.shape) < 0.3, rng.integers(0, 10, y.shape), y).astype(np.int32)
                          for k, y in s._asdict().items() if k.endswith("_y")})
 
 
-def install(setattr: Callable = setattr) -> data_lib.Splits:
-    """`noisy_splits` in place of MNIST in `mnist_jax.data` (`setattr`: a monkeypatch's, to undo it
+def install(setattr: Callable = setattr, n_train: int = SYNTHETIC_TRAIN) -> data_lib.Splits:
+    """`noisy_splits(n_train)` in place of MNIST in `mnist_jax.data` (`setattr`: a monkeypatch's, to undo it
     after a test); the validation set is SYNTHETIC_EVAL images whatever `n_val` asks. Returns the splits."""
-    s = noisy_splits()
+    s = noisy_splits(n_train)
     raw = {"train_x": np.concatenate([s.train_x, s.val_x]), "train_y": np.concatenate([s.train_y, s.val_y]),
            "test_x": s.test_x, "test_y": s.test_y}
 
@@ -68,9 +68,9 @@ def install(setattr: Callable = setattr) -> data_lib.Splits:
     return s
 
 
-def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """`env` (default: this process's) for a process that trains on `noisy_splits` too."""
+def subprocess_env(env: dict[str, str] | None = None, n_train: int = SYNTHETIC_TRAIN) -> dict[str, str]:
+    """`env` (default: this process's) for a process that trains on `noisy_splits(n_train)` too."""
     env = dict(os.environ if env is None else env)
-    env[ENV] = "synthetic"
+    env[ENV] = f"synthetic:{n_train}"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), env.get("PYTHONPATH", "")) if p)
     return env
