@@ -40,6 +40,7 @@ from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
 from mnist_jax.data import IMAGE_SHAPE, preprocess_images
+from mnist_jax.precision import compute_dtype_of
 
 BATCH = 2048
 
@@ -137,7 +138,8 @@ def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> t
     """(result, one-line summary) of the trained model of an experiment's workdir applied to x."""
     experiment_name = config.get("experiment")
     block = config.get("model") if isinstance(config.get("model"), dict) else None
-    role = models.role(models.from_config(block)) if block and "kind" in block else None
+    dtype = compute_dtype_of(config)  # the trained model computes as it did in training
+    role = models.role(models.from_config(block, dtype)) if block and "kind" in block else None
     if experiment_name == "noise_accuracy":
         return apply_noise_accuracy(workdir, config, x, args)
     if (workdir / "metrics.json").exists() and not (workdir / "params").is_dir():
@@ -149,18 +151,18 @@ def apply_workdir(workdir: pathlib.Path, config: dict, x: np.ndarray, args) -> t
         metrics = finished_metrics(workdir)
         records = metrics.get("runs") or [{"noise_level": v} for v in metrics["noise_level"]]
         runs = level_runs(records, args.level, "autoencoder")
-        model, params = trained.restore_run(workdir, config["model"], args.seed, runs=runs)
+        model, params = trained.restore_run(workdir, config["model"], args.seed, runs=runs, compute_dtype=dtype)
         out = denoise_images(model, params, x)
         return out, (f"{len(out)} images denoised by the autoencoder trained at noise level {args.level:g} "
                      f"(seed index {args.seed}); mean intensity {out.mean():.4f}")
     if role == "generative":
         if config["model"].get("conditional"):
             raise ConfigError("--workdir holds a conditional VAE: it needs labels, which evaluate does not take")
-        model, params = trained.restore_run(workdir, config["model"], args.seed)
+        model, params = trained.restore_run(workdir, config["model"], args.seed, compute_dtype=dtype)
         out = reconstruct_images(model, params, x)
         return out, f"{len(out)} images reconstructed by VAE run {args.seed}; mean intensity {out.mean():.4f}"
     if role == "classifier":
-        model, params = trained.restore_run(workdir, config["model"], args.seed)
+        model, params = trained.restore_run(workdir, config["model"], args.seed, compute_dtype=dtype)
         labels = predict_labels(model, params, x)
         counts = np.bincount(labels, minlength=10)
         return labels, f"{len(labels)} images; predicted label counts 0-9: {counts.tolist()}"
@@ -184,12 +186,13 @@ def apply_noise_accuracy(workdir: pathlib.Path, config: dict, x: np.ndarray, arg
         runs = level_runs(records, args.level, f"{curve} classifier")
     kind = config["classifier"]["kind"]
     block, _ = models.split_block({"kind": kind, **config["classifier"][kind]})
-    model, params = trained.restore_run(workdir, block, args.seed, f"{curve}_params", runs=runs)
+    dtype = compute_dtype_of(config)
+    model, params = trained.restore_run(workdir, block, args.seed, f"{curve}_params", runs=runs, compute_dtype=dtype)
     if records[runs[args.seed]]["diverged"]:
         trained.check_not_diverged(True, params, args.seed)
     if curve == "denoised":
         dae, dparams = trained.restore_run(workdir, config["denoiser"]["model"], args.seed, "denoiser_params",
-                                              runs=runs)
+                                           runs=runs, compute_dtype=dtype)
         x = denoise_images(dae, dparams, x)
     labels = predict_labels(model, params, x)
     counts = np.bincount(labels, minlength=10)

@@ -22,6 +22,7 @@ import numpy as np
 
 from mnist_jax import distributed
 from mnist_jax.kernels import CONV_IMPLS
+from mnist_jax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
 from mnist_jax.train import OPTIMIZERS, PERTURBATIONS, SCHEDULES, STREAMS, optimizer_args
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -254,6 +255,8 @@ RULES = {
     "run_chunk": (lambda v: _is_int(v) and v >= 0,
                   "an integer >= 0 (0 = automatic: what the model says, sweep.default_run_chunk)"),
     "optimizer": _one_of(OPTIMIZERS),
+    "compute_dtype": _one_of(COMPUTE_DTYPES),
+    "matmul_precision": _one_of(MATMUL_PRECISIONS),
     "b1": (_is_rate, "a number in [0, 1) (as float32)"),
     "b2": (_is_rate, "a number in [0, 1) (as float32)"),
     "b3": (_is_rate, "a number in [0, 1) (as float32)"),

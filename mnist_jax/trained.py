@@ -80,7 +80,7 @@ def run_count(metrics: dict) -> int:
 
 
 def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: str = "params",
-                runs: list[int] | None = None):
+                runs: list[int] | None = None, compute_dtype: str = "float32"):
     """(model, params) of one trained run of a workdir: the model of config `block`, from the
     params in `params_dir` (leading run axis).
 
@@ -88,7 +88,7 @@ def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: 
     experiment); `run_index` is a position in it, range-checked (ConfigError), and a run that
     diverged is a CheckpointError.
     """
-    model = models.from_config(block)
+    model = models.from_config(block, compute_dtype)
     metrics_path = workdir / "metrics.json"
     if not metrics_path.exists():
         raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
