@@ -18,8 +18,8 @@ from collections.abc import Callable
 import ml_collections
 
 from mnist_jax import compilation, distributed, preflight, provenance, registry, sweep, tensorboard, trained
-from mnist_jax import precision as precision_lib
 from mnist_jax import data as data_lib
+from mnist_jax import precision as precision_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError, is_disk_full, space_text
 from mnist_jax.config import REPO_ROOT, ConfigError, load_config_module, parse_args
