@@ -312,8 +312,8 @@ def precision_arm(config: ml_collections.ConfigDict, per_source: dict, every_sou
             f"{mean_std(out['test_accuracy_pct'][REDUCED_DTYPE], 1.0, 2)} % against "
             f"{mean_std(out['test_accuracy_pct'][dtype], 1.0, 2)} %; paired difference {d['mean']:+.3f} % points "
             f"(std {d['std']:.3f}, 95 % CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]); the same seed in the two precisions "
-            f"labels {pct(out['paired_disagreement']['mean'])} of the test images differently (different seeds in {dtype}: "
-            f"{_disagreement(per_source['all']['disagreement'])}).")
+            f"labels {pct(out['paired_disagreement']['mean'])} % of the test images differently (different seeds in "
+            f"{dtype}: {_disagreement(per_source['all']['disagreement'])} %).")
     if "one_bit_bf16" in per_source:
         row, ref = per_source["one_bit_bf16"], per_source["precision"]["std_pct"]
         std = row["std_pct"]["std"]
