@@ -160,10 +160,10 @@ def verdict(per_source: dict, at: dict | None = None) -> dict:
 
 def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the classifier's, its sources and its statistics'
-    settings, and `precision_seeds` where a bfloat16 arm is among the sources."""
-    reduced = ["precision_seeds"] if any(s in REDUCED for s in config.sources) else []
+    settings, and the size of its bfloat16 arms (read with the sources: `--config.sources` can
+    leave the arms out of a config that sizes them)."""
     return [*preflight.classifier_reads(config), "sources", "differences_pct", "alpha", "power", "test_resamples",
-            *reduced]
+            "precision_seeds"]
 
 
 def reduced_runs(config: ml_collections.ConfigDict) -> int:

@@ -333,6 +333,9 @@ class DenoisingAutoencoder(nn.Module):
 #   init_inputs(x) -> tuple         what `init` takes besides the key (default: the images)
 #   traced: tuple[str, ...]         its traced call arguments (default: the keyword arguments of
 #                                   `__call__` with a numeric default, such as dropout_rate)
+#   dtype: Any = None               a field: the dtype it computes in, which `from_config` sets from
+#                                   config.compute_dtype (passed on to its flax layers' `dtype`; params
+#                                   stay float32). A model without it computes in float32 only.
 # The functions below give each capability with its default, so no other module asks what
 # class a model is.
 
