@@ -20,7 +20,8 @@ images through that run's autoencoder first):
 
     python -m experiments.evaluate --workdir runs/noise_accuracy --images x.npy --curve denoised --level 0.5
 
-`--seed` is checked against the runs the workdir really has (its metrics' runs table).
+`--seed` is checked against the runs the workdir really has (its metrics' runs table). The model
+computes in the compute dtype and matmul precision its experiment trained with (its config.json).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
 from mnist_jax.data import IMAGE_SHAPE, preprocess_images
-from mnist_jax.precision import compute_dtype_of
+from mnist_jax.precision import compute_dtype_of, matmul_precision, of_config
 
 BATCH = 2048
 
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--workdir {args.workdir!r} holds no config.json: not an experiment workdir")
         config = trained.read_json(workdir / "config.json")
         x = load_images(args.images)
-        result, summary = apply_workdir(workdir, config, x, args)
+        with matmul_precision(of_config(config)[1]):  # the products as the experiment computed them
+            result, summary = apply_workdir(workdir, config, x, args)
         if result.dtype == np.float32:
             result = result.reshape(np.load(args.images, mmap_mode="r").shape)
         if out:

@@ -15,7 +15,7 @@ from test_experiments import light_compiles  # noqa: F401  (autouse: these progr
 
 from experiments import mlp as mlp_experiment
 from experiments import variance_sources
-from mnist_jax import models, precision, sweep, tasks, train, training
+from mnist_jax import models, precision, sweep, tasks, train, trained, training
 from mnist_jax.config import ConfigError, load_config_file, validate
 
 BLOCKS = {
@@ -184,6 +184,16 @@ def test_metrics_and_report_name_the_precision(synthetic_mnist, tmp_path):
     assert p["float32_products"] == precision.float32_products("float32", jax.default_backend())
     report = (tmp_path / "REPORT.md").read_text()
     assert "compute dtype bfloat16, matmul precision float32" in report and p["backend_note"] in report
+    # evaluate applies the trained net as it computed in training: bfloat16 labels, not float32 ones
+    from experiments import evaluate
+
+    images = np.asarray(synthetic_mnist.test_x[:40])
+    np.save(tmp_path / "x.npy", images)
+    assert evaluate.main(["--workdir", str(tmp_path), "--images", str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npy")]) == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    model, params = trained.restore_run(tmp_path, config["model"], 0, compute_dtype="bfloat16")
+    logits = tasks.classifier_logits(model, params, jnp.asarray(images))
+    assert model.dtype == jnp.bfloat16 and np.array_equal(np.load(tmp_path / "y.npy"), np.argmax(logits, -1))
 
 
 def test_variance_sources_config_rules_for_the_bfloat16_arms():
