@@ -446,8 +446,10 @@ def row(m: dict, c: dict) -> list[str]:
     power = m["power"]
     need = ", ".join(f"{r['difference_pct']:g}: {r['seeds_per_arm']}" for r in power["rows"])
     verdict = "agrees" if m["verdict"]["agrees_with_summers_dinneen"] else "does not fully agree"
+    at = m["verdict"].get("measured_at")
+    where = f" (in {at['compute_dtype']} compute, float32 products in {at['float32_products']})" if at else ""
     return [f"beyond the study: where variance comes from, {m['model']}, {seeds_text(c)} per source",
-            f"std of test accuracy (% points) [95 % CI]: {spread}; MNIST **{verdict}** with Summers & Dinneen. "
+            f"std of test accuracy (% points) [95 % CI]: {spread}; MNIST **{verdict}** with Summers & Dinneen{where}. "
             f"Seeds per arm to detect a difference of (points): {need}",
             "-", "Summers & Dinneen 2021: each source alone ≈ all together"]
 
