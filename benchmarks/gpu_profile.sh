@@ -26,8 +26,12 @@
 #   (MNIST_JAX_COMPILE_AHEAD=0) and on (the default: 4 threads on 16 cores); autotune = the default against
 #   XLA_FLAGS=--xla_gpu_autotune_level=0 (GPU compile time; its last line says whether the numbers stay);
 #   jobs = --config.jobs=1 against 3.
+#   With PRECISION=1, after the stages: variance_sources' one_bit, all and their bfloat16 arms (PRECISION_SEEDS runs
+#   each, default 20, the full profile's epochs) at --config.matmul_precision=float32 against default (TF32 on compute
+#   capability >= 8.0), into runs/precision_float32 and runs/precision_default: whether TF32 products round a one-ulp
+#   change away (one_bit's std and disagreement at each precision); about 10 s each on an H100.
 # Environment: OUT, BUDGET (seconds for everything, default 560), STAGES, PROFILE (default full), WARM, BENCH,
-# ONE_PROCESS, JOBS, VARIANTS, VARIANT_STAGES.
+# ONE_PROCESS, JOBS, VARIANTS, VARIANT_STAGES, PRECISION, PRECISION_SEEDS.
 set -u
 if [ "${1:-}" = prepare ]; then
   PY=${PY:-python}
@@ -107,6 +111,23 @@ if [ "${BENCH:-0}" = 1 ]; then  # the dense net, 1 run and 64 vmapped, with vari
       --runs 1 64 --epochs 3 2>&1 | grep -v -i warning | tail -n 4 >>"$LOG"
   done
 fi
+if [ "${PRECISION:-0}" = 1 ]; then  # one_bit with float32 products against the GPU's default (TF32)
+  for p in float32 default; do
+    [ "$(left)" -gt 40 ] || { echo "== variance_sources matmul_precision=$p skipped: $(left) s left" >>"$LOG"; continue; }
+    rm -rf runs/precision_$p; t=$(date +%s)
+    timeout "$(left)" $PY -m experiments.variance_sources --workdir runs/precision_$p --config.matmul_precision=$p \
+      --config.seeds=${PRECISION_SEEDS:-20} --config.precision_seeds=${PRECISION_SEEDS:-20} \
+      "--config.sources=['one_bit', 'all', 'precision', 'one_bit_bf16']" >"$SCRATCH/stage.log" 2>&1
+    echo "== variance_sources one_bit, all (float32 and bfloat16 compute) at matmul_precision=$p rc=$? wall=$(( $(date +%s) - t )) s" >>"$LOG"
+    $PY -c "
+import json
+m = json.load(open('runs/precision_$p/metrics.json')); print(m['provenance']['precision'])
+for s, r in m['per_source'].items():
+    print(s, 'std %.4f [%.4f, %.4f] %% points' % tuple(r['std_pct'][k] for k in ('std', 'ci_low', 'ci_high')),
+          'disagreement %.4f' % r['disagreement']['mean'], 'identical' if r['identical_runs'] else '')
+print(m['verdict']['text']); print(m['precision_arm']['text'])" >>"$LOG" 2>&1
+  done
+fi
 if [ -n "${VARIANTS:-}" ]; then  # a setting of the job against another, cold (benchmarks/reproduce_variants.py)
   case "$VARIANTS" in
     ahead) V=(--variant "ahead_off: MNIST_JAX_COMPILE_AHEAD=0" --variant "default:") ;;
@@ -127,7 +148,7 @@ for m in sorted(pathlib.Path('$RUNS').glob('*/metrics.json')):
     print('== compile', m.parent.name, 'programs', c.get('programs'), 'cache hits', c.get('cache_hits'),
           'compile s %.1f' % c.get('compile_seconds', 0), 'trace+lower s %.1f' % c.get('trace_lower_seconds', 0))
 " >>"$LOG" 2>&1
-find "$RUNS" runs/det_b runs/det_off \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*checkpoint*' -not -path '*params*' \
+find "$RUNS" runs/det_b runs/det_off runs/precision_float32 runs/precision_default \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*checkpoint*' -not -path '*params*' \
   | tar -czf "$OUT/runs.tgz" -T - 2>>"$LOG"
 sed -i "s|$PWD/||g" "$LOG"  # paths relative to the project root: the log is committed, the GPU machine's root is not ours
 tail -c 11000 "$LOG"

@@ -32,6 +32,11 @@ def get_config(experiment: str, **fields) -> ml_collections.ConfigDict:
     c.checkpoint_seconds = 30.0  # ... but not sooner than this after the last one (0: every time); the last epoch always
     c.tensorboard = True  # TensorBoard event files of every run in WORKDIR/tensorboard (mnist_jax.tensorboard)
     c.run_chunk = 0  # runs per program (0 = automatic: what the model says, see sweep.default_run_chunk)
+    # precision (mnist_jax.precision): the dtype the models compute in (params and optimizer state stay float32), and
+    # jax_default_matmul_precision while the experiment trains and evaluates ("default": TF32 on NVIDIA GPUs of compute
+    # capability >= 8.0, full float32 on a CPU, which ignores it); metrics.json records both and what the backend did
+    c.compute_dtype = "float32"  # float32 | bfloat16
+    c.matmul_precision = "default"  # default | float32 | tensorfloat32 | bfloat16
     for name, value in fields.items():
         c[name] = value
     return c

@@ -11,7 +11,9 @@ For each source of randomness (`sources`), `seeds` runs where only that source v
 Sources: a stream of `mnist_jax.train.STREAMS` (init, order, dropout, noise, augment) varied
 alone; `one_bit` (the lowest mantissa bit of one initial weight flipped, a different weight per
 run); `bootstrap` (the training set resampled with replacement, a different resampling per run);
-`all` (every stream varies: runs with different seeds, as every other experiment trains them).
+`all` (every stream varies: runs with different seeds, as every other experiment trains them);
+`precision` (the first `precision_seeds` runs of `all` again in bfloat16 compute) and `one_bit_bf16`
+(the first `precision_seeds` runs of `one_bit` in bfloat16 compute), a second program.
 """
 
 import ml_collections
@@ -26,11 +28,13 @@ def get_config(profile: str = "full") -> ml_collections.ConfigDict:
     # seed: every stream of the base run; varied streams use seed + 1, seed + 2, ...; seeds: runs per source
     c = base.get_config("variance_sources", seeds=20, epochs=10, learning_rate=0.1)
     c.model = ml_collections.ConfigDict({"kind": "mlp", "hidden": (64, 64), "keras_init": True})
-    c.sources = ("init", "order", "one_bit", "bootstrap", "all")
+    c.sources = ("init", "order", "one_bit", "bootstrap", "all", "precision", "one_bit_bf16")
+    # runs of each bfloat16 arm (`precision`, `one_bit_bf16`; at most `seeds`): the first of 'all' and 'one_bit' again
+    c.precision_seeds = 10
     c.l2 = 0.0
     c.max_shift = 0  # random shifts of up to this many pixels (the `augment` stream); 0 = off
     c.differences_pct = (0.05, 0.1, 0.2, 0.5)  # accuracy differences (% points) for the power table
     c.alpha = 0.05
     c.power = 0.8
     c.test_resamples = 2000  # bootstrap resamples of the test images for one model's sampling std
-    return base.sized(c, profile, seeds=3, epochs=2, test_resamples=200)
+    return base.sized(c, profile, seeds=3, epochs=2, test_resamples=200, precision_seeds=3)

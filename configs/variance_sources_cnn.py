@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = variance_sources.get_config()
     model = cnn.get_config()
     c.model = model.model
+    # no bfloat16 arms: a second convolutional program (add "precision", "one_bit_bf16" to train them too)
     c.sources = ("init", "order", "dropout", "one_bit", "bootstrap", "all")
     c.seeds = 10
     for field in ("epochs", "batch_size", "optimizer", "schedule", "learning_rate", "dropout_rate", "max_shift"):

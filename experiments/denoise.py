@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from mnist_jax import cli, denoising, models, plots, preflight, results, stats, tasks, trained, training
+from mnist_jax.precision import compute_dtype_of
 from mnist_jax.report import by_level, ci, figure, mean_std, num, seeds_text, table, timing_line
 
 TEST_METRICS = ("test_bce", "test_psnr_noisy", "test_psnr_denoised")
@@ -42,7 +43,7 @@ def per_level(values: np.ndarray, run_levels: np.ndarray, levels: list[float]) -
 def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the autoencoder's block, its levels, what its task
     and optimizer read, and the figure's digits."""
-    task = tasks.denoise_task(denoising.dae_model(config.model))
+    task = tasks.denoise_task(denoising.dae_model(config.model, compute_dtype_of(config)))
     return [*preflight.RUN_FIELDS, "model", "noise_levels", "figure_digits",
             *preflight.task_reads(config, task, given=("noise_level",))]
 
@@ -54,7 +55,7 @@ def runs(config: ml_collections.ConfigDict) -> int:
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     levels = denoising.check_levels(config.noise_levels)
-    model = denoising.dae_model(config.model)
+    model = denoising.dae_model(config.model, compute_dtype_of(config))
     data, data_seconds = training.load_data(config)
     result, hp, seeds = denoising.train_denoisers(config, workdir, model, levels, data)
     params = result.state.params

@@ -28,7 +28,8 @@ one-line description. Evaluate reads only that:
 A workdir whose params declare nothing (older code wrote them) is applied through its config's
 `model` block when that builds its primary params; otherwise one line says to run its experiment
 on it again, which declares them (resuming from its checkpoints). Errors are one line, exit 2,
-listing what the workdir declares; a missing, damaged or diverged run's params exit 1.
+listing what the workdir declares; a missing, damaged or diverged run's params exit 1. A model
+computes in the dtype its declaration names and the matmul precision of its experiment (config.json).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
 from mnist_jax.data import IMAGE_SHAPE, preprocess_images
+from mnist_jax.precision import matmul_precision, of_config
 
 BATCH = 2048
 
@@ -288,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--workdir {args.workdir!r} holds no config.json: not an experiment workdir")
         config = trained.read_json(workdir / "config.json")
         x = load_images(args.images)
-        result, summary = apply_workdir(workdir, config, x, args)
+        with matmul_precision(of_config(config)[1]):  # the products as the experiment computed them
+            result, summary = apply_workdir(workdir, config, x, args)
         if result.dtype == np.float32:
             result = result.reshape(np.load(args.images, mmap_mode="r").shape)
         if out:

@@ -32,6 +32,7 @@ import numpy as np
 from mnist_jax import cli, denoising, models, plots, preflight, provenance, stats, sweep, tasks, train, trained, training
 from mnist_jax import results as results_lib
 from mnist_jax.config import ConfigError
+from mnist_jax.precision import compute_dtype_of
 from mnist_jax.report import by_level, figure, mean_std, seeds_text, table, timing_line
 from mnist_jax.train import TrainSpec
 
@@ -53,9 +54,9 @@ def classifier_block(classifier) -> tuple[dict, dict[str, list[float]]]:
     return block, {k: [v] for k, v in traced.items()}
 
 
-def classifier_model(block: dict):
+def classifier_model(block: dict, compute_dtype: str = "float32"):
     try:
-        return models.from_config(block)
+        return models.from_config(block, compute_dtype)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config.classifier {block}: {err}") from None
 
@@ -90,12 +91,13 @@ def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: its three classifiers' (the chosen classifier block
     and the hyperparameters their tasks read), the autoencoders' block and the noise levels."""
     block, traced = classifier_block(config.classifier)
-    task = tasks.noisy_classifier_task(classifier_model(block))
+    model = classifier_model(block, compute_dtype_of(config))
+    task = tasks.noisy_classifier_task(model)
     expected = train.expected_hparams(task, training.train_spec(config))
     unused = [k for k in traced if k not in expected]
     if unused:
         raise ConfigError(f"config.classifier.{block['kind']}.{unused[0]} is ignored: the classifier "
-                          f"{models.describe(classifier_model(block))} does not read it in this configuration")
+                          f"{models.describe(model)} does not read it in this configuration")
     given = ("noise_level", *traced)
     return [*preflight.RUN_FIELDS, "classifier", "denoiser", "denoiser_epochs", "noise_levels",
             *preflight.task_reads(config, task, given=given)]
@@ -108,9 +110,9 @@ def runs(config: ml_collections.ConfigDict) -> int:
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     levels = denoising.check_levels(config.noise_levels)
-    dae = denoising.dae_model(config.denoiser.model)
+    dae = denoising.dae_model(config.denoiser.model, compute_dtype_of(config))
     clf_block, clf_hp = classifier_block(config.classifier)
-    clf = classifier_model(clf_block)
+    clf = classifier_model(clf_block, compute_dtype_of(config))
     ae_epochs = config.denoiser_epochs or config.epochs
     data, data_seconds = training.load_data(config)
     seed_list = [config.seed + i for i in range(config.seeds)]

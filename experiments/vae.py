@@ -21,6 +21,7 @@ from scipy import stats as sps
 
 from mnist_jax import cli, distributed, generative, models, plots, preflight, results, stats, sweep, tasks, trained, training
 from mnist_jax.config import ConfigError
+from mnist_jax.precision import compute_dtype_of
 from mnist_jax.report import ci, figure, mean_std, pct, seeds_text, study, table, timing_line
 from mnist_jax.train import TrainSpec
 
@@ -30,10 +31,10 @@ N_RECONSTRUCTIONS = 12
 MAP_GRID = 20  # decoded manifold of vae_latent.png: MAP_GRID x MAP_GRID latents
 
 
-def build(block: ml_collections.ConfigDict, where: str):
-    """models.from_config with user errors as ConfigError."""
+def build(block: ml_collections.ConfigDict, where: str, compute_dtype: str = "float32"):
+    """models.from_config (computing in `compute_dtype`) with user errors as ConfigError."""
     try:
-        return models.from_config(block)
+        return models.from_config(block, compute_dtype)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"config.{where}: {err}") from None
 
@@ -42,7 +43,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     """What the generic validation cannot check, before any training starts."""
     if config.model.kind != "vae":
         raise ConfigError(f"config.model.kind={config.model.kind!r}: this experiment trains a 'vae'")
-    build(config.model, "model")
+    build(config.model, "model", compute_dtype_of(config))
     cls = config.classifier
     if cls.workdir:
         path = pathlib.Path(cls.workdir)
@@ -53,10 +54,11 @@ def check(config: ml_collections.ConfigDict) -> None:
         block = cls_config.get("classifier", {}) if cls_config.get("experiment") == "vae" else cls_config
         model_block = block.get("model", {}) if isinstance(block, dict) else {}
         kind = model_block.get("kind") if isinstance(model_block, dict) else None
-        if not kind or not models.is_classifier(build(ml_collections.ConfigDict(model_block), "classifier.workdir")):
+        if not kind or not models.is_classifier(build(ml_collections.ConfigDict(model_block), "classifier.workdir",
+                                                       compute_dtype_of(cls_config))):
             raise ConfigError(f"config.classifier.workdir={cls.workdir!r} holds a {kind!r} model of experiment "
                               f"{cls_config.get('experiment')!r}, not a classifier (images -> 10 logits)")
-    elif not models.is_classifier(build(cls.model, "classifier.model")):
+    elif not models.is_classifier(build(cls.model, "classifier.model", compute_dtype_of(config))):
         raise ConfigError(f"config.classifier.model.kind={cls.model.kind!r} is not allowed: the samples are judged "
                           "by a classifier (a model from images to 10 logits)")
 
@@ -81,7 +83,7 @@ def final(history: dict, key: str) -> dict:
 
 def vae_training(config, model_cfg, seeds) -> training.Training:
     """The training of VAEs of `model_cfg`, one per seed."""
-    model = build(model_cfg, "model")
+    model = build(model_cfg, "model", compute_dtype_of(config))
     task = tasks.vae_task(model)
     hp, seeds = sweep.grid(seeds, **training.hparams(config, task))
     return training.Training(config, task, hp, seeds, model=model)
@@ -103,12 +105,13 @@ def reads(config: ml_collections.ConfigDict) -> list[str]:
     """The config fields this experiment reads: the VAE's, its evaluation's and figures', and the
     judge's classifier (its workdir, or the settings it is trained with here)."""
     check(config)
+    vae = build(config.model, "model", compute_dtype_of(config))
     own = [*preflight.RUN_FIELDS, "model", "iwae_k", "iwae_images", "iwae_batch", "n_samples", "digits", "map_epochs",
-           "study", *preflight.task_reads(config, tasks.vae_task(build(config.model, "model")))]
+           "study", *preflight.task_reads(config, tasks.vae_task(vae))]
     cls = config.classifier
     if cls.workdir:  # the judge comes from that workdir: the settings to train one here do not apply
         return [*own, "classifier"]
-    task = tasks.classifier_task(build(cls.model, "classifier.model"))
+    task = tasks.classifier_task(build(cls.model, "classifier.model", compute_dtype_of(config)))
     return [*own, *(f"classifier.{f}" for f in ("workdir", "model", "seed", "epochs", "batch_size", "optimizer", "schedule")),
             *preflight.task_reads(cls, task, classifier_spec(config), prefix="classifier.")]
 
@@ -123,7 +126,7 @@ def classifier_training(config) -> training.Training | None:
     cls = config.classifier
     if cls.workdir:
         return None
-    model = build(cls.model, "classifier.model")
+    model = build(cls.model, "classifier.model", compute_dtype_of(config))
     spec = classifier_spec(config)
     task = tasks.classifier_task(model)
     hp, seeds = sweep.grid([cls.seed], **training.hparams(cls, task, spec))
@@ -157,12 +160,14 @@ def get_classifier(config, workdir: pathlib.Path, data, prepared: training.Train
         path = pathlib.Path(cls.workdir)
         cls_config = trained.read_json(path / "config.json")
         if classifier_params_dir(path) == "classifier_params":  # the classifier a vae run trained
-            model = build(ml_collections.ConfigDict(cls_config["classifier"]["model"]), "classifier.workdir")
+            model = build(ml_collections.ConfigDict(cls_config["classifier"]["model"]), "classifier.workdir",
+                          compute_dtype_of(cls_config))
             params = run_params(trained.load_params(path, models.init_shapes(model, runs=1), "classifier_params"), 0)
             info = {"source": f"the classifier trained by the vae run in {cls.workdir}",
                     "model": cls_config["classifier"]["model"]}
         else:
-            model, params = trained.restore_run(path, cls_config["model"], 0)
+            model, params = trained.restore_run(path, cls_config["model"], 0,
+                                                 compute_dtype=compute_dtype_of(cls_config))
             info = {"source": f"run 0 of {cls.workdir}", "model": cls_config["model"]}
     else:
         plan = prepared or classifier_training(config)

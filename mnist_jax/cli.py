@@ -19,6 +19,7 @@ import ml_collections
 
 from mnist_jax import compilation, distributed, preflight, provenance, registry, sweep, tensorboard, trained
 from mnist_jax import data as data_lib
+from mnist_jax import precision as precision_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError, is_disk_full, space_text
 from mnist_jax.config import REPO_ROOT, ConfigError, load_config_module, parse_args
@@ -158,8 +159,10 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     run_dir, other_code = began if workdir is not None else shared
     started, start, compiled = provenance.now(), time.perf_counter(), compilation.counts()
     cache_at_start = compilation.cache_entries()
+    compute_dtype, matmul = precision_lib.of_config(config)
     try:
-        metrics = run(config, run_dir)
+        with precision_lib.matmul_precision(matmul):  # training and evaluation alike
+            metrics = run(config, run_dir)
     except BaseException:
         if workdir is not None:
             workdir.abandon()
@@ -169,7 +172,7 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
     metrics["timing"]["compilation"] = {**compilation.since(compiled),  # every program of the run, not only training's
                                         "cache_entries_at_start": cache_at_start}
-    prov = provenance.collect(command, started)
+    prov = provenance.collect(command, started, precision=precision_lib.describe(compute_dtype, matmul))
     if other_code:
         prov["checkpoints_from"] = other_code
     metrics = with_provenance(metrics, prov)

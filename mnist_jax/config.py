@@ -22,6 +22,7 @@ import numpy as np
 
 from mnist_jax import distributed
 from mnist_jax.kernels import CONV_IMPLS
+from mnist_jax.precision import COMPUTE_DTYPES, MATMUL_PRECISIONS
 from mnist_jax.train import OPTIMIZERS, PERTURBATIONS, SCHEDULES, STREAMS, optimizer_args
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -192,6 +193,8 @@ def _is_rate(x) -> bool:
 
 
 SEED_LIMIT = 2**31  # seeds are int32 inside the compiled program
+# variance_sources' arms trained in bfloat16 compute, `precision_seeds` runs each
+REDUCED_SOURCES = ("precision", "one_bit_bf16")
 
 
 def _is_plain_name(x) -> bool:
@@ -254,6 +257,8 @@ RULES = {
     "run_chunk": (lambda v: _is_int(v) and v >= 0,
                   "an integer >= 0 (0 = automatic: what the model says, sweep.default_run_chunk)"),
     "optimizer": _one_of(OPTIMIZERS),
+    "compute_dtype": _one_of(COMPUTE_DTYPES),
+    "matmul_precision": _one_of(MATMUL_PRECISIONS),
     "b1": (_is_rate, "a number in [0, 1) (as float32)"),
     "b2": (_is_rate, "a number in [0, 1) (as float32)"),
     "b3": (_is_rate, "a number in [0, 1) (as float32)"),
@@ -297,6 +302,7 @@ RULES = {
     "alpha": (lambda v: _is_number(v) and 1e-6 <= v <= 0.5, "a significance level in [1e-06, 0.5]"),
     "power": (lambda v: _is_number(v) and 0 < v <= 0.999, "a power in (0, 0.999], above alpha"),
     "test_resamples": (lambda v: _is_int(v) and 2 <= v <= 100_000, "an integer in 2..100000"),
+    "precision_seeds": (lambda v: _is_int(v) and 3 <= v <= 100_000, "an integer in 3..100000 (a spread needs 3 runs)"),
 }
 
 # block name -> rule for every field inside such a block, whatever its name: `study` holds the
@@ -318,7 +324,7 @@ LIST_RULES = {
     "dense_candidates": RULES["dense"],
     "digits": (lambda v: _is_int(v) and 0 <= v <= 9, "digits 0..9"),
     "differences_pct": (lambda v: _is_number(v) and 0.001 <= v <= 100, "differences of accuracy in [0.001, 100] % points"),
-    "sources": _one_of((*STREAMS, *PERTURBATIONS, "all")),
+    "sources": _one_of((*STREAMS, *PERTURBATIONS, "all", *REDUCED_SOURCES)),
 }
 
 # lists whose every value is trained (or tabulated) once: a value given twice is refused, not
@@ -421,6 +427,22 @@ def check_alternatives(config: ml_collections.ConfigDict, overridden: list[str])
             node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
 
 
+def check_reduced_sources(config: ml_collections.ConfigDict) -> None:
+    """variance_sources' bfloat16 arms: `one_bit_bf16` is measured against `precision`, each has
+    `precision_seeds` runs, and float32 is what they compare with."""
+    reduced = [s for s in config.sources if s in REDUCED_SOURCES]
+    if not reduced:
+        return
+    if "one_bit_bf16" in reduced and "precision" not in reduced:
+        raise ConfigError(f"config.sources={tuple(config.sources)!r} is not allowed: 'one_bit_bf16' is measured against "
+                          "the bfloat16 spread of different seeds, so 'precision' must be among them")
+    if config.get("compute_dtype", "float32") != "float32":
+        raise ConfigError(f"config.compute_dtype={config.compute_dtype!r} is not allowed with the sources {reduced}: they "
+                          "compare bfloat16 compute with float32, so the other runs compute in float32")
+    if config.get("precision_seeds") is None:
+        raise ConfigError(f"config.precision_seeds is missing: the sources {reduced} train that many runs each")
+
+
 def check_together(config: ml_collections.ConfigDict) -> None:
     """Rules across fields: every derived seed fits int32, the batch fits the training split,
     a power above its significance level, variance_sources' sources and runs per source."""
@@ -439,6 +461,7 @@ def check_together(config: ml_collections.ConfigDict) -> None:
                               "(the spread every other source is measured against)")
         if _is_int(seeds) and seeds < 3:
             raise ConfigError(f"config.seeds={seeds} is not allowed: a spread and its CI need at least 3 runs per source")
+        check_reduced_sources(config)
     n_val, batch = config.get("n_val", 5000), config.get("batch_size")
     n_train = 60_000 - n_val if config.get("protocol", "holdout") == "holdout" and _is_int(n_val) else 60_000
     if _is_int(batch) and batch > n_train:

@@ -23,11 +23,11 @@ def check_levels(levels) -> list[float]:
     return levels
 
 
-def dae_model(block) -> nn.Module:
+def dae_model(block, compute_dtype: str = "float32") -> nn.Module:
     """The autoencoder of a config block (any model from images to images, such as kind 'dae'),
-    or ConfigError."""
+    computing in `compute_dtype`, or ConfigError."""
     try:
-        model = models.from_config(block)
+        model = models.from_config(block, compute_dtype)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config model block {dict(block)}: {err}") from None
     if models.role(model) != "denoiser":

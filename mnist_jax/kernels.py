@@ -20,7 +20,10 @@ def dropout(x: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Array:
     """
     rate = jnp.asarray(rate, jnp.float32)
     drop_below = jnp.ceil(rate * 2.0**noise.BITS_PER_PIXEL).astype(jnp.int32)
-    return jnp.where(noise.pixel_bits(key, x.shape) >= drop_below, x / (1.0 - rate), 0.0)
+    keep = 1.0 - rate
+    if x.dtype != keep.dtype:  # a model computing in bfloat16 keeps its activations bfloat16
+        keep = keep.astype(x.dtype)
+    return jnp.where(noise.pixel_bits(key, x.shape) >= drop_below, x / keep, 0.0)
 
 
 CONV_IMPLS = ("fused", "im2col", "lax")

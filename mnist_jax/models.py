@@ -24,6 +24,7 @@ try:  # jax's dead-code elimination of a jaxpr: which inputs an output needs (no
 except ImportError:  # another jax: every call argument counts as used
     dce_jaxpr = None
 
+from mnist_jax import precision as precision_lib
 from mnist_jax.config import ConfigError
 from mnist_jax.data import IMAGE_SHAPE
 from mnist_jax.kernels import (  # noqa: F401  (CONV_IMPLS and default_conv_impl: part of this module's API)
@@ -35,8 +36,15 @@ from mnist_jax.kernels import (  # noqa: F401  (CONV_IMPLS and default_conv_impl
     lax_conv,
     max_pool_2x2,
 )
+from mnist_jax.precision import DEFAULT_COMPUTE_DTYPE, dtype_of, is_reduced
 
 EVAL_BATCH = 1000  # images per evaluation batch unless a model says otherwise
+
+
+def float32_out(y: jax.Array, dtype: Any) -> jax.Array:
+    """A module's output in float32 (losses, softmax and argmax stay float32) when it computes in
+    a reduced `dtype`; unchanged otherwise, so the float32 program is the one without a dtype."""
+    return y.astype(jnp.float32) if is_reduced(dtype) else y
 
 
 def dense_init(keras: bool):
@@ -55,6 +63,7 @@ class MLP(nn.Module):
     num_classes: int = 10
     keras_init: bool = True
     dropout: bool = False
+    dtype: Any = None  # compute dtype (None: float32); params stay float32
 
     def describe(self) -> str:
         """'MLP 784-64-64-10', with ', dropout' when it has dropout layers."""
@@ -67,10 +76,11 @@ class MLP(nn.Module):
         if use_dropout:
             x = dropout(x, input_dropout_rate, self.make_rng("dropout"))
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width, kernel_init=dense_init(self.keras_init))(x))
+            x = nn.relu(nn.Dense(width, kernel_init=dense_init(self.keras_init), dtype=self.dtype)(x))
             if use_dropout:
                 x = dropout(x, dropout_rate, self.make_rng("dropout"))
-        return nn.Dense(self.num_classes, kernel_init=dense_init(self.keras_init))(x)
+        return float32_out(nn.Dense(self.num_classes, kernel_init=dense_init(self.keras_init), dtype=self.dtype)(x),
+                           self.dtype)
 
 
 class Conv(nn.Module):
@@ -85,12 +95,15 @@ class Conv(nn.Module):
     padding: str = "VALID"  # VALID | SAME
     impl: str = "im2col"
     keras_init: bool = True
+    dtype: Any = None  # compute dtype (None: float32); params stay float32
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
         kernel = self.param("kernel", dense_init(self.keras_init), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if is_reduced(self.dtype):
+            x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if self.padding == "SAME":
             lo = (k - 1) // 2
             x = jnp.pad(x, ((0, 0), (lo, k - 1 - lo), (lo, k - 1 - lo), (0, 0)))
@@ -127,6 +140,7 @@ class CNN(nn.Module):
     num_classes: int = 10
     keras_init: bool = True
     conv_impl: str = "auto"
+    dtype: Any = None  # compute dtype (None: float32); params stay float32
 
     # XLA:CPU runs a vmapped convolutional step slower per run than a single run's
     # (`benchmarks/cnn_speed.py --runs 5`), so its runs train one at a time there.
@@ -154,7 +168,7 @@ class CNN(nn.Module):
             raise ValueError(f"pool {tuple(self.pool)} needs one entry per conv layer {tuple(self.filters)}")
         impl = default_conv_impl() if self.conv_impl == "auto" else self.conv_impl
         for features, pool in zip(self.filters, self.pool, strict=True):
-            x = Conv(features, self.kernel_size, self.padding, impl, self.keras_init)(x)
+            x = Conv(features, self.kernel_size, self.padding, impl, self.keras_init, self.dtype)(x)
             if pool:  # max pooling before ReLU gives the same values on a quarter of the elements
                 x = nn.relu(max_pool_2x2(x))
                 if train:
@@ -163,10 +177,11 @@ class CNN(nn.Module):
                 x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)
         if self.dense:
-            x = nn.relu(nn.Dense(self.dense, kernel_init=dense_init(self.keras_init))(x))
+            x = nn.relu(nn.Dense(self.dense, kernel_init=dense_init(self.keras_init), dtype=self.dtype)(x))
             if train and self.dense_dropout:
                 x = dropout(x, dropout_rate, self.make_rng("dropout"))
-        return nn.Dense(self.num_classes, kernel_init=dense_init(self.keras_init))(x)
+        return float32_out(nn.Dense(self.num_classes, kernel_init=dense_init(self.keras_init), dtype=self.dtype)(x),
+                           self.dtype)
 
 
 def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -185,18 +200,20 @@ class VAEEncoder(nn.Module):
     latent: int
     hidden: Sequence[int] = (512, 256)
     conv: bool = False
+    dtype: Any = None  # compute dtype (None: float32); params stay float32
 
     @nn.compact
     def __call__(self, x, onehot=None):
         if self.conv:
-            x = nn.relu(nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME")(x))
-            x = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2), padding="SAME")(x))
+            x = nn.relu(nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(x))
+            x = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(x))
         x = x.reshape(x.shape[0], -1)
         if onehot is not None:
             x = jnp.concatenate([x, onehot], axis=-1)
         for width in (self.hidden[-1:] if self.conv else self.hidden):
-            x = nn.relu(nn.Dense(width)(x))
-        return nn.Dense(self.latent, name="mean")(x), nn.Dense(self.latent, name="logvar")(x)
+            x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+        return (float32_out(nn.Dense(self.latent, name="mean", dtype=self.dtype)(x), self.dtype),
+                float32_out(nn.Dense(self.latent, name="logvar", dtype=self.dtype)(x), self.dtype))
 
 
 class VAEDecoder(nn.Module):
@@ -208,19 +225,20 @@ class VAEDecoder(nn.Module):
 
     hidden: Sequence[int] = (512, 256)
     conv: bool = False
+    dtype: Any = None  # compute dtype (None: float32); params stay float32
 
     @nn.compact
     def __call__(self, z, onehot=None):
         if onehot is not None:
             z = jnp.concatenate([z, onehot], axis=-1)
         if self.conv:
-            z = nn.relu(nn.Dense(self.hidden[-1])(z))
-            z = nn.relu(nn.Dense(7 * 7 * 64)(z)).reshape(z.shape[0], 7, 7, 64)
-            z = nn.relu(nn.ConvTranspose(32, (3, 3), strides=(2, 2), padding="SAME")(z))
-            return nn.ConvTranspose(1, (3, 3), strides=(2, 2), padding="SAME")(z)
+            z = nn.relu(nn.Dense(self.hidden[-1], dtype=self.dtype)(z))
+            z = nn.relu(nn.Dense(7 * 7 * 64, dtype=self.dtype)(z)).reshape(z.shape[0], 7, 7, 64)
+            z = nn.relu(nn.ConvTranspose(32, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(z))
+            return float32_out(nn.ConvTranspose(1, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(z), self.dtype)
         for width in reversed(self.hidden):
-            z = nn.relu(nn.Dense(width)(z))
-        return nn.Dense(28 * 28)(z).reshape(z.shape[0], 28, 28, 1)
+            z = nn.relu(nn.Dense(width, dtype=self.dtype)(z))
+        return float32_out(nn.Dense(28 * 28, dtype=self.dtype)(z), self.dtype).reshape(z.shape[0], 28, 28, 1)
 
 
 class VAE(nn.Module):
@@ -237,6 +255,7 @@ class VAE(nn.Module):
     conv: bool = False
     conditional: bool = False
     num_classes: int = 10
+    dtype: Any = None  # compute dtype (None: float32); params stay float32
 
     @property
     def vmap_slow_on(self) -> tuple[str, ...]:
@@ -254,8 +273,8 @@ class VAE(nn.Module):
         return x, jax.random.key(1), jnp.zeros((x.shape[0],), jnp.int32)
 
     def setup(self):
-        self.encoder = VAEEncoder(self.latent, tuple(self.hidden), self.conv)
-        self.decoder = VAEDecoder(tuple(self.hidden), self.conv)
+        self.encoder = VAEEncoder(self.latent, tuple(self.hidden), self.conv, self.dtype)
+        self.decoder = VAEDecoder(tuple(self.hidden), self.conv, self.dtype)
 
     def _onehot(self, labels):
         if not self.conditional:
@@ -289,6 +308,7 @@ class DenoisingAutoencoder(nn.Module):
     hidden: Sequence[int] = (128,)
     latent: int = 96
     keras_init: bool = True
+    dtype: Any = None  # compute dtype (None: float32); params stay float32
 
     def describe(self) -> str:
         """e.g. '784-128-96-128-784'."""
@@ -300,8 +320,8 @@ class DenoisingAutoencoder(nn.Module):
         init = dense_init(self.keras_init)
         h = x.reshape(shape[0], -1)
         for width in (*self.hidden, self.latent, *reversed(self.hidden)):
-            h = nn.relu(nn.Dense(width, kernel_init=init)(h))
-        return nn.Dense(math.prod(shape[1:]), kernel_init=init)(h).reshape(shape)
+            h = nn.relu(nn.Dense(width, kernel_init=init, dtype=self.dtype)(h))
+        return float32_out(nn.Dense(math.prod(shape[1:]), kernel_init=init, dtype=self.dtype)(h), self.dtype).reshape(shape)
 
 
 # --- What a model says about itself ---
@@ -313,6 +333,9 @@ class DenoisingAutoencoder(nn.Module):
 #   init_inputs(x) -> tuple         what `init` takes besides the key (default: the images)
 #   traced: tuple[str, ...]         its traced call arguments (default: the keyword arguments of
 #                                   `__call__` with a numeric default, such as dropout_rate)
+#   dtype: Any = None               a field: the dtype it computes in, which `from_config` sets from
+#                                   config.compute_dtype (passed on to its flax layers' `dtype`; params
+#                                   stay float32). A model without it computes in float32 only.
 # The functions below give each capability with its default, so no other module asks what
 # class a model is.
 
@@ -350,16 +373,32 @@ def fields_of(cls: type[nn.Module]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name"))
 
 
-def from_config(cfg) -> nn.Module:
-    """The module a config's `model` block describes (`kind` plus that module's fields)."""
+def from_config(cfg, compute_dtype: str = DEFAULT_COMPUTE_DTYPE) -> nn.Module:
+    """The module a config's `model` block describes (`kind` plus that module's fields), computing
+    in `compute_dtype` (the config's top-level field, `mnist_jax.precision`).
+
+    The compute dtype is the module's `dtype` field, as in flax's own layers: every built-in model
+    has one, and a researcher's model that declares `dtype` gets it too. "float32" builds the
+    model as its class defines it unless that default computes in less; a reduced dtype for a
+    model without a `dtype` field is a ConfigError (it could not honour it)."""
     fields = dict(cfg)
     kind = fields.pop("kind")
     cls = model_class(kind)
+    if "dtype" in fields:
+        raise ConfigError(f"model.dtype: the compute dtype is the top-level config.compute_dtype "
+                          f"(one of {', '.join(precision_lib.COMPUTE_DTYPES)}), not a field of the model block")
     unknown = sorted(set(fields) - set(fields_of(cls)))
     if unknown:
         raise ConfigError(f"model.{unknown[0]}: the model {kind!r} has no field {unknown[0]!r} "
                           f"(its fields: {', '.join(fields_of(cls))})")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    has_dtype = "dtype" in fields_of(cls)
+    default = next((f.default for f in dataclasses.fields(cls) if f.name == "dtype"), None)
+    if compute_dtype != DEFAULT_COMPUTE_DTYPE or (has_dtype and default is not dataclasses.MISSING and is_reduced(default)):
+        if not has_dtype:
+            raise ConfigError(f"config.compute_dtype={compute_dtype!r}: the model {kind!r} has no `dtype` field to compute "
+                              "in it (a flax module declares `dtype: Any = None` and passes it to its layers)")
+        fields["dtype"] = dtype_of(compute_dtype)
     return cls(**fields)
 
 

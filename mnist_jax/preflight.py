@@ -23,7 +23,7 @@ from mnist_jax.train import Task, TrainSpec
 # hooks and optimizers that name them (`task_reads`).
 RUN_FIELDS = ("experiment", "seed", "seeds", "epochs", "batch_size", "n_val", "protocol", "chunk_epochs",
               "checkpoint_every", "checkpoint_seconds", "run_chunk", "train_images", "optimizer", "schedule",
-              "tensorboard")
+              "tensorboard", "compute_dtype", "matmul_precision")
 
 
 def task_reads(config: ml_collections.ConfigDict, task: Task, spec: TrainSpec | None = None,

@@ -273,9 +273,13 @@ def command_line(argv: list[str] | None, module: str | None = None) -> str:
     return shlex.join([*head, *(a.replace(inside, "") for a in args)])
 
 
-def collect(command: str, started: str, ended: str | None = None) -> dict:
-    """The provenance block of a result made by `command` between `started` and `ended` (UTC)."""
+def collect(command: str, started: str, ended: str | None = None, precision: dict | None = None) -> dict:
+    """The provenance block of a result made by `command` between `started` and `ended` (UTC);
+    `precision`: its compute dtype and matmul precision with what the backend did with them
+    (`mnist_jax.precision.describe`; the defaults, float32 and "default", when not given)."""
     import jax
+
+    from mnist_jax import precision as precision_lib
 
     devs = jax.devices()
     flags = os.environ.get("XLA_FLAGS", "")
@@ -295,6 +299,8 @@ def collect(command: str, started: str, ended: str | None = None) -> dict:
         "host_cpu": f"{cpu_model()}, {os.cpu_count()} cores",
         "xla_flags": flags,
         "deterministic_gpu_ops": deterministic,
+        "precision": precision or precision_lib.describe(precision_lib.DEFAULT_COMPUTE_DTYPE,
+                                                         precision_lib.DEFAULT_MATMUL_PRECISION, backend),
         "deterministic": ("yes: XLA:CPU, fixed program" if backend == "cpu"
                           else "yes: deterministic GPU ops" if deterministic and backend == "gpu"
                           else "no: GPU ops may reorder sums between runs" if backend == "gpu" else "unknown"),
@@ -308,9 +314,12 @@ def describe(prov: dict | None) -> str:
     """One line for a report: which code, where, with what, when."""
     if not prov:
         return "Provenance: not recorded (metrics.json written before schema version 2)."
+    from mnist_jax import precision as precision_lib
+
     pk = prov.get("packages", {})
     return (f"Made by {short_code(prov['code'])} on {prov['devices']} with jax {pk.get('jax')}, "
             f"flax {pk.get('flax')}, optax {pk.get('optax')}; deterministic: {prov['deterministic']}; "
+            f"precision: {precision_lib.text(prov.get('precision'))}; "
             f"{prov['started']} to {prov['ended']}; `{prov['command']}`.")
 
 

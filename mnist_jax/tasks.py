@@ -99,12 +99,13 @@ def check_classifier(model: nn.Module, kind: str | None) -> None:
                           "that model does not map an image to 10 class scores")
 
 
-def classifier_from_config(config, model_cfg=None) -> tuple[nn.Module, Task]:
+def classifier_from_config(config, model_cfg=None, compute_dtype: str | None = None) -> tuple[nn.Module, Task]:
     """(model, task) of a classifier config: its `model` block (or `model_cfg`), the random-shift
     augmentation when `max_shift` > 0, label smoothing when it has a `label_smoothing` field, and
-    the regularizers it names (`regularizers.from_config`)."""
+    the regularizers it names (`regularizers.from_config`); the model computes in `compute_dtype`,
+    by default the config's (`mnist_jax.precision`)."""
     block = model_cfg if model_cfg is not None else config.model
-    model = models.from_config(block)
+    model = models.from_config(block, compute_dtype or config.get("compute_dtype", "float32"))
     check_classifier(model, block.get("kind"))
     task = classifier_task(model, augment=augment_lib.from_config(config), label_smoothing="label_smoothing" in config)
     return model, task.with_hooks(*regularizers.from_config(config))

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mnist_jax import distributed, models, provenance, results
+from mnist_jax import distributed, models, precision, provenance, results
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError
@@ -55,6 +55,7 @@ def declaration(model: Any, runs: list[dict], description: str, *, input: str | 
     """What a saved params set says about itself, for `experiments.evaluate` and any reader:
 
     - `model`: the block that builds the model (`models.from_config`, `restore_run`);
+    - `compute_dtype`: the dtype it computes in (`mnist_jax.precision`; its block has no `dtype`);
     - `role`: `models.role` of the model ("classifier", "denoiser", "generative" or None);
     - `description`: one short line for people;
     - `runs`: one record per run of the params' run axis, in order, with the fields a user picks
@@ -63,9 +64,10 @@ def declaration(model: Any, runs: list[dict], description: str, *, input: str | 
     - `input`: the name of the params set whose output run r of this one reads (its run r), or None;
     - `primary`: whether it is the one a reader applies when none is named.
     """
-    block = {"kind": models.kind_of(model), **{f: getattr(model, f) for f in models.fields_of(type(model))}}
-    return {"model": to_jsonable(block), "role": models.role(model), "description": description,
-            "runs": to_jsonable(runs), "input": input, "primary": primary}
+    block = {"kind": models.kind_of(model), **{f: getattr(model, f) for f in models.fields_of(type(model)) if f != "dtype"}}
+    return {"model": to_jsonable(block), "compute_dtype": precision.compute_dtype_name(getattr(model, "dtype", None)),
+            "role": models.role(model), "description": description, "runs": to_jsonable(runs), "input": input,
+            "primary": primary}
 
 
 def grid_declaration(model: Any, hp: dict, seeds: Any, history: dict, what: str, *, input: str | None = None,
@@ -119,7 +121,7 @@ def inferred_declarations(workdir: pathlib.Path, config: dict, metrics: dict) ->
     block = config.get("model")
     if PRIMARY not in undeclared_params(workdir) or not (isinstance(block, dict) and "kind" in block):
         return {}
-    model = models.from_config(block)
+    model = models.from_config(block, precision.compute_dtype_of(config))
     if "runs" in metrics:
         runs = metrics["runs"]
     else:
@@ -159,7 +161,7 @@ def run_count(metrics: dict) -> int:
 
 
 def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: str = "params",
-                runs: list[int] | None = None):
+                runs: list[int] | None = None, compute_dtype: str = "float32"):
     """(model, params) of one trained run of a workdir: the model of config `block`, from the
     params in `params_dir` (leading run axis).
 
@@ -167,7 +169,7 @@ def restore_run(workdir: pathlib.Path, block: dict, run_index: int, params_dir: 
     experiment); `run_index` is a position in it, range-checked (ConfigError), and a run that
     diverged is a CheckpointError.
     """
-    model = models.from_config(block)
+    model = models.from_config(block, compute_dtype)
     metrics_path = workdir / "metrics.json"
     if not metrics_path.exists():
         raise CheckpointError(f"{str(workdir)!r} has no metrics.json: its experiment did not finish")
@@ -192,7 +194,7 @@ def restore_declared(workdir: pathlib.Path, name: str, declared: dict, run: int,
     """(model, params) of run `run` (an index into its declared runs) of the params set `name`
     (`declaration`); a run that diverged, by its declaration or its params, is a CheckpointError
     that names it as `shown` (the user's --seed; default `run`)."""
-    model = models.from_config(declared["model"])
+    model = models.from_config(declared["model"], declared.get("compute_dtype", precision.DEFAULT_COMPUTE_DTYPE))
     like = models.init_shapes(model, runs=len(declared["runs"]))
     params = jax.tree_util.tree_map(lambda a: a[run], load_params(workdir, like, name))
     flagged = declared["runs"][run].get("diverged")

@@ -11,6 +11,7 @@ from mnist_jax import registry, train, training
 from mnist_jax.config import (
     DISTINCT_LISTS,
     LIST_RULES,
+    REDUCED_SOURCES,
     SEED_LIMIT,
     ConfigError,
     apply_override,
@@ -184,7 +185,9 @@ def test_the_highest_allowed_seed_derives_no_seed_outside_int32(arg):
 def test_variance_sources_knows_every_source_the_rule_allows():
     ok, _ = LIST_RULES["sources"]
     assert all(ok(s) for s in variance_sources.SOURCES) and not ok("weights")
-    assert {s for s in (*train.STREAMS, *train.PERTURBATIONS, "all") if ok(s)} == set(variance_sources.SOURCES)
+    allowed = (*train.STREAMS, *train.PERTURBATIONS, "all", *REDUCED_SOURCES)
+    assert {s for s in allowed if ok(s)} == set(variance_sources.SOURCES)
+    assert set(variance_sources.REDUCED) == set(REDUCED_SOURCES)  # the bfloat16 arms
 
 
 @pytest.mark.parametrize("alpha, power", [(1e-6, 0.999), (0.5, 0.999), (0.05, 0.95), (1e-6, 2e-6)])
