@@ -92,18 +92,22 @@ def save_params(workdir: pathlib.Path, params: Any, name: str = PRIMARY, declare
 
 def declarations(workdir: pathlib.Path) -> dict[str, dict]:
     """{name: declaration} of every params set the workdir declares (`declaration`), by name;
-    a declaration that is not one is a ConfigError naming its file."""
+    a declaration that is not one is a CheckpointError naming its file."""
     found = {}
     for path in sorted(pathlib.Path(workdir).glob(f"*/{DECLARATION}")):
         name = path.parent.name
         if not workdir_lib.is_plain_name(name):
             continue
-        declared = read_json(path)
+        try:
+            declared = read_json(path)
+        except ConfigError as err:  # saved with the params: damaged like a checkpoint (exit 1), not a user error
+            raise CheckpointError(f"{err}".replace("move it away or use another --workdir",
+                                                   "run the experiment again on this workdir to rewrite it")) from None
         runs = declared.get("runs") if isinstance(declared, dict) else None
         if not (isinstance(runs, list) and all(isinstance(r, dict) for r in runs)
                 and isinstance(declared.get("model"), dict) and "kind" in declared["model"]):
-            raise ConfigError(f"{str(path)!r} is not a declaration of trained params (a model block and a list of "
-                              "runs): it is damaged; run the experiment again on this workdir to rewrite it")
+            raise CheckpointError(f"{str(path)!r} is not a declaration of trained params (a model block and a list of "
+                                  "runs): it is damaged; run the experiment again on this workdir to rewrite it")
         found[name] = declared
     return found
 

@@ -1,22 +1,25 @@
-"""Shared fixtures: tiny synthetic data for unit tests, the real MNIST for integration tests.
+"""Shared fixtures: tiny synthetic data for most tests, the real MNIST for integration tests.
 
 The suite has two tiers:
 
-    python -m pytest -m "not integration"   # fast tier (about 3 minutes on 2 cores): no real MNIST
-    python -m pytest -m integration         # trains on the real MNIST (needs TFDS_DATA_DIR or the cache)
+    python -m pytest -m "not integration"   # fast tier: synthetic data, every experiment end to end
+    python -m pytest -m integration         # the slower tier (needs TFDS_DATA_DIR or the cache)
 
-`python -m pytest` runs both. A session with no integration test compiles with little XLA
-optimization (`light_compiles`): its programs run on a few hundred images, so compiling them is
-nearly all their cost. A test that loads the real MNIST (the `mnist` fixture, `load_splits`,
-an experiment on its default data) is marked `@pytest.mark.integration`; in a fast test, loading
-it from the default cache is an error (`no_real_mnist`). The `synthetic_mnist` fixture stands tiny
-synthetic splits in for MNIST wherever the library loads it, so experiments run end to end in the
-fast tier.
+`python -m pytest` runs both. The slower tier holds two kinds of test:
+
+- `@pytest.mark.integration`: trains on or loads the real MNIST (the `mnist` fixture,
+  `load_splits`, an experiment on its default data), compiled with XLA's full optimization;
+- `@pytest.mark.slow`: seconds of synthetic data each (processes, kills, fuzzing, bit-identity
+  over several programs); it counts as `integration` for `-m`, and is treated as a fast test.
+
+A fast or slow test compiles with little XLA optimization (`light_compiles`), here and in the
+processes it starts: its programs run on a few hundred images, so compiling them is nearly all
+their cost. In such a test, loading the real MNIST from the default cache is an error
+(`no_real_mnist`); the `synthetic_mnist` fixture stands tiny synthetic splits in for MNIST
+wherever the library loads it, so experiments run end to end.
 """
 
 from __future__ import annotations
-
-import os
 
 import jax
 import pytest
@@ -42,29 +45,29 @@ def synthetic_mnist(monkeypatch) -> data_lib.Splits:
     """MNIST replaced by `synthetic.noisy_splits` wherever the library loads it in this process
     (`synthetic.install`): SYNTHETIC_TRAIN training images, SYNTHETIC_EVAL validation images
     (whatever `n_val` asks) and SYNTHETIC_EVAL test images, 30 % of them with a random label.
-    Returns the holdout splits. XLA compiles the test's programs with little optimization
-    (`light_compiles`): on a few hundred images, compiling is nearly all their cost."""
-    before = jax.config._read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield synthetic.install(monkeypatch.setattr)
-    jax.config.update("jax_disable_most_optimizations", before)
+    Returns the holdout splits."""
+    return synthetic.install(monkeypatch.setattr)
 
 
-@pytest.fixture
-def synthetic_processes(synthetic_mnist, monkeypatch) -> data_lib.Splits:
-    """`synthetic_mnist` here and in every process started from this test with the environment of
-    this process (commands, launchers and the processes they start)."""
-    for name, value in {**synthetic.subprocess_env(), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}.items():
-        monkeypatch.setenv(name, value)
-    return synthetic_mnist
+def on_synthetic_data(node) -> bool:
+    """Whether a test is a fast or `slow` one: no real MNIST, light compiles."""
+    return node.get_closest_marker("slow") is not None or node.get_closest_marker("integration") is None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """A `slow` test is in the slower tier: `-m integration` selects it, `-m "not integration"` does not."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(autouse=True)
 def no_real_mnist(request, monkeypatch):
-    """In a fast test, loading MNIST from the default cache (or through tfds) fails the test: it
-    belongs in the integration tier or on synthetic data. A test may still load from a folder of
-    its own (`load_mnist(cache_dir=...)`)."""
-    if request.node.get_closest_marker("integration"):
+    """In a fast or slow test, loading MNIST from the default cache (or through tfds) fails the
+    test: it belongs in the integration tier or on synthetic data. A test may still load from a
+    folder of its own (`load_mnist(cache_dir=...)`)."""
+    if not on_synthetic_data(request.node):
         return
     real = data_lib.load_mnist
 
@@ -77,13 +80,16 @@ def no_real_mnist(request, monkeypatch):
     monkeypatch.setattr(data_lib, "load_mnist", guarded)
 
 
-def light_compiles() -> None:
-    """XLA compiles with little optimization (`jax_disable_most_optimizations`), here and in the
-    processes tests start: about half the compile time, for programs that run on tiny data."""
-    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+@pytest.fixture(autouse=True)
+def light_compiles(request, monkeypatch):
+    """XLA compiles a fast or slow test's programs with little optimization
+    (`jax_disable_most_optimizations`), here and in the processes it starts: about half the
+    compile time, for programs that run on tiny data."""
+    if not on_synthetic_data(request.node):
+        yield
+        return
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    before = jax.config._read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
-
-
-def pytest_collection_finish(session):
-    if not any(item.get_closest_marker("integration") for item in session.items):
-        light_compiles()
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)

@@ -42,6 +42,7 @@ def test_a_config_without_a_field_the_task_reads_is_a_config_error():
         training.hparams(config, tasks.classifier_task(models.MLP((8,))), noise_level=[0.1])
 
 
+@pytest.mark.slow
 def test_a_new_penalty_is_a_hook_not_an_edit_of_the_train_step(tiny):
     # an L1 penalty nobody wrote into train.py: its strength is traced, so two strengths vmap together
     l1 = train.Penalty("l1", lambda params, factor: factor * sum(jnp.abs(k).sum() for k in models_kernels(params)))

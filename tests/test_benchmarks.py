@@ -25,6 +25,7 @@ def test_the_cnn_and_denoising_benchmarks_run(capsys):
     assert "fused" in out and "threefry16" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["benchmarks.compile_cache", "benchmarks.reproduce_variants"])
 def test_the_compile_benchmarks_load(module):
     """They run whole reproduce jobs (minutes), so here only their command line: an import that

@@ -91,6 +91,7 @@ def test_dropout_rate_is_traced_and_vmaps():
     assert np.abs(np.asarray(out[1]) - np.asarray(out[2])).max() > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["fused", "im2col"])
 @pytest.mark.parametrize("fields", [STUDY, BEST, dict(filters=(8, 16, 4), pool=(False, True, True), dense=0, kernel_size=5)])
 def test_every_convolution_formulation_agrees_with_lax(fields, impl):
@@ -188,6 +189,7 @@ def test_shift_images_moves_by_the_offset():
     assert [tuple(np.argwhere(np.asarray(y[b, ..., 0]))[0]) for b in range(3)] == [(3, 3), (0, 4), (2, 1)]
 
 
+@pytest.mark.slow
 def test_augmentation_in_the_task_keeps_labels(tiny):
     """The task's loss sees augmented images but the batch's labels: train on synthetic data."""
     model = models.CNN(filters=(4, 4), pool=(True, False), dense=8)
@@ -234,6 +236,7 @@ def test_short_real_training_passes_98_5(mnist):
     assert np.all(result.history["train_accuracy"][:, 1] > result.history["train_accuracy"][:, 0])
 
 
+@pytest.mark.slow
 def test_evaluate_applies_a_cnn_workdir(tmp_path):
     """experiments.evaluate restores a CNN workdir's params and predicts with them."""
     from experiments import evaluate
@@ -280,6 +283,7 @@ def test_cnn_figures_are_written(tmp_path):
     assert (tmp_path / "cm.png").stat().st_size > 10_000 and (tmp_path / "c.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_best_config_builds_an_augmented_task_that_trains(tiny):
     from mnist_jax import training
 

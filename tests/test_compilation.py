@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import ml_collections
+import pytest
 
 from mnist_jax import cli, compilation
 from mnist_jax import workdir as workdir_lib
@@ -53,6 +54,7 @@ def test_cache_setting_parses_the_usual_spellings_of_off():
         assert not compilation.cache_requested({compilation.CACHE_ENV: off})
 
 
+@pytest.mark.slow
 def test_a_second_process_loads_its_programs_from_the_default_cache_with_identical_results(tmp_path):
     env = {"MNIST_JAX_CACHE": str(tmp_path)}
     first = run_program(env)
@@ -70,6 +72,7 @@ def test_a_second_process_loads_its_programs_from_the_default_cache_with_identic
     assert second["stderr"] == ""
 
 
+@pytest.mark.slow
 def test_opt_out_leaves_jax_without_a_cache(tmp_path):
     off = run_program({"MNIST_JAX_CACHE": str(tmp_path), compilation.CACHE_ENV: "0"})
     assert off["dir"] is None and off["label"] is None
@@ -78,6 +81,7 @@ def test_opt_out_leaves_jax_without_a_cache(tmp_path):
     assert cache_files(tmp_path / "xla") == []
 
 
+@pytest.mark.slow
 def test_a_users_own_jax_cache_folder_is_kept(tmp_path):
     mine = tmp_path / "mine"
     out = run_program({"MNIST_JAX_CACHE": str(tmp_path / "project"), compilation.JAX_DIR_ENV: str(mine)})
@@ -86,6 +90,7 @@ def test_a_users_own_jax_cache_folder_is_kept(tmp_path):
     assert cache_files(tmp_path / "project" / "xla") == []
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_folder_leaves_the_cache_off_and_the_run_working(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")  # the cache folder would be a_file/xla: cannot be created, even by root
@@ -110,6 +115,7 @@ print(json.dumps({"files": sorted(os.listdir(compilation.cache_dir())), "out": o
 """
 
 
+@pytest.mark.slow
 def test_a_write_interrupted_before_its_rename_leaves_no_entry_to_damage_later_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in (compilation.CACHE_ENV, compilation.JAX_DIR_ENV)}
     env.update(MNIST_JAX_CACHE=str(tmp_path), JAX_PLATFORMS="cpu")

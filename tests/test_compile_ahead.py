@@ -49,6 +49,7 @@ def same_result(a: sweep.SweepResult, b: sweep.SweepResult) -> None:
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_precompiled_programs_are_used_and_give_the_same_numbers(tiny, builds):
     task, hp, seeds = dense_grid()
     spec = train.TrainSpec(epochs=3, batch_size=64)
@@ -65,6 +66,7 @@ def test_precompiled_programs_are_used_and_give_the_same_numbers(tiny, builds):
     assert ahead.timing["compile_seconds"] > 0 and ahead.timing["compile_wait_seconds"] >= 0
 
 
+@pytest.mark.slow
 def test_hyperparameters_given_as_shapes_and_run_chunks(tiny, builds):
     """hp another training will produce (here: all of it) is given as ShapeDtypeStructs; 4 runs in
     chunks of 3 are padded to two calls of one 3-run program."""
@@ -77,6 +79,7 @@ def test_hyperparameters_given_as_shapes_and_run_chunks(tiny, builds):
     same_result(result, sweep.train_grid(task, spec, hp, seeds, tiny, run_chunk=3))
 
 
+@pytest.mark.slow
 def test_the_experiment_layer_prepares_what_train_runs(tiny, builds, tmp_path):
     task, hp, seeds = dense_grid()
     config = ml_collections.ConfigDict({"epochs": 2, "batch_size": 64, "optimizer": "sgd", "schedule": "constant",

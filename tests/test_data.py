@@ -42,6 +42,7 @@ def test_holdout_split_is_fixed_and_disjoint():
         data_lib.make_splits(raw, protocol="nope")
 
 
+@pytest.mark.slow
 def test_missing_data_without_network_is_one_clear_error(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 

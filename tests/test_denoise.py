@@ -46,6 +46,7 @@ def test_binary_cross_entropy_matches_optax_and_stays_finite():
         assert np.isfinite(np.asarray(jax.grad(lambda z, t: losses.binary_cross_entropy(z, t).sum())(z, t))).all()
 
 
+@pytest.mark.slow
 def test_denoise_loss_draws_fresh_noise_per_key_and_none_at_level_zero():
     model = models.DenoisingAutoencoder()
     task = tasks.denoise_task(model)
@@ -60,6 +61,7 @@ def test_denoise_loss_draws_fresh_noise_per_key_and_none_at_level_zero():
         assert bool(jnp.allclose(a, b)) == same
 
 
+@pytest.mark.slow
 def test_frozen_params_ride_along_the_hp_dict():
     model = models.DenoisingAutoencoder(hidden=(8,), latent=4)
     params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 3))
@@ -70,6 +72,7 @@ def test_frozen_params_ride_along_the_hp_dict():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_denoisers_and_classifiers_train_as_one_vmapped_grid():
     data = tiny_splits()
     dae = models.DenoisingAutoencoder(hidden=(16,), latent=8)

@@ -12,7 +12,7 @@ import pytest
 
 from mnist_jax import training
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -155,6 +155,7 @@ TINY = ["--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[16]", "
         "--config.batch_size=64", "--config.n_val=100"]
 
 
+@pytest.mark.slow
 def test_declarations_survive_a_resume(synthetic_mnist, tmp_path, monkeypatch, capsys):
     """A run interrupted after its params were saved, resumed, then rerun in full: the committed
     declaration is the one an uninterrupted run writes, and evaluate applies it."""
@@ -208,5 +209,8 @@ def test_params_that_declare_nothing_and_no_model_block_say_how_to_regenerate(tm
 
 def test_a_damaged_declaration_is_one_line(researchers_workdir, tmp_path, capsys):
     (researchers_workdir / "teacher" / trained.DECLARATION).write_text('{"model": {}}')
-    assert evaluate.main(["--workdir", str(researchers_workdir), "--images", str(images(tmp_path))]) == 2
+    assert evaluate.main(["--workdir", str(researchers_workdir), "--images", str(images(tmp_path))]) == 1
     assert "is not a declaration of trained params" in one_line(capsys)
+    (researchers_workdir / "teacher" / trained.DECLARATION).write_text('{"model": ')  # damaged like its checkpoint
+    assert evaluate.main(["--workdir", str(researchers_workdir), "--images", str(images(tmp_path))]) == 1
+    assert "run the experiment again on this workdir" in one_line(capsys)

@@ -35,13 +35,10 @@ NO_MODEL = {"cnn_search"}  # keeps only its statistics: evaluate says so (test_e
 
 
 @pytest.fixture(scope="module", autouse=True)
-def light_compiles():
-    """The programs here check wiring on a few hundred images: XLA compiles them with little
-    optimization (about half the compile time); they are dropped from JAX's caches afterwards."""
-    before = jax.config._read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
+def drop_compiled_programs():
+    """The programs here check wiring on a few hundred images (compiled with light optimization,
+    conftest `light_compiles`): they are dropped from JAX's caches afterwards."""
     yield
-    jax.config.update("jax_disable_most_optimizations", before)
     jax.clear_caches()
 
 

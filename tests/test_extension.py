@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import synthetic
 
 from experiments import cnn, mlp
 from experiments import sweep as sweep_experiment
@@ -179,12 +180,14 @@ def test_a_bad_sweep_declaration_is_one_line(tmp_path, no_data, capsys, name, va
 
 
 def env_with(folder: pathlib.Path) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(folder), str(REPO), env.get("PYTHONPATH", "")])
+    """This process's environment, with `folder` on PYTHONPATH and the tests' synthetic digits in
+    place of MNIST (`tests/synthetic.py`)."""
+    env = synthetic.subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), str(REPO), env["PYTHONPATH"]])
     return env
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_a_model_from_outside_trains_its_sweep_with_no_edit_of_the_package(tmp_path):
     """The README's "Extend it": a residual CNN with dropout in a module outside the repository,
     a config outside configs/ sweeping its dropout rate, trained by experiments.cnn."""
@@ -196,7 +199,6 @@ def test_a_model_from_outside_trains_its_sweep_with_no_edit_of_the_package(tmp_p
         c.sweep = {"dropout_rate": [0.0, 0.5]}
         c.seeds = 2
         c.epochs = 1
-        c.train_images = 1024
         c.batch_size = 64
     ''')
     work = tmp_path / "w"
@@ -216,7 +218,7 @@ def test_a_model_from_outside_trains_its_sweep_with_no_edit_of_the_package(tmp_p
     assert "| dropout_rate |" in (work / "REPORT.md").read_text()  # a workdir of its own gets its report
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 def test_an_edited_model_file_is_trained_again_not_resumed(tmp_path):
     research = tmp_path / "research"
     research.mkdir()
@@ -225,7 +227,6 @@ def test_an_edited_model_file_is_trained_again_not_resumed(tmp_path):
         c.model = ml_collections.ConfigDict({"kind": "tinymodel:TinyMLP"})
         c.seeds = 2
         c.epochs = 1
-        c.train_images = 1024
     ''')
     work = tmp_path / "w"
 
@@ -246,8 +247,8 @@ def test_an_edited_model_file_is_trained_again_not_resumed(tmp_path):
     assert edited["runs"][0]["test_accuracy"] != first["runs"][0]["test_accuracy"]
 
 
-@pytest.mark.integration
-def test_adamw_weight_decay_is_swept_by_one_config_line(tmp_path):
+@pytest.mark.slow
+def test_adamw_weight_decay_is_swept_by_one_config_line(tmp_path, synthetic_mnist):
     """A config built on configs/mlp.py sets the optimizer and sweeps one of its arguments: the
     3 values x 2 seeds train in one program, and the runs table and the report name it."""
     path = config_file(tmp_path, "mlp", '''
@@ -256,7 +257,7 @@ def test_adamw_weight_decay_is_swept_by_one_config_line(tmp_path):
         c.sweep = {"weight_decay": [0.0, 1e-4, 1e-2]}
         c.seeds = 2
         c.epochs = 1
-        c.train_images = 2048
+        c.batch_size = 16  # 16 steps on the 256 synthetic images: enough for weight decay to move every loss
     ''')
     assert mlp.main(["--workdir", str(tmp_path / "w"), "--config", path]) == 0
     m = json.loads((tmp_path / "w" / "metrics.json").read_text())

@@ -235,6 +235,7 @@ def test_joining_waits_at_most_five_minutes_by_default_and_says_so_within_ten_se
     assert distributed.settings({"JAX_NUM_PROCESSES": "1", "MNIST_JAX_INIT_TIMEOUT": "2.5"})["timeout"] == 2.5
 
 
+@pytest.mark.slow
 def test_an_experiment_started_with_a_bad_environment_is_one_line_exit_2(tmp_path):
     result = one_process(tmp_path, {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "x", "JAX_COORDINATOR_ADDRESS": "h:1"})
     assert result.returncode == 2, result.stderr[-2000:]
@@ -242,6 +243,7 @@ def test_an_experiment_started_with_a_bad_environment_is_one_line_exit_2(tmp_pat
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_a_process_whose_peers_never_come_says_what_it_waits_for_and_gives_up_with_one_line(tmp_path):
     environ = {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0", "JAX_COORDINATOR_ADDRESS": f"localhost:{launch.free_port()}",
                "MNIST_JAX_INIT_TIMEOUT": "4"}
@@ -255,6 +257,7 @@ def test_a_process_whose_peers_never_come_says_what_it_waits_for_and_gives_up_wi
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_processes_given_different_configs_stop_with_one_line_before_training(tmp_path):
     port = launch.free_port()
     extra = (["--config.seeds=2"], ["--config.seeds=3"])

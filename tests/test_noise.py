@@ -89,6 +89,7 @@ def test_odd_sizes_and_other_shapes():
     assert y.shape == (3, 5) and set(np.unique(np.asarray(y))) <= {0.0, 1.0}
 
 
+@pytest.mark.slow
 def test_each_image_noise_does_not_depend_on_batching():
     x = jax.random.uniform(jax.random.key(0), (10, 28, 28, 1))
     key = jax.random.key(4)

@@ -25,6 +25,7 @@ def plain_optax(spec: train.TrainSpec, hp: dict, n_train: int) -> optax.Gradient
 
 
 # each optimizer of the study's configs once, and each schedule once
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer, schedule", [("sgd", "constant"), ("momentum", "cosine"), ("adam", "warmup_cosine")])
 def test_injected_optimizer_trains_bit_for_bit_as_plain_optax(tiny, monkeypatch, optimizer, schedule):
     spec = train.TrainSpec(epochs=2, batch_size=32, optimizer=optimizer, schedule=schedule)
@@ -47,6 +48,7 @@ def test_injected_optimizer_trains_bit_for_bit_as_plain_optax(tiny, monkeypatch,
         assert np.array_equal(history[k], plain_history[k]), k
 
 
+@pytest.mark.slow
 def test_every_optimizer_takes_every_numeric_argument_traced_and_vmapped():
     params = {"w": jnp.full((3, 2), 0.5), "b": jnp.full(2, 0.3)}
     grads = {"w": jnp.full((3, 2), 0.1), "b": jnp.full(2, -0.2)}
@@ -118,6 +120,7 @@ def test_config_takes_any_optax_optimizer_and_its_arguments():
                                                    "weight_decay_values": [0.0, 1e-2], "decay_offset": 3}))
 
 
+@pytest.mark.slow
 def test_adamw_weight_decay_swept_in_one_program_equals_runs_one_at_a_time(tiny):
     spec = train.TrainSpec(epochs=2, batch_size=32, optimizer="adamw", optimizer_args=("weight_decay",))
     decays = [0.0, 1e-4, 1e-2]
@@ -137,6 +140,7 @@ def test_adamw_weight_decay_swept_in_one_program_equals_runs_one_at_a_time(tiny)
         assert np.linalg.norm(by_decay[2]) < np.linalg.norm(by_decay[0])  # decay shrinks the weights
 
 
+@pytest.mark.slow
 def test_an_injected_optimizer_resumes_from_its_checkpoint_to_the_same_numbers(tiny, tmp_path):
     spec = train.TrainSpec(epochs=2, batch_size=64, optimizer="adamw", schedule="warmup_cosine",
                            optimizer_args=("b1", "weight_decay"))

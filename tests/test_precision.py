@@ -36,6 +36,7 @@ def _leaves(tree) -> list[np.ndarray]:
     return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BLOCKS))
 def test_bfloat16_compute_reaches_every_builtin_model_and_keeps_float32_params_and_outputs(kind):
     x = jnp.asarray(synthetic_splits(16, 8).train_x[:8], jnp.float32) / 255
@@ -101,6 +102,7 @@ def _train_tiny(compute_dtype: str | None, one_bit: int | None = None):
     return task, training.train_spec(c), hp, seeds, sweep.train_grid(task, training.train_spec(c), hp, seeds, data)
 
 
+@pytest.mark.slow
 def test_bfloat16_training_changes_the_numbers_and_float32_keeps_them():
     *_, before = _train_tiny(None)
     *_, same = _train_tiny("float32")
@@ -174,6 +176,7 @@ def test_a_model_without_a_dtype_field_cannot_compute_in_bfloat16():
         del models.Plain
 
 
+@pytest.mark.slow
 def test_metrics_and_report_name_the_precision(synthetic_mnist, tmp_path):
     args = ["--workdir", str(tmp_path), "--config", "configs/mlp.py:quick", "--config.seeds=2", "--config.epochs=1",
             "--config.compute_dtype=bfloat16", "--config.matmul_precision=float32", "--config.tensorboard=False"]
@@ -221,6 +224,7 @@ def test_the_bfloat16_arms_repeat_the_first_runs_of_their_float32_sources():
         assert np.array_equal(low[k][:3], full[k][5:8]) and np.array_equal(low[k][3:], full[k][:3]), k
 
 
+@pytest.mark.slow
 def test_variance_sources_has_the_precision_arm_and_one_bit_at_both_precisions(synthetic_mnist, tmp_path):
     args = ["--workdir", str(tmp_path), "--config", "configs/variance_sources.py:quick", "--config.epochs=1",
             "--config.sources=['one_bit', 'all', 'precision', 'one_bit_bf16']", "--config.tensorboard=False",
@@ -246,6 +250,7 @@ def test_variance_sources_has_the_precision_arm_and_one_bit_at_both_precisions(s
     assert report.count("compute dtype float32, matmul precision default") == 1  # once, in the provenance line
 
 
+@pytest.mark.slow
 def test_precision_benchmark_runs_on_a_tiny_grid(synthetic_mnist, capsys):
     from benchmarks import precision as bench
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from experiments import vae as vae_experiment
 from mnist_jax import compilation, generative, models, tasks, training
@@ -34,6 +35,7 @@ def test_loading_data_compiles_nothing(synthetic_mnist):
     assert splits.train_x.shape == (100, 28, 28, 1) and isinstance(splits.test_x, jax.Array)
 
 
+@pytest.mark.slow
 def test_vae_helpers_compile_once_for_every_run():
     model, (p0, p1) = two_vaes()
     labels = np.zeros(7, np.int32)

@@ -16,7 +16,8 @@ from mnist_jax.config import parse_args
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMALL = ["--config.seeds=2", "--config.epochs=2", "--config.model.hidden=[16]"]
 FIELDS = {"code", "code_id", "python", "packages", "backend", "device_kind", "device_count", "process_count", "devices",
-          "host_cpu", "xla_flags", "deterministic_gpu_ops", "deterministic", "command", "started", "ended", "outside_code"}
+          "host_cpu", "xla_flags", "deterministic_gpu_ops", "deterministic", "command", "started", "ended", "outside_code",
+          "precision"}
 
 
 def test_deterministic_gpu_ops_are_on_by_default_and_can_be_switched_off():
@@ -32,6 +33,7 @@ def test_deterministic_gpu_ops_are_on_by_default_and_can_be_switched_off():
     assert provenance.flag_value("--a=1 --xla_gpu_deterministic_ops=true --xla_gpu_deterministic_ops=0") is False
 
 
+@pytest.mark.slow
 def test_importing_mnist_jax_sets_the_flag_before_jax_starts():
     code = "import os, mnist_jax, jax; jax.numpy.ones(1).block_until_ready(); print(os.environ['XLA_FLAGS'])"
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("XLA_FLAGS", "MNIST_JAX_DETERMINISTIC")}
@@ -118,6 +120,7 @@ def fake_stage(workdir: pathlib.Path, code_id: str, **extra) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_a_stage_from_other_code_is_never_silently_reused(tmp_path):
     here = fake_stage(tmp_path / "here", provenance.code_id())
     assert reproduce.is_complete(here, tmp_path / "here")

@@ -227,6 +227,7 @@ def trains(command: str) -> bool:
 
 @pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.integration) if trains(c) else c
                                      for c in readme_commands()])
+@pytest.mark.slow
 def test_readme_command_runs(command, place, synthetic, monkeypatch):
     """Every `python -m` command of the README runs: experiments shrunk on synthetic data, or up to
     their data loading where `TRAINED_ELSEWHERE` says another test trains them; `mnist_jax.launch`

@@ -97,6 +97,7 @@ def test_evaluate_batches_large_inputs_to_the_same_result(tmp_path):
     assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=4, min_side=1, max_side=6)))
 def test_preprocessing_fuzz_maps_any_uint8_into_unit_interval(x):
@@ -109,6 +110,7 @@ def test_preprocessing_fuzz_maps_any_uint8_into_unit_interval(x):
 FIELDS = ["epochs", "learning_rate", "seeds", "batch_size", "optimizer", "model.hidden", "l2", "nope", "model.kind"]
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(FIELDS), st.text(max_size=12))
 def test_config_parser_fuzz_gives_a_valid_config_or_one_config_error(field, text):
@@ -129,6 +131,7 @@ def test_config_parser_fuzz_gives_a_valid_config_or_one_config_error(field, text
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=8),
                   elements=st.floats(0, 1, width=32)),
        st.floats(0, 1), st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_salt_and_pepper_fuzz_keeps_or_saturates_every_pixel(x, level, seed):
     from mnist_jax.noise import salt_and_pepper
 

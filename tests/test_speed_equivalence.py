@@ -21,6 +21,7 @@ def test_permutation_is_jax_permutation_bit_for_bit(n):
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_permutation_under_vmap_and_beyond_its_fast_range():
     keys = jax.random.split(jax.random.key(3), 4)
     np.testing.assert_array_equal(jax.vmap(lambda k: train.permutation(k, 5000))(keys),
@@ -37,6 +38,7 @@ def test_stable_argsort_breaks_ties_by_position():
     np.testing.assert_array_equal(got, np.argsort(keys, kind="stable"))
 
 
+@pytest.mark.slow
 def test_train_epoch_equals_the_jax_permutation_and_clamped_gather_formulation(tiny, monkeypatch):
     """One epoch with the fast shuffle and unclamped row gather gives the params, optimizer state
     and metrics of the same epoch with `jax.random.permutation` and `jnp.take(mode="clip")`."""
@@ -60,6 +62,7 @@ def test_train_epoch_equals_the_jax_permutation_and_clamped_gather_formulation(t
                                    models.CNN(filters=(32, 64), pool=(True, True), padding="SAME", dense=128,
                                               dense_dropout=True, conv_impl="fused")],
                          ids=["study_cnn", "best_cnn"])
+@pytest.mark.slow
 def test_conv_eval_batch_gives_the_logits_of_batches_of_1000(model, tiny):
     """Convolutional nets evaluate in smaller batches on the CPU; every image's logits are those
     of the batches of 1,000 they were computed in before, bit for bit (a partial batch too)."""

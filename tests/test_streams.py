@@ -43,6 +43,7 @@ def test_epoch_keys_are_the_single_seed_chain():
                 assert np.array_equal(key_bits(k), key_bits(legacy_step))
 
 
+@pytest.mark.slow
 def test_tasks_take_the_same_pieces_of_a_key_as_before():
     # a plain key stands for every stream, so a dict of equal keys gives the same loss
     batch = train.Batch(jnp.asarray(np.random.default_rng(0).integers(0, 255, (8, 28, 28, 1)), jnp.uint8),
@@ -68,6 +69,7 @@ def test_tasks_take_the_same_pieces_of_a_key_as_before():
     np.testing.assert_array_equal(task.loss(params, batch, same, HP_DROP)[0], losses.cross_entropy(logits, batch.y))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["classifier", "denoiser", "vae", "noisy_classifier"])
 def test_default_streams_reproduce_the_single_seed_run_bit_for_bit(tiny, name):
     if name == "classifier":
@@ -85,6 +87,7 @@ def test_default_streams_reproduce_the_single_seed_run_bit_for_bit(tiny, name):
     assert all(np.array_equal(hist_one[k], hist_many[k]) for k in hist_one)
 
 
+@pytest.mark.slow
 def test_train_grid_with_stream_seeds_equals_run_seeds(tiny):
     task = tasks.classifier_task(models.MLP((16,), dropout=True))
     hp, run_seeds = sweep.grid([0, 1, 2], learning_rate=[0.1], dropout_rate=[0.3], input_dropout_rate=[0.0])
@@ -111,6 +114,7 @@ def test_changing_one_stream_moves_only_its_draws(stream):
             assert np.array_equal(key_bits(steps_a[s]), key_bits(steps_b[s])) == (s != stream)
 
 
+@pytest.mark.slow
 def test_a_stream_moves_the_run_only_where_the_task_draws_from_it(tiny):
     # a dropout classifier without augmentation: init, order and dropout move it; noise and augment do not.
     # Run 0 is the base run, run k + 1 varies stream k alone; one program trains them all.
@@ -149,6 +153,7 @@ def test_bootstrap_indices_have_the_training_set_size_and_repeat():
     assert not np.array_equal(idx, train.bootstrap_indices(jnp.int32(5), 1000))
 
 
+@pytest.mark.slow
 def test_bootstrap_trains_on_the_resampled_set_every_epoch(tiny):
     # per-example loss = label: the epoch's mean loss is the mean label of the examples it used
     def loss(params, batch, keys, hp):

@@ -36,6 +36,7 @@ def run_sharded(devices: int, run_chunk: int = 0) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_sharded_over_four_host_devices_matches_one_device_and_drops_padding():
     one = run_sharded(1)
     four = run_sharded(4)
@@ -124,6 +125,7 @@ def checkpointed_epochs(tmp_path, tiny, **policy) -> list[int]:
     return sorted(int(p.name) for p in run_dir.iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_checkpoint_seconds_skips_saves_made_too_soon_but_always_saves_the_last_epoch(tmp_path, tiny):
     # max_to_keep=2 keeps the two newest checkpoints: every epoch saved leaves epochs 2 and 3
     assert checkpointed_epochs(tmp_path / "every", tiny) == [2, 3]

@@ -65,6 +65,7 @@ def session_hparams(acc) -> dict:
             for k, v in data.session_start_info.hparams.items()}
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_one_tensorboard_run_per_run_with_its_history_and_hparams(tmp_path, synthetic):
     w = tmp_path / "w"
     m = run_mlp(w)
@@ -90,6 +91,7 @@ def test_a_sweep_writes_one_tensorboard_run_per_run_with_its_history_and_hparams
     assert seen == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_the_config_field_turns_tensorboard_off(tmp_path, synthetic):
     w = tmp_path / "w"
     run_mlp(w, "--config.tensorboard=False")
@@ -133,6 +135,7 @@ KILLED_AT_EVENT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_writing_event_files_leaves_none_and_its_rerun_matches(tmp_path, synthetic):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     # SIGKILL in the middle of the event files of the second of the four runs (after 6 events)
@@ -160,6 +163,7 @@ def workdir_meta(workdir: pathlib.Path) -> pathlib.Path:
     return workdir / ".mnist_jax"
 
 
+@pytest.mark.slow
 def test_python_m_experiments_lists_every_registered_experiment():
     out = subprocess.run([sys.executable, "-m", "experiments"], capture_output=True, text=True, check=True,
                          cwd=REPO_ROOT).stdout

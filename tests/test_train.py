@@ -97,6 +97,7 @@ def test_same_seed_is_bit_identical_and_other_seed_differs(tiny):
     assert not np.array_equal(jax.tree_util.tree_leaves(a.params)[0], jax.tree_util.tree_leaves(c.params)[0])
 
 
+@pytest.mark.slow
 def test_vmapped_runs_match_single_runs(tiny):
     hp, seeds = sweep.grid([0, 1, 2], learning_rate=[0.05, 0.2], l2=[1e-4])
     many = sweep.train_grid(mlp_task(l2=True), SPEC, hp, seeds, tiny)
@@ -200,6 +201,7 @@ def test_empty_grid_is_a_clear_error(tiny):
         sweep.train_grid(mlp_task(), SPEC, {"learning_rate": np.zeros(0, np.float32)}, np.zeros(0, np.int32), tiny)
 
 
+@pytest.mark.slow
 def test_traced_dropout_rate_reaches_the_model(tiny):
     task = tasks.classifier_task(models.MLP((32,), dropout=True))
     hp, seeds = sweep.grid([0], learning_rate=[0.1], dropout_rate=[0.0, 0.5], input_dropout_rate=[0.0])

@@ -67,6 +67,7 @@ def mlp_grid(n_seeds: int = 2):
 # -- finding 2: a damaged checkpoint becomes a result ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_falls_back_to_the_older_one_and_ends_with_the_uninterrupted_numbers(tmp_path, tiny, capsys):
     task, hp, seeds = mlp_grid()
     spec = TrainSpec(epochs=4, batch_size=64)
@@ -116,6 +117,7 @@ def test_checksums_lie_beside_each_kept_step_and_a_missing_or_damaged_one_is_ref
     ckpt.close()
 
 
+@pytest.mark.slow
 def test_checkpoints_without_checksums_are_never_resumed(tmp_path, tiny, capsys):
     """What older code left (no checksums at all) cannot be verified: these runs train from the
     start, with one line, and end with the uninterrupted numbers."""
@@ -165,6 +167,7 @@ def images(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "x.npy"
 
 
+@pytest.mark.slow
 def test_evaluate_of_damaged_params_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     synthetic_data(monkeypatch)
     w = tmp_path / "w"
@@ -184,6 +187,7 @@ def test_evaluate_of_damaged_params_is_one_line_and_exit_1(tmp_path, monkeypatch
     assert evaluate.main(["--workdir", str(w), "--images", str(x), "--seed", "1"]) == 0
 
 
+@pytest.mark.slow
 def test_non_finite_params_of_a_run_its_metrics_call_healthy_are_called_damaged(tmp_path, monkeypatch, capsys):
     synthetic_data(monkeypatch)
     w = tmp_path / "w"
@@ -244,6 +248,7 @@ MESHES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_restores_onto_another_device_count_and_padding(tmp_path):
     """3 runs on meshes of 1 device (no padding) and 2 devices (one padding run): 1 -> 2 -> 1
     and 2 -> 1 -> 2, one epoch on each, end with the numbers of an uninterrupted run bit for bit:
@@ -299,6 +304,7 @@ def test_chunks_end_on_checkpoint_epochs():
     assert sweep.epoch_chunks(10, 5, 5) == [5]
 
 
+@pytest.mark.slow
 def test_a_kill_loses_at_most_one_checkpoint_interval_whatever_chunk_epochs_is(tmp_path, tiny, monkeypatch):
     task, hp, seeds = mlp_grid()
     spec = TrainSpec(epochs=7, batch_size=64)
@@ -364,6 +370,7 @@ def healthy_params_are_finite(w: pathlib.Path) -> None:
                 assert np.all(np.isfinite(np.asarray(leaf)[r])), f"run {r} is marked healthy but its params are not finite"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", range(FUZZ_CASES))
 def test_fuzzed_workdir_ends_with_its_numbers_or_one_line(finished, tmp_path, monkeypatch, capfd, case):
     rng = random.Random(2600 + case)

@@ -69,6 +69,7 @@ def test_evaluate_on_a_marker_that_names_a_file_beside_the_workdir_deletes_nothi
     assert snapshot(box) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, why", [
     (lambda m: {**m, "files": [*m["files"], "/VICTIM"]}, "'files' entry \"/"),
     (lambda m: {**m, "state": "committing", "replacing": ["../victim.txt"]}, "'replacing' entry \"../victim.txt\""),
@@ -133,6 +134,7 @@ def resume_epoch(config, run_dir):
             "resumed_from": workdir_lib.checkpoint_epoch(pathlib.Path(run_dir))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["crash", "ctrl-c", "config error", "kill"])
 def test_a_new_config_that_fails_before_its_first_checkpoint_keeps_the_unfinished_run(tmp_path, capsys, failure):
     w = tmp_path / "w"
@@ -203,6 +205,7 @@ def enospc_from_tensorstore(*args, **kwargs):
                      "No space left on device [os_error_code='28']")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("disk", ["tmpfs", "simulated"])
 def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_folder_and_the_space(tmp_path, request, monkeypatch,
                                                                                        capfd, tiny, disk):
@@ -393,6 +396,7 @@ def test_ctrl_c_during_a_checkpoint_write_is_the_one_promised_line(tmp_path):
 # -- finding 10: compare shows that a resume kept every number ------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_finds_no_difference_between_a_resumed_run_and_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
     from conftest import synthetic_splits
 

@@ -42,6 +42,7 @@ def test_negative_elbo_is_reconstruction_plus_kl_by_hand():
     assert total[0] == pytest.approx(3 * math.log(2) + 1 - 0.5 * math.log(2), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_task_loss_is_bce_of_the_decoded_draw_plus_kl():
     """vae_task's per-image loss, recomputed from encode / reparameterise / decode by hand."""
     model = tiny_vae()
@@ -93,6 +94,7 @@ def test_samples_are_pixel_probabilities_of_the_right_shape():
     np.testing.assert_allclose(samples, again, atol=1e-6)  # batching does not change the draws
 
 
+@pytest.mark.slow
 def test_a_seed_reproduces_and_another_seed_differs():
     task = tasks.vae_task(tiny_vae())
     spec = TrainSpec(epochs=2, batch_size=32, optimizer="adam")
@@ -108,6 +110,7 @@ def test_a_seed_reproduces_and_another_seed_differs():
     np.testing.assert_allclose(again.history["test_neg_elbo"][0], hist[0], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_conv_and_conditional_models():
     conv = tiny_vae(conv=True)
     params = init(conv)
@@ -145,6 +148,7 @@ def tiny_linear_vae():
     return encode, decode, exact_log_px
 
 
+@pytest.mark.slow
 def test_iwae_bound_approaches_the_exact_log_likelihood_from_below():
     encode, decode, exact = tiny_linear_vae()
     x = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])

@@ -255,8 +255,8 @@ def test_stats_describe_has_no_spread_for_one_run_and_a_note_when_all_diverged()
     assert "±" in stats.describe(stats.summary([0.97, 0.98]))
 
 
-@pytest.mark.integration
-def test_l2_sweep_where_every_run_diverges_writes_metrics_and_reruns(tmp_path):
+@pytest.mark.slow
+def test_l2_sweep_where_every_run_diverges_writes_metrics_and_reruns(tmp_path, synthetic_mnist):
     args = ["--workdir", str(tmp_path / "w"), "--config", "configs/l2_sweep_quick.py", "--config.seeds=1",
             "--config.epochs=1", "--config.model.hidden=[8]", "--config.sweep.l2=[0, 0.001]",
             "--config.learning_rate=1e30"]
@@ -267,8 +267,8 @@ def test_l2_sweep_where_every_run_diverges_writes_metrics_and_reruns(tmp_path):
     assert all(r["diverged"] for r in m["runs"]) and m["chosen_on_validation"]["test_error_pct"]["n"] == 0
 
 
-@pytest.mark.integration
-def test_a_diverged_cnn_run_is_left_out_of_its_statistics(tmp_path):
+@pytest.mark.slow
+def test_a_diverged_cnn_run_is_left_out_of_its_statistics(tmp_path, synthetic_mnist):
     from experiments import cnn
 
     args = ["--workdir", str(tmp_path / "w"), "--config.seeds=1", "--config.epochs=1", "--config.model.filters=[2]",
@@ -391,6 +391,7 @@ def test_truncated_json_in_a_workdir_is_a_one_line_error(tmp_path, capsys):
     assert "is not valid JSON" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_falls_back_to_the_older_one(tmp_path, tiny, capsys):
     task = tasks.classifier_task(models.MLP((8,)))
     hp, seeds = sweep.grid([0], learning_rate=[0.1])
@@ -606,6 +607,7 @@ class Killed(BaseException):
     """Stands in for SIGKILL: nothing after it runs, not even `except Exception` handlers."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_after", range(18))
 def test_a_commit_killed_at_any_rename_is_finished_by_the_next_process(tmp_path, monkeypatch, crash_after):
     from mnist_jax import workdir as workdir_lib
@@ -640,7 +642,7 @@ DIVERGING = {  # tiny configs whose every run diverges (learning rate 1e30), per
                 "--config.model.hidden=[8]", "--config.model.latent=4"],
     "noise_accuracy": ["--config.seeds=1", "--config.epochs=1", "--config.denoiser_epochs=0", "--config.noise_levels=[0.0, 0.5]",
                        "--config.learning_rate=1e30", "--config.denoiser.learning_rate=1e30"],
-    "cnn_search": ["--config.seeds=2", "--config.epochs=1", "--config.train_images=500", "--config.filters_candidates=[2]",
+    "cnn_search": ["--config.seeds=2", "--config.epochs=1", "--config.filters_candidates=[2]",
                    "--config.dense_candidates=[0]", "--config.dropout_rates=[0.5]", "--config.learning_rate=1e30"],
     "vae": ["--config.seeds=1", "--config.epochs=1", "--config.iwae_images=10", "--config.iwae_k=2",
             "--config.n_samples=100", "--config.map_epochs=0", "--config.classifier.epochs=1",
@@ -648,9 +650,9 @@ DIVERGING = {  # tiny configs whose every run diverges (learning rate 1e30), per
 }
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DIVERGING))
-def test_an_experiment_where_every_run_diverges_finishes_with_empty_statistics(tmp_path, name):
+def test_an_experiment_where_every_run_diverges_finishes_with_empty_statistics(tmp_path, name, synthetic_mnist):
     import importlib
 
     module = importlib.import_module(f"experiments.{name}")
