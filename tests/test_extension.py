@@ -179,10 +179,10 @@ def test_a_bad_sweep_declaration_is_one_line(tmp_path, no_data, capsys, name, va
     assert message in one_line_error(sweep_experiment.main, argv, capsys)
 
 
-def env_with(folder: pathlib.Path) -> dict:
-    """This process's environment, with `folder` on PYTHONPATH and the tests' synthetic digits in
-    place of MNIST (`tests/synthetic.py`)."""
-    env = synthetic.subprocess_env()
+def env_with(folder: pathlib.Path, n_train: int = synthetic.SYNTHETIC_TRAIN) -> dict:
+    """This process's environment, with `folder` on PYTHONPATH and `n_train` of the tests'
+    synthetic digits in place of MNIST (`tests/synthetic.py`)."""
+    env = synthetic.subprocess_env(n_train=n_train)
     env["PYTHONPATH"] = os.pathsep.join([str(folder), str(REPO), env["PYTHONPATH"]])
     return env
 
@@ -199,6 +199,7 @@ def test_a_model_from_outside_trains_its_sweep_with_no_edit_of_the_package(tmp_p
         c.sweep = {"dropout_rate": [0.0, 0.5]}
         c.seeds = 2
         c.epochs = 1
+        c.train_images = 256
         c.batch_size = 64
     ''')
     work = tmp_path / "w"
@@ -209,8 +210,8 @@ def test_a_model_from_outside_trains_its_sweep_with_no_edit_of_the_package(tmp_p
     assert [(r["dropout_rate"], r["seed"]) for r in m["runs"]] == [(0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)]
     assert m["architecture"] == "mymodule:ResCNN(features=8)"
     by_seed = {r["seed"]: [] for r in m["runs"]}
-    for r in m["runs"]:
-        by_seed[r["seed"]].append(r["test_accuracy"])
+    for r, loss in zip(m["runs"], m["history"]["loss"], strict=True):
+        by_seed[r["seed"]].append(loss[-1])
     assert all(a != b for a, b in by_seed.values())  # the same seeds, another dropout rate: other numbers
     assert [p["dropout_rate"] for p in m["per_value"]] == [0.0, 0.5] and all(p["runs"] == 2 for p in m["per_value"])
     assert any(p.endswith("mymodule.py") for p in m["provenance"]["outside_code"])

@@ -8,6 +8,9 @@ import pytest
 from experiments import evaluate, mlp
 from mnist_jax import data as data_lib
 
+# its module fixture is built once: every test of this file runs on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("test_mlp_experiment")
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

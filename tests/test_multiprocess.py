@@ -23,6 +23,9 @@ import pytest
 from mnist_jax import distributed, launch
 from mnist_jax.compare import differences, numbers
 
+# its module fixture is built once: every test of this file runs on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("test_multiprocess")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, "-m", "experiments.sweep", "--config", "configs/l2_sweep_quick.py"]
 TIMEOUT = 400  # seconds for one training command; a quick sweep takes well under a minute alone
@@ -303,6 +306,7 @@ def test_a_process_that_cannot_start_stops_those_already_started(monkeypatch, tm
 
 SLEEPER = """
 import os, pathlib, sys, time
+
 pathlib.Path(sys.argv[1], os.environ["JAX_PROCESS_ID"] + ".pid").write_text(str(os.getpid()))
 time.sleep(600)
 """

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import synthetic_splits
-from test_experiments import light_compiles  # noqa: F401  (autouse: these programs run on a few hundred images)
 
 from experiments import mlp as mlp_experiment
 from experiments import variance_sources

@@ -27,6 +27,9 @@ from conftest import synthetic_splits
 from mnist_jax import data as data_lib
 from mnist_jax import launch, training
 
+# its module fixture is built once: every test of this file runs on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("test_readme")
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ("performance", "distributed", "guarantees", "variance", "extending")

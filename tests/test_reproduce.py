@@ -13,6 +13,9 @@ from experiments import reproduce
 from experiments import sweep as sweep_experiment
 from mnist_jax import registry
 
+# its module fixture is built once: every test of this file runs on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("test_reproduce")
+
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 

@@ -24,6 +24,9 @@ from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.config import ConfigError
 from mnist_jax.train import TrainSpec
 
+# its module fixture is built once: every test of this file runs on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("test_trust_checkpoints")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -17,6 +17,9 @@ from mnist_jax import data as data_lib
 from mnist_jax import generative, losses, models, sweep, tasks
 from mnist_jax.train import Batch, TrainSpec
 
+# its module fixture is built once: every test of this file runs on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("test_vae")
+
 TINY = {"kind": "vae", "latent": 3, "hidden": (16, 8)}
 
 
