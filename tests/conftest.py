@@ -21,7 +21,6 @@ wherever the library loads it, so experiments run end to end.
 
 from __future__ import annotations
 
-import jax
 import pytest
 import synthetic
 from synthetic import SYNTHETIC_EVAL, SYNTHETIC_TRAIN, synthetic_splits  # noqa: F401 - tests import them from here
@@ -82,14 +81,10 @@ def no_real_mnist(request, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def light_compiles(request, monkeypatch):
-    """XLA compiles a fast or slow test's programs with little optimization
-    (`jax_disable_most_optimizations`), here and in the processes it starts: about half the
-    compile time, for programs that run on tiny data."""
+    """A fast or slow test compiles with little XLA optimization (`synthetic.light_compiles`), here
+    and in the processes it starts; a module fixture it uses that trains does the same itself."""
     if not on_synthetic_data(request.node):
         yield
         return
-    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-    before = jax.config._read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+    with synthetic.light_compiles(monkeypatch):
+        yield

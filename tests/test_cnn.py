@@ -35,6 +35,7 @@ def test_study_cnn_shapes_and_parameter_count():
     assert model.apply(params, images(5)).shape == (5, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fields, count, flat", [
     (dict(filters=(64, 64), pool=(True, False), dense=0), 640 + 36_928 + 7744 * 10 + 10, 11 * 11 * 64),
     (dict(filters=(128, 128), pool=(True, False), dense=128), 1280 + 147_584 + 15_488 * 128 + 128 + 1290, 11 * 11 * 128),
@@ -110,6 +111,7 @@ def test_every_convolution_formulation_agrees_with_lax(fields, impl):
         np.testing.assert_allclose(u, v, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 3, 8])
 def test_fused_conv_gradients_match_lax_for_input_and_kernel(channels):
     rng = np.random.default_rng(channels)

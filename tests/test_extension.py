@@ -293,6 +293,7 @@ def test_momentum_given_to_sgd_is_what_sgd_trains_with():
     assert "momentum" in train.optimizer_hparams(spec)
 
 
+@pytest.mark.slow
 def test_a_trained_grid_gives_each_runs_logits_and_predictions(tiny):
     """TrainedGrid's logits of every run, a few runs at a time, are each run's own logits."""
     import jax

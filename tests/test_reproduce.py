@@ -5,7 +5,6 @@ import json
 import re
 import shutil
 
-import jax
 import pytest
 import synthetic
 
@@ -50,16 +49,12 @@ def quick_job(tmp_path_factory):
     integration test trains on the real MNIST)."""
     with pytest.MonkeyPatch.context() as mp:
         synthetic.install(mp.setattr, QUICK_TRAIN)
-        for name, value in {**synthetic.subprocess_env(n_train=QUICK_TRAIN), "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}.items():
+        for name, value in synthetic.subprocess_env(n_train=QUICK_TRAIN).items():
             mp.setenv(name, value)
-        before = jax.config._read("jax_disable_most_optimizations")
-        jax.config.update("jax_disable_most_optimizations", True)
-        workdir = tmp_path_factory.mktemp("reproduce")
-        try:
+        with synthetic.light_compiles(mp):
+            workdir = tmp_path_factory.mktemp("reproduce")
             assert reproduce.main(["--workdir", str(workdir)]) == 0
             yield workdir
-        finally:
-            jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.mark.integration

@@ -119,6 +119,7 @@ def test_grid_is_values_by_seeds_seed_fastest():
     np.testing.assert_allclose(hp["l2"], [0, 0, 1e-4, 1e-4])
 
 
+@pytest.mark.slow
 def test_chunked_epochs_equal_one_scan(tiny):
     hp, seeds = sweep.grid([0, 1], learning_rate=[0.1])
     one = sweep.train_grid(mlp_task(), SPEC, hp, seeds, tiny, chunk_epochs=3)
@@ -127,6 +128,7 @@ def test_chunked_epochs_equal_one_scan(tiny):
         assert np.array_equal(one.history[k], chunked.history[k]), k
 
 
+@pytest.mark.slow
 def test_run_chunks_equal_all_runs_at_once(tiny):
     hp, seeds = sweep.grid([0, 1, 2], learning_rate=[0.1])
     together = sweep.train_grid(mlp_task(), SPEC, hp, seeds, tiny)
@@ -210,6 +212,7 @@ def test_traced_dropout_rate_reaches_the_model(tiny):
     assert task.hparams == ("dropout_rate", "input_dropout_rate")
 
 
+@pytest.mark.slow
 def test_timing_counts_the_runs_each_program_call_trains(tiny):
     hp, seeds = sweep.grid([0, 1, 2, 3], learning_rate=[0.1])
     together = sweep.train_grid(mlp_task(), SPEC, hp, seeds, tiny).timing

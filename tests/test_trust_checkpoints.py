@@ -15,6 +15,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import synthetic
 from conftest import synthetic_splits
 
 from experiments import evaluate, mlp
@@ -91,6 +92,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_older_one_and_ends_with_the_unin
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_grid_whose_every_checkpoint_is_damaged_is_one_error(tmp_path, tiny):
     task, hp, seeds = mlp_grid()
     spec = TrainSpec(epochs=3, batch_size=64)
@@ -341,7 +343,7 @@ FUZZ_TARGETS = ("marker", "metrics", "config", "checkpoints", "params")
 def finished(tmp_path_factory):
     """A finished tiny mlp workdir (synthetic data), with the numbers and evaluate output it holds."""
     root = tmp_path_factory.mktemp("finished")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, synthetic.light_compiles(mp):  # as the tests that resume it
         synthetic_data(mp)
         assert mlp.main(["--workdir", str(root / "w"), *TINY]) == 0
         x = images(root)

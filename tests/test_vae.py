@@ -85,6 +85,7 @@ def test_bernoulli_loss_is_finite_for_extreme_logits():
     assert np.isfinite(rec[0]) and float(rec[0]) == pytest.approx(1e4)
 
 
+@pytest.mark.slow
 def test_samples_are_pixel_probabilities_of_the_right_shape():
     model = tiny_vae()
     params = init(model)

@@ -201,6 +201,7 @@ def test_a_workdir_in_use_is_refused(tmp_path, capsys):
     assert main(fake_run, w, *S, "--config.epochs=2") == 0  # released with the holder
 
 
+@pytest.mark.slow
 def test_train_grid_refuses_a_checkpoint_past_its_epochs(tmp_path, tiny):
     task = tasks.classifier_task(models.MLP((8,)))
     hp, seeds = sweep.grid([0], learning_rate=[0.1])
