@@ -135,8 +135,9 @@ def test_a_killed_process_stops_the_run_and_the_rerun_resumes_to_the_same_number
         survivor = procs[1 - victim]
         _, err = survivor.communicate(timeout=120)  # it stops by itself: its next collective fails
         assert survivor.returncode != 0
-        if victim == 1:  # without process 0 (the coordinator) JAX's runtime may end process 1 first
-            assert "another process of this run has stopped" in err
+        # it says "another process of this run has stopped" unless JAX's runtime ends it first, which
+        # happens to either process (the coordinator too, on a loaded machine); never a traceback
+        assert "Traceback" not in err
     finally:
         for p in procs:
             if p.poll() is None:
