@@ -364,12 +364,17 @@ def test_results_table_says_what_the_compilation_cache_held(results):
 
 
 def test_a_run_records_what_the_compilation_cache_held_at_its_start(tmp_path):
-    w = tmp_path / "w"
-    assert main(fake_run, w, *S) == 0
-    compilation = committed(w)[1]["timing"]["compilation"]
     from mnist_jax import compilation as compilation_lib
 
-    assert compilation["cache_entries_at_start"] == compilation_lib.cache_entries()  # fake_run compiles nothing
+    w = tmp_path / "w"
+    before = compilation_lib.cache_entries()
+    assert main(fake_run, w, *S) == 0
+    compilation = committed(w)[1]["timing"]["compilation"]
+    after = compilation_lib.cache_entries()  # fake_run compiles nothing; another xdist worker may add entries
+    if before is None:  # no persistent cache
+        assert compilation["cache_entries_at_start"] is None
+    else:
+        assert before <= compilation["cache_entries_at_start"] <= after
     assert compilation["persistent_cache"] is None or isinstance(compilation["cache_entries_at_start"], int)
 
 
