@@ -48,6 +48,13 @@ def synthetic_mnist(monkeypatch) -> data_lib.Splits:
     return synthetic.install(monkeypatch.setattr)
 
 
+@pytest.fixture
+def synthetic_processes(monkeypatch) -> None:
+    """Every process the test starts trains on `synthetic.PROCESS_TRAIN` synthetic digits
+    (`synthetic.for_processes`), enough for each epoch to last a moment that can be interrupted."""
+    synthetic.for_processes(monkeypatch)
+
+
 def on_synthetic_data(node) -> bool:
     """Whether a test is a fast or `slow` one: no real MNIST, light compiles."""
     return node.get_closest_marker("slow") is not None or node.get_closest_marker("integration") is None

@@ -77,6 +77,17 @@ def subprocess_env(env: dict[str, str] | None = None, n_train: int = SYNTHETIC_T
     return env
 
 
+PROCESS_TRAIN = 8_192  # training images of `for_processes`: an epoch long enough to be interrupted in
+
+
+def for_processes(mp, n_train: int = PROCESS_TRAIN) -> None:
+    """Every process started after this (`mp`: a pytest MonkeyPatch, which restores the
+    environment) trains on `noisy_splits(n_train)`, as `subprocess_env` arranges for one."""
+    env = subprocess_env({"PYTHONPATH": os.environ.get("PYTHONPATH", "")}, n_train)
+    mp.setenv(ENV, env[ENV])
+    mp.setenv("PYTHONPATH", env["PYTHONPATH"])
+
+
 @contextlib.contextmanager
 def light_compiles(mp) -> Iterator[None]:
     """XLA compiles with little optimization (`jax_disable_most_optimizations`) inside the block,

@@ -224,17 +224,16 @@ def test_config_rules_reject_bad_cnn_fields():
 
 
 @pytest.mark.integration
-def test_short_real_training_passes_98_5(mnist):
-    """Three epochs of the study's CNN with Adam and a cosine decay on the real MNIST (one seed).
-
-    (Two epochs land at 98.5 +- 0.2 %, too close to the bar for one seed: 98.48 % with seed 0.)"""
+def test_two_real_epochs_pass_98(mnist):
+    """Two epochs of the study's CNN with Adam and a cosine decay on the real MNIST (one seed) land
+    at 98.5 +- 0.2 %: past 98 %, which the study's dense nets do not reach in two epochs."""
     model = models.CNN(**STUDY)
     task = tasks.classifier_task(model)
     hp, seeds = sweep.grid([0], learning_rate=[2e-3], dropout_rate=[0.25])
-    spec = TrainSpec(epochs=3, batch_size=128, optimizer="adam", schedule="cosine")
+    spec = TrainSpec(epochs=2, batch_size=128, optimizer="adam", schedule="cosine")
     result = sweep.train_grid(task, spec, hp, seeds, mnist)
     test_acc = result.history["test_accuracy"][:, -1]
-    assert np.all(test_acc >= 0.985), test_acc
+    assert np.all(test_acc >= 0.98), test_acc
     assert np.all(result.history["train_accuracy"][:, 1] > result.history["train_accuracy"][:, 0])
 
 

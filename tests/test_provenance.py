@@ -133,8 +133,8 @@ def test_a_stage_from_other_code_is_never_silently_reused(tmp_path):
     assert not reproduce.is_complete(resumed, tmp_path / "resumed")  # partly trained by other code
 
 
-@pytest.mark.integration
-def test_two_processes_write_byte_identical_metrics_apart_from_timings_and_times(tmp_path):
+@pytest.mark.slow
+def test_two_processes_write_byte_identical_metrics_apart_from_timings_and_times(tmp_path, synthetic_processes):
     workdir = tmp_path / "w"
     cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(workdir), *SMALL, "--config.seed=3"]
     texts = []

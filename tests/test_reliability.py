@@ -31,8 +31,8 @@ def history(workdir):
     return json.loads((workdir / "metrics.json").read_text())["history"]
 
 
-@pytest.mark.integration
-def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_path):
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_path, synthetic_processes):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(mlp_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = killed / ".mnist_jax" / "run" / "checkpoints" / "train" / "runs_0-2"  # the run in progress
@@ -58,8 +58,8 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_numbers(tmp_pa
     assert history(killed) == history(straight)  # bit for bit, every epoch of both seeds
 
 
-@pytest.mark.integration
-def test_same_config_and_seed_are_bit_identical_across_processes(tmp_path):
+@pytest.mark.slow
+def test_same_config_and_seed_are_bit_identical_across_processes(tmp_path, synthetic_processes):
     args = ["--config.epochs=2", "--config.seed=3"]
     for name in ("a", "b"):
         subprocess.run(mlp_cmd(tmp_path / name, *args), capture_output=True, check=True)

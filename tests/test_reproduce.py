@@ -49,8 +49,7 @@ def quick_job(tmp_path_factory):
     integration test trains on the real MNIST)."""
     with pytest.MonkeyPatch.context() as mp:
         synthetic.install(mp.setattr, QUICK_TRAIN)
-        for name, value in synthetic.subprocess_env(n_train=QUICK_TRAIN).items():
-            mp.setenv(name, value)
+        synthetic.for_processes(mp, QUICK_TRAIN)
         with synthetic.light_compiles(mp):
             workdir = tmp_path_factory.mktemp("reproduce")
             assert reproduce.main(["--workdir", str(workdir)]) == 0

@@ -378,8 +378,8 @@ def test_a_run_records_what_the_compilation_cache_held_at_its_start(tmp_path):
     assert compilation["persistent_cache"] is None or isinstance(compilation["cache_entries_at_start"], int)
 
 
-@pytest.mark.integration
-def test_ctrl_c_during_a_checkpoint_write_is_the_one_promised_line(tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_during_a_checkpoint_write_is_the_one_promised_line(tmp_path, synthetic_processes):
     w = tmp_path / "w"
     cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), "--config.seeds=2", "--config.epochs=30",
            "--config.model.hidden=[512, 512]", "--config.checkpoint_seconds=0"]
@@ -434,8 +434,8 @@ def test_compare_finds_no_difference_between_a_resumed_run_and_an_uninterrupted_
                                                            f"{a['history']['loss'][1][2]} != {b['history']['loss'][1][2]}"]
 
 
-@pytest.mark.integration
-def test_a_crashing_config_leaves_the_interrupted_run_resumable(tmp_path):
+@pytest.mark.slow
+def test_a_crashing_config_leaves_the_interrupted_run_resumable(tmp_path, synthetic_processes):
     w = tmp_path / "w"
     cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), "--config.seeds=1", "--config.epochs=6",
            "--config.model.hidden=[8]", "--config.checkpoint_seconds=0"]

@@ -475,8 +475,8 @@ def wait_for_checkpoint(workdir, proc, epoch, timeout=240):
     raise AssertionError("no checkpoint appeared")
 
 
-@pytest.mark.integration
-def test_a_second_process_is_refused_while_the_first_trains(tmp_path):
+@pytest.mark.slow
+def test_a_second_process_is_refused_while_the_first_trains(tmp_path, synthetic_processes):
     w = tmp_path / "w"
     a = subprocess.Popen(mlp_cmd(w, "--config.epochs=20"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -489,8 +489,8 @@ def test_a_second_process_is_refused_while_the_first_trains(tmp_path):
         a.wait()
 
 
-@pytest.mark.integration
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, synthetic_processes):
     w = tmp_path / "w"
     proc = subprocess.Popen(mlp_cmd(w, "--config.epochs=30"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(w, proc, 2)
@@ -565,8 +565,8 @@ MOMENTS = {
 }
 
 
-@pytest.mark.integration
-def test_chaos_sigkill_at_random_moments_ends_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.slow
+def test_chaos_sigkill_at_random_moments_ends_like_an_uninterrupted_run(tmp_path, synthetic_processes):
     box = tmp_path / "box"
     box.mkdir()
     (box / "neighbour.txt").write_text("untouched")
@@ -721,8 +721,8 @@ def test_command_line_errors_are_one_line(command, capsys):
     assert err.startswith("error: ") and "--workdir" in err and err.count("\n") == 1
 
 
-@pytest.mark.integration
-def test_a_workdir_whose_checkpoints_are_all_corrupt_stops_with_one_line(tmp_path):
+@pytest.mark.slow
+def test_a_workdir_whose_checkpoints_are_all_corrupt_stops_with_one_line(tmp_path, synthetic_processes):
     w = tmp_path / "w"
     small = ["--config.seeds=1", "--config.epochs=2", "--config.model.hidden=[8]", "--config.checkpoint_seconds=0"]
     cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), *small]

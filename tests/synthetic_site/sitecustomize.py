@@ -7,8 +7,12 @@ import sys
 
 _kind, _, _n = os.environ.get("MNIST_JAX_TEST_DATA", "").partition(":")
 if _kind == "synthetic":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # tests/ and the checkout above it, first: the processes of a test import the code under test,
+    # whichever checkout the installed package points to (site runs before `python -m` adds the
+    # working folder)
+    _tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:0] = [_tests, os.path.dirname(_tests)]
     import synthetic
 
     synthetic.install(n_train=int(_n or synthetic.SYNTHETIC_TRAIN))
-    sys.path.pop(0)
+    del sys.path[:2]
