@@ -9,10 +9,11 @@ Each case trains the convolutional VAE (Conv 32/2 -> Conv 64/2 -> Dense 256 -> l
 through ConvTranspose 32 x2, ConvTranspose 1 x2; Adam, batch 128, dynamically binarized MNIST)
 with the real compiled program of `mnist_jax.sweep.GridTrainer` (`tasks.vae_task`, its
 per-epoch evaluation left out: this times the training step). One call is one epoch of
-`--steps` minibatch steps as a `lax.scan` over the first steps x batch training images; the
-first call (compile) is timed apart, then `--repeats` calls, each blocked until ready, and their
-median is scaled linearly to a run-epoch of 469 steps (60,000 images at batch 128; the holdout
-protocol's 55,000 take 430) and divided by the number of runs. "vmapped / single" is the cost per
+`--steps` minibatch steps as a `lax.scan` over the first steps x batch training images. Every
+case is compiled (timed apart) and called once to warm up; then `--repeats` rounds call each case
+once in turn, blocked until ready, so a change of the machine's load falls on every case alike.
+A case's median call is scaled linearly to a run-epoch of 469 steps (60,000 images at batch 128;
+the holdout protocol's 55,000 take 430) and divided by the number of runs. "vmapped / single" is the cost per
 run-epoch of the vmapped program over the one-run program's: above 1, the model's
 `vmap_slow_on` should name the backend.
 """
@@ -22,10 +23,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
+import time
 
 import jax
 
-from benchmarks.common import machine, subset_or_exit, time_grid_epochs
+from benchmarks.common import grid_epoch, machine, subset_or_exit
 from mnist_jax import kernels, models, tasks
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec
@@ -61,20 +64,33 @@ def main(argv: list[str] | None = None) -> int:
           f"median of {args.repeats}, scaled to {EPOCH_STEPS} steps; training step only (no evaluation)")
     print("| conv_impl | runs | compile s | call s (median) | s per run-epoch | vmapped / single |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    results = {}
+    cases = {}
     for impl in args.impls.split(","):
         task = conv_vae_task(impl, args.latent)
         for n in runs:
             hp, seeds = grid(list(range(n)), learning_rate=[1e-3])
-            timing, _ = time_grid_epochs(task, spec, hp, seeds, data, args.repeats)
-            per_run_epoch = timing["median_epoch_seconds"] * EPOCH_STEPS / args.steps / n
-            single = results.get(f"{impl}/1", {}).get("run_epoch_seconds")
-            ratio = per_run_epoch / single if single and n > 1 else None
-            results[f"{impl}/{n}"] = {**timing, "impl": impl, "runs": n, "run_epoch_seconds": per_run_epoch,
-                                      "vmapped_over_single": ratio}
-            print(f"| {impl} | {n} | {timing['compile_seconds']:.1f} | {timing['median_epoch_seconds']:.2f} "
-                  f"[{', '.join(f'{t:.2f}' for t in timing['epoch_seconds'])}] | {per_run_epoch:.1f} | "
-                  f"{'' if ratio is None else f'{ratio:.2f}'} |", flush=True)
+            compile_s, call = grid_epoch(task, spec, hp, seeds, data)
+            start = time.perf_counter()
+            call()
+            cases[impl, n] = {"call": call, "compile_seconds": compile_s, "first_call_seconds": time.perf_counter() - start,
+                              "epoch_seconds": []}
+    for _ in range(args.repeats):
+        for case in cases.values():
+            start = time.perf_counter()
+            case["call"]()
+            case["epoch_seconds"].append(time.perf_counter() - start)
+    results = {}
+    for (impl, n), case in cases.items():
+        case.pop("call")
+        median = statistics.median(case["epoch_seconds"])
+        per_run_epoch = median * EPOCH_STEPS / args.steps / n
+        single = results.get(f"{impl}/1", {}).get("run_epoch_seconds")
+        ratio = per_run_epoch / single if single and n > 1 else None
+        results[f"{impl}/{n}"] = {**case, "impl": impl, "runs": n, "median_epoch_seconds": median,
+                                  "run_epoch_seconds": per_run_epoch, "vmapped_over_single": ratio}
+        print(f"| {impl} | {n} | {case['compile_seconds']:.1f} | {median:.2f} "
+              f"[{', '.join(f'{t:.2f}' for t in case['epoch_seconds'])}] | {per_run_epoch:.1f} | "
+              f"{'' if ratio is None else f'{ratio:.2f}'} |")
     default = kernels.default_strided_conv_impl()
     print(f"default conv_impl of the VAE on {jax.default_backend()}: {default}; "
           f"vmap_slow_on of the convolutional VAE: {models.VAE(conv=True).vmap_slow_on}")
