@@ -1,6 +1,7 @@
-"""Performance kernels of the models: bit-level dropout, convolution formulations, 2x2 max
-pooling with a one-pass gradient. Each computes what its plain JAX counterpart does (the tests
-compare them); what each formulation costs is measured by `benchmarks/cnn_speed.py`.
+"""Performance kernels of the models: bit-level dropout, convolution formulations (stride 1,
+strided and transposed), 2x2 max pooling with a one-pass gradient. Each computes what its plain
+JAX counterpart does (the tests compare them); what each formulation costs is measured by
+`benchmarks/cnn_speed.py` and `benchmarks/vae_speed.py`.
 """
 
 from __future__ import annotations

@@ -317,7 +317,8 @@ class VAE(nn.Module):
 
     @property
     def vmap_slow_on(self) -> tuple[str, ...]:
-        """Convolutional: slower vmapped on a CPU (as `CNN.vmap_slow_on`)."""
+        """Convolutional: one run per program on a CPU, where a vmapped step of its convolutions
+        costs as much per run as one run's or more (`benchmarks/vae_speed.py`)."""
         return ("cpu",) if self.conv else ()
 
     def describe(self) -> str:
