@@ -29,12 +29,18 @@ from mnist_jax.config import ConfigError
 from mnist_jax.data import IMAGE_SHAPE
 from mnist_jax.kernels import (  # noqa: F401  (CONV_IMPLS and default_conv_impl: part of this module's API)
     CONV_IMPLS,
+    conv_transpose,
+    conv_transpose_scatter,
     default_conv_impl,
+    default_strided_conv_impl,
     dropout,
     fused_conv,
     im2col_conv,
     lax_conv,
+    lax_conv_transpose,
     max_pool_2x2,
+    strided_conv,
+    strided_conv_im2col,
 )
 from mnist_jax.precision import DEFAULT_COMPUTE_DTYPE, dtype_of, is_reduced
 
@@ -83,11 +89,17 @@ class MLP(nn.Module):
                            self.dtype)
 
 
-class Conv(nn.Module):
-    """Stride-1 2-D convolution, NHWC, with the same params as nn.Conv (kernel HWIO, bias).
+def _check_impl(impl: str) -> None:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS} or 'auto', got {impl!r}")
 
-    `impl` picks the formulation ("im2col" or "lax"); both give the same outputs for the
-    same params, so a model trained with one can be evaluated with the other.
+
+class Conv(nn.Module):
+    """2-D convolution, NHWC, with the same params as nn.Conv (kernel HWIO, bias).
+
+    `impl` picks the formulation ("fused", "im2col" or "lax"); all give the same outputs for
+    the same params, so a model trained with one can be evaluated with another. A `stride`
+    above 1 pads 'SAME' as nn.Conv does (`kernels.same_padding`).
     """
 
     features: int
@@ -96,6 +108,7 @@ class Conv(nn.Module):
     impl: str = "im2col"
     keras_init: bool = True
     dtype: Any = None  # compute dtype (None: float32); params stay float32
+    stride: int = 1
 
     @nn.compact
     def __call__(self, x):
@@ -104,6 +117,13 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if is_reduced(self.dtype):
             x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if self.stride != 1:
+            if self.padding != "SAME":
+                raise ValueError(f"a strided Conv pads 'SAME', got {self.padding!r}")
+            _check_impl(self.impl)
+            if self.impl == "lax":
+                return lax_conv(x, kernel, self.stride, "SAME") + bias
+            return {"fused": strided_conv, "im2col": strided_conv_im2col}[self.impl](x, kernel, self.stride) + bias
         if self.padding == "SAME":
             lo = (k - 1) // 2
             x = jnp.pad(x, ((0, 0), (lo, k - 1 - lo), (lo, k - 1 - lo), (0, 0)))
@@ -116,8 +136,31 @@ class Conv(nn.Module):
         elif self.impl == "lax":
             y = lax_conv(x, kernel)
         else:
-            raise ValueError(f"conv_impl must be one of {CONV_IMPLS} or 'auto', got {self.impl!r}")
+            _check_impl(self.impl)
         return y + bias
+
+
+class ConvTranspose(nn.Module):
+    """Transposed 2-D convolution padded 'SAME', NHWC: what nn.ConvTranspose(features, (k, k),
+    strides=(stride, stride)) computes, with its params (kernel HWIO, lecun-normal; bias) and
+    its name in a params tree. `impl` picks the formulation ("fused", "im2col" or "lax")."""
+
+    features: int
+    kernel_size: int = 3
+    stride: int = 2
+    impl: str = "fused"
+    dtype: Any = None  # compute dtype (None: float32); params stay float32
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if is_reduced(self.dtype):
+            x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        _check_impl(self.impl)
+        conv = {"fused": conv_transpose, "im2col": conv_transpose_scatter, "lax": lax_conv_transpose}[self.impl]
+        return conv(x, kernel, self.stride) + bias
 
 
 class CNN(nn.Module):
@@ -201,12 +244,17 @@ class VAEEncoder(nn.Module):
     hidden: Sequence[int] = (512, 256)
     conv: bool = False
     dtype: Any = None  # compute dtype (None: float32); params stay float32
+    conv_impl: str = "lax"  # the convolution formulation (`Conv`); "lax" is nn.Conv itself
 
     @nn.compact
     def __call__(self, x, onehot=None):
         if self.conv:
-            x = nn.relu(nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(x))
-            x = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(x))
+            for features in (32, 64):
+                if self.conv_impl == "lax":
+                    layer = nn.Conv(features, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)
+                else:  # the same params and the same name ("Conv_<i>") as nn.Conv's
+                    layer = Conv(features, 3, "SAME", self.conv_impl, keras_init=False, dtype=self.dtype, stride=2)
+                x = nn.relu(layer(x))
         x = x.reshape(x.shape[0], -1)
         if onehot is not None:
             x = jnp.concatenate([x, onehot], axis=-1)
@@ -226,6 +274,12 @@ class VAEDecoder(nn.Module):
     hidden: Sequence[int] = (512, 256)
     conv: bool = False
     dtype: Any = None  # compute dtype (None: float32); params stay float32
+    conv_impl: str = "lax"  # the transposed convolution's formulation (`ConvTranspose`); "lax" is nn.ConvTranspose
+
+    def _up(self, features: int) -> nn.Module:
+        if self.conv_impl == "lax":
+            return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)
+        return ConvTranspose(features, 3, 2, self.conv_impl, self.dtype)  # nn.ConvTranspose's params and name
 
     @nn.compact
     def __call__(self, z, onehot=None):
@@ -234,8 +288,8 @@ class VAEDecoder(nn.Module):
         if self.conv:
             z = nn.relu(nn.Dense(self.hidden[-1], dtype=self.dtype)(z))
             z = nn.relu(nn.Dense(7 * 7 * 64, dtype=self.dtype)(z)).reshape(z.shape[0], 7, 7, 64)
-            z = nn.relu(nn.ConvTranspose(32, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(z))
-            return float32_out(nn.ConvTranspose(1, (3, 3), strides=(2, 2), padding="SAME", dtype=self.dtype)(z), self.dtype)
+            z = nn.relu(self._up(32)(z))
+            return float32_out(self._up(1)(z), self.dtype)
         for width in reversed(self.hidden):
             z = nn.relu(nn.Dense(width, dtype=self.dtype)(z))
         return float32_out(nn.Dense(28 * 28, dtype=self.dtype)(z), self.dtype).reshape(z.shape[0], 28, 28, 1)
@@ -248,6 +302,9 @@ class VAE(nn.Module):
     q(z | x) with the explicit `key` (reparameterisation). `encode` and `decode` are methods for
     `apply(..., method=...)`. `conditional=True` feeds the one-hot label (int labels (B,), a
     required argument then) into encoder and decoder. The dense default is 784-512-256-latent.
+    `conv_impl` is the formulation of the convolutional model's strided and transposed
+    convolutions ("lax": nn.Conv and nn.ConvTranspose); "auto" resolves to
+    `default_strided_conv_impl()` when the module is applied. Every formulation has the same params.
     """
 
     latent: int = 32
@@ -256,10 +313,12 @@ class VAE(nn.Module):
     conditional: bool = False
     num_classes: int = 10
     dtype: Any = None  # compute dtype (None: float32); params stay float32
+    conv_impl: str = "auto"
 
     @property
     def vmap_slow_on(self) -> tuple[str, ...]:
-        """Convolutional: slower vmapped on a CPU (as `CNN.vmap_slow_on`)."""
+        """Convolutional: one run per program on a CPU, where a vmapped step of its convolutions
+        costs as much per run as one run's or more (`benchmarks/vae_speed.py`)."""
         return ("cpu",) if self.conv else ()
 
     def describe(self) -> str:
@@ -273,8 +332,11 @@ class VAE(nn.Module):
         return x, jax.random.key(1), jnp.zeros((x.shape[0],), jnp.int32)
 
     def setup(self):
-        self.encoder = VAEEncoder(self.latent, tuple(self.hidden), self.conv, self.dtype)
-        self.decoder = VAEDecoder(tuple(self.hidden), self.conv, self.dtype)
+        impl = default_strided_conv_impl() if self.conv_impl == "auto" else self.conv_impl
+        if self.conv:
+            _check_impl(impl)
+        self.encoder = VAEEncoder(self.latent, tuple(self.hidden), self.conv, self.dtype, impl)
+        self.decoder = VAEDecoder(tuple(self.hidden), self.conv, self.dtype, impl)
 
     def _onehot(self, labels):
         if not self.conditional:

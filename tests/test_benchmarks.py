@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import cnn_speed, denoise_speed, sweep_speed, train_speed
+from benchmarks import cnn_speed, denoise_speed, sweep_speed, train_speed, vae_speed
 
 
 @pytest.mark.integration
@@ -23,6 +23,13 @@ def test_the_cnn_and_denoising_benchmarks_run(capsys):
                                "--train-images", "256"]) in (0, None)
     out = capsys.readouterr().out
     assert "fused" in out and "threefry16" in out
+
+
+@pytest.mark.integration
+def test_the_vae_benchmark_runs(capsys):
+    assert vae_speed.main(["--impls", "fused", "--runs", "1", "--steps", "1", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| fused | 1 |" in out and "s per run-epoch" in out
 
 
 @pytest.mark.slow
