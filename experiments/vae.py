@@ -623,7 +623,8 @@ def section(m: dict, stages: dict | None = None) -> str:
         figure(name, "vae_samples.png", "100 new digits: decoder Bernoulli means of latents drawn from the prior"),
         *([figure(name, "vae_conditional.png", "Class-conditional samples: a row per requested digit")]
           if model.get("conditional") else []),
-        figure(name, "vae_latent.png", "A 2-D latent space: the decoded manifold and the test set by label"),
+        *([figure(name, "vae_latent.png", "A 2-D latent space: the decoded manifold and the test set by label")]
+          if "latent_map" in m else []),
         figure(name, "vae_interpolation.png", "Interpolations between test digits in latent space"),
     ]
     return "\n\n".join(parts)

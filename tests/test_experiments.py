@@ -29,9 +29,6 @@ SHRINK = {
     "test_resamples": 20,
 }
 FLOOR = {"variance_sources": {"seeds": 3}}  # a spread and its CI need 3 runs per source
-# Per experiment, beyond SHRINK: the convolutional VAE with a 2-D latent draws its latent map itself, so no
-# second convolutional program compiles (the dense vae's run covers the map's own training).
-SMALLER = {"vae_conv": {"model.latent": 2}}
 SEED_GRIDS = ("experiments.mlp", "experiments.cnn", "experiments.sweep")  # classifier grids with an ensemble of seeds
 TRAINED = [e for e in registry.experiments() if e.entry != "experiments.reproduce"]
 NO_MODEL = {"cnn_search"}  # keeps only its statistics: evaluate says so (test_evaluate)
@@ -67,7 +64,7 @@ def config_arg(e: registry.Experiment) -> str:
 def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
     arg = config_arg(e)
     config = load_config_file(arg)
-    shrink = {**SHRINK, **FLOOR.get(e.name, {}), **SMALLER.get(e.name, {})}
+    shrink = {**SHRINK, **FLOOR.get(e.name, {})}
     values = {k: (get(config, k), v) for k, v in shrink.items()}
     return ["--workdir", str(workdir), "--config", arg,
             *(f"--config.{k}={v}" for k, (now, v) in values.items()

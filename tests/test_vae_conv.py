@@ -216,7 +216,7 @@ def test_vae_conv_is_the_stage_right_after_the_dense_vae():
     assert registry.stage("vae_conv").entry == registry.stage("vae").entry == vae_experiment.ENTRY
     full, quick = load_config_file("configs/vae_conv.py"), load_config_file("configs/vae_conv.py:quick")
     assert full.model.conv and full.seeds == 3 and full.epochs == 40 and full.train_images == 0
-    assert quick.model.conv and quick.seeds >= 2 and 0 < quick.train_images < 55_000
+    assert quick.model.conv and quick.seeds >= 2 and 0 < quick.train_images < 55_000 and quick.map_epochs == 0
     assert models.vmap_slow_on(models.from_config(full.model)) == ("cpu",)  # one run per program on a CPU
 
 
