@@ -217,7 +217,11 @@ def test_vae_conv_is_the_stage_right_after_the_dense_vae():
     full, quick = load_config_file("configs/vae_conv.py"), load_config_file("configs/vae_conv.py:quick")
     assert full.model.conv and full.seeds == 3 and full.epochs == 40 and full.train_images == 0
     assert quick.model.conv and quick.seeds >= 2 and 0 < quick.train_images < 55_000 and quick.map_epochs == 0
-    assert models.vmap_slow_on(models.from_config(full.model)) == ("cpu",)  # one run per program on a CPU
+    # its seeds are vmapped, or one run per program on the backends where the model says vmapping is slow
+    model = models.from_config(full.model)
+    for backend in ("cpu", "gpu"):
+        expected = 1 if backend in models.vmap_slow_on(model) else None
+        assert sweep.default_run_chunk(tasks.vae_from_config(model, full), backend) == expected
 
 
 def fake_vae_metrics(experiment: str, conv: bool, nll: float) -> dict:
