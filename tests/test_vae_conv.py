@@ -17,7 +17,7 @@ import synthetic
 from conftest import synthetic_splits
 
 from experiments import vae as vae_experiment
-from mnist_jax import generative, models, registry, stats, sweep, tasks
+from mnist_jax import generative, models, registry, report, stats, sweep, tasks
 from mnist_jax.config import ConfigError, load_config_file, validate
 from mnist_jax.train import Batch, TrainSpec
 
@@ -254,6 +254,7 @@ def test_comparison_table_rows_come_from_each_stage_and_anchors_from_the_config(
         value = vae_experiment.anchor_text(anchors[key])
         assert any(line.startswith(f"| {vae_experiment.ANCHORS[key][0]} |") and f"| {value} |" in line
                    for line in text.splitlines()), key
+    assert report.section("vae_conv", conv, stages) == text  # REPORT.md hands every stage's metrics to the vae sections
     assert "Dense against convolutional" not in vae_experiment.section(dense, stages)  # the last vae stage shows it
     assert "Dense against convolutional" in vae_experiment.section(dense)  # alone: itself and the anchors
     row = vae_experiment.row(conv, {"epochs": 40, "seeds": 2})
