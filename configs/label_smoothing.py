@@ -12,7 +12,7 @@ import ml_collections
 from configs import base, l2_sweep
 
 ENTRY = "experiments.sweep"  # the command that runs this config
-REPRODUCE_ORDER = 11  # its place in `python -m experiments.reproduce`
+REPRODUCE_ORDER = 12  # its place in `python -m experiments.reproduce`
 
 
 def get_config(profile: str = "full") -> ml_collections.ConfigDict:

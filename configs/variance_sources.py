@@ -21,7 +21,7 @@ import ml_collections
 from configs import base
 
 ENTRY = "experiments.variance_sources"  # the command that runs this config
-REPRODUCE_ORDER = 10  # its place in `python -m experiments.reproduce`
+REPRODUCE_ORDER = 11  # its place in `python -m experiments.reproduce`
 
 
 def get_config(profile: str = "full") -> ml_collections.ConfigDict:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mnist_jax import stats
 from mnist_jax.data import preprocess_images
 
 # The key of the one fixed binarization of the validation and test sets, shared by every run,
@@ -112,9 +113,12 @@ def iwae_log_likelihood(encode: Encode, decode: Decode, x: jax.Array, labels: ja
 
 
 def sample_prior(decode: Decode, key: jax.Array, labels: jax.Array, latent: int,
-                 batch_size: int = 1000) -> jax.Array:
-    """Bernoulli means (pixel probabilities) (N, 28, 28) of one z ~ N(0, I) per label in `labels` (N,)."""
+                 batch_size: int = 1000, temperature: float = 1.0) -> jax.Array:
+    """Bernoulli means (pixel probabilities) (N, 28, 28) of one z ~ N(0, T^2 I) per label in `labels` (N,),
+    T the sampling `temperature` (1: the prior itself; below 1 the draws stay nearer its mode)."""
     z = jax.random.normal(key, (labels.shape[0], latent))
+    if temperature != 1.0:
+        z = temperature * z
     probs = map_batches(lambda zb, yb: jax.nn.sigmoid(decode(zb, yb)), (z, labels), batch_size)
     return probs.reshape(-1, 28, 28)
 
@@ -212,3 +216,28 @@ def sample_quality(probs: np.ndarray, feats: np.ndarray, reference_feats: np.nda
         "label_entropy_bits": label_entropy_bits(labels, probs.shape[-1]),
         "frechet_distance": frechet_distance(feats, reference_feats),
     }
+
+
+def conditional_shares(predicted: list[np.ndarray | None], requested: np.ndarray, confidence: float = 0.95) -> list[dict]:
+    """For each requested digit of a conditional model's samples: the share of them the judge labels
+    as that digit, per run (`predicted`: the judge's labels of each run's samples, None for a run
+    left out), with its interval: Student t over the runs when there are two or more, else the
+    Wilson score interval of the one run's count.
+
+    [{digit, samples_per_run, per_seed, interval, n, mean, std, ci_low, ci_high}], one per digit in
+    `requested`."""
+    requested = np.asarray(requested)
+    kept = [np.asarray(p) for p in predicted if p is not None]
+    out = []
+    for digit in np.unique(requested):
+        asked = requested == digit
+        shares = [float(np.mean(p[asked] == digit)) for p in kept]
+        summary = stats.summary(shares, confidence)
+        interval = "t over seeds"
+        if len(kept) == 1:
+            low, high = stats.wilson(int(np.sum(kept[0][asked] == digit)), int(asked.sum()), confidence)
+            summary |= {"ci_low": low, "ci_high": high}
+            interval = "Wilson (one run)"
+        out.append({"digit": int(digit), "samples_per_run": int(asked.sum()), "per_seed": shares, "interval": interval,
+                    **summary})
+    return out

@@ -6,6 +6,7 @@ sections share."""
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import pathlib
 
@@ -108,9 +109,14 @@ def by_level(per_level: dict, levels: list) -> list[dict]:
     return values
 
 
-def section(name: str, m: dict) -> str:
-    """The REPORT.md section of stage `name`, rendered by the experiment that wrote `m`."""
-    return registry.stage(name).module().section(m)
+def section(name: str, m: dict, stages: dict | None = None) -> str:
+    """The REPORT.md section of stage `name`, rendered by the experiment that wrote `m`. An
+    experiment whose `section` takes `stages` also gets {experiment: metrics or None} of every
+    stage of the report, in its order (to compare itself with its siblings, such as the vae stages)."""
+    render = registry.stage(name).module().section
+    if stages is not None and "stages" in inspect.signature(render).parameters:
+        return render(m, stages)
+    return render(m)
 
 
 def row(name: str, m: dict, c: dict) -> list[str]:
@@ -128,8 +134,9 @@ def write_report(workdir: pathlib.Path, names: list[str], profile: str, out: pat
                      "on a CPU. The numbers show the pipeline works; they are not the study's. Run "
                      "`--config.profile=full` for the real study.")
     total, devices, made_by = 0.0, set(), {}
+    loaded = {name: _load(workdir, name) for name in names}
     for name in names:
-        m = _load(workdir, name)
+        m = loaded[name]
         if m is None:
             parts.append(f"## {name}\n\nNot run (no metrics.json in `{name}/`).")
             continue
@@ -137,7 +144,7 @@ def write_report(workdir: pathlib.Path, names: list[str], profile: str, out: pat
         devices.add(m.get("timing", {}).get("device", "?"))
         prov = m.get("provenance")
         made_by.setdefault(provenance.short_code(prov["code"]) if prov else "unrecorded code", []).append(name)
-        parts.append(section(name, m) + "\n\n" + provenance.describe(prov))
+        parts.append(section(name, m, loaded) + "\n\n" + provenance.describe(prov))
     head = [f"Experiments: {', '.join(names)}. Total training wall time {total:.1f} s on {', '.join(sorted(devices))}."]
     if len(made_by) > 1:
         head.append("> **Mixed code**: these results were made by different code, so they are not one run: "

@@ -32,6 +32,17 @@ def summary(values, confidence: float = 0.95) -> dict:
     return {"n": int(n), "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """The Wilson score interval (low, high) of a binomial share successes / n ((None, None) for n = 0)."""
+    if n <= 0:
+        return None, None
+    z = float(sps.norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def fmt(value, spec: str = ".2f", scale: float = 1.0) -> str:
     """`value * scale` formatted with `spec`, or 'n/a' for a missing (None or NaN) value."""
     if value is None or not np.isfinite(value):

@@ -122,7 +122,30 @@ def vae_negative_elbo(model: nn.Module, params, x_bin: jax.Array, labels: jax.Ar
     return generative.map_batches(one, (x_bin, labels, jnp.arange(x_bin.shape[0]) // batch_size), batch_size)
 
 
-def vae_task(model: nn.Module) -> Task:
+def kl_weight(epoch: jax.Array | float, warmup_epochs: jax.Array | float) -> jax.Array:
+    """The weight of the KL term at `epoch` (fractional) of training: rising linearly from 0 to 1
+    over the first `warmup_epochs` epochs, 1 after them and throughout when `warmup_epochs` is 0."""
+    warmup = jnp.asarray(warmup_epochs, jnp.float32)
+    ramp = jnp.minimum(1.0, jnp.asarray(epoch, jnp.float32) / jnp.maximum(warmup, 1e-30))
+    return jnp.where(warmup > 0, ramp, 1.0)
+
+
+def iwae_training_loss(model: nn.Module, params, x: jax.Array, labels: jax.Array, key: jax.Array, k: int,
+                       beta: jax.Array | float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The negative IWAE bound -log (1/k) sum_i w_i with k draws z_i ~ q(z | x) per binary image,
+    log w_i = log p(x | z_i) + beta (log p(z_i) - log q(z_i | x)) (beta: the KL weight of a warm-up),
+    per image: (loss, reconstruction -log p(x | z_i) averaged over the draws, analytic KL), nats."""
+    mean, logvar = model.apply(params, x, labels, method=model.encode)
+    b, latent = mean.shape
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, (k, b, latent), mean.dtype)
+    logits = model.apply(params, z.reshape(k * b, latent), jnp.tile(labels, k), method=model.decode)
+    rec = losses.binary_cross_entropy(logits, jnp.tile(x, (k, 1, 1, 1))).reshape(k, b)
+    log_w = -rec + beta * (generative.log_normal(z, 0.0, 0.0) - generative.log_normal(z, mean, logvar))
+    bound = jax.nn.logsumexp(log_w, axis=0) - jnp.log(jnp.float32(k))
+    return -bound, rec.mean(axis=0), losses.gaussian_kl(mean, logvar)
+
+
+def vae_task(model: nn.Module, kl_warmup: bool = False, iwae_k: int = 1) -> Task:
     """A `models.VAE` trained on the negative ELBO (nats per image) of dynamically binarized MNIST.
 
     Every time a training image is seen, inside the step, each pixel is drawn afresh as a
@@ -130,6 +153,11 @@ def vae_task(model: nn.Module) -> Task:
     fixed binarization (`generative.fixed_binarization`), the same for every run and epoch;
     their negative ELBO is a one-sample Monte Carlo estimate per image. Streams: the binarization
     draws from "augment", the latent samples (training and evaluation) from "noise".
+
+    `kl_warmup=True` weighs the KL term by `kl_weight(batch.epoch, hp["kl_warmup_epochs"])`
+    (traced; 0 = no warm-up). `iwae_k` > 1 trains on the IWAE bound with that many importance
+    samples (`iwae_training_loss`, Burda et al. 2016) instead of the single-sample ELBO (1).
+    Evaluation is the same for every objective: the single-sample negative ELBO.
     """
 
     def init(key, hp):
@@ -140,8 +168,14 @@ def vae_task(model: nn.Module) -> Task:
         bin_key = jax.random.split(stream_key(keys, "augment"))[0]
         z_key = jax.random.split(stream_key(keys, "noise"))[1]
         x = generative.binarize(bin_key, batch.x)
+        beta = kl_weight(batch.epoch, hp["kl_warmup_epochs"]) if kl_warmup else 1.0
+        if iwae_k > 1:
+            total, rec, kl = iwae_training_loss(model, params, x, batch.y, z_key, iwae_k, beta)
+            return total, {"reconstruction": rec, "kl": kl}
         logits, mean, logvar = model.apply(params, x, z_key, batch.y)
         total, rec, kl = losses.negative_elbo(logits, x, mean, logvar)
+        if kl_warmup:
+            total = rec + beta * kl
         return total, {"reconstruction": rec, "kl": kl}
 
     def evaluate(params, data: Splits, hp, keys):
@@ -152,7 +186,14 @@ def vae_task(model: nn.Module) -> Task:
         return {"val_neg_elbo": val.mean(), "test_neg_elbo": test.mean(), "test_reconstruction": rec.mean(),
                 "test_kl": kl.mean()}
 
-    return Task(init, loss, evaluate, vmap_slow_on=models.vmap_slow_on(model))
+    return Task(init, loss, evaluate, hparams=("kl_warmup_epochs",) if kl_warmup else (),
+                vmap_slow_on=models.vmap_slow_on(model))
+
+
+def vae_from_config(model: nn.Module, config) -> Task:
+    """`vae_task` of a config: the KL warm-up when it has a `kl_warmup_epochs` field, the training
+    objective's importance samples from `train_iwae_k` (1, the ELBO, when it has none)."""
+    return vae_task(model, kl_warmup="kl_warmup_epochs" in config, iwae_k=int(config.get("train_iwae_k", 1)))
 
 
 # --- Salt-and-pepper noise and denoising (the study's section 4) ---

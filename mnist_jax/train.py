@@ -49,11 +49,14 @@ Seeds = Any  # an integer seed (every stream takes it), or {stream or perturbati
 
 
 class Batch(NamedTuple):
-    """One training batch: uint8 images (B, 28, 28, 1), int32 labels (B,), mask (B,)."""
+    """One training batch: uint8 images (B, 28, 28, 1), int32 labels (B,), mask (B,), and `epoch`,
+    how far the run has trained when it takes this step, in epochs (the epoch's index plus the share
+    of its batches already taken): schedules inside a loss, such as a KL warm-up, read it."""
 
     x: jax.Array
     y: jax.Array
     mask: jax.Array
+    epoch: jax.Array | float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,7 +412,8 @@ def train_epoch(task: Task, spec: TrainSpec, state: RunState, hp: HParams, seed:
         # (28, 28, 1) slices, and "promise_in_bounds" (every index is in 0..n - 1) skips the
         # clamping of each index, most of a clamped gather's time; the reshape back is free.
         x_b = train_rows.at[idx_b].get(mode="promise_in_bounds").reshape(-1, *data.train_x.shape[1:])
-        batch = Batch(x_b, data.train_y.at[idx_b].get(mode="promise_in_bounds"), mask_b)
+        batch = Batch(x_b, data.train_y.at[idx_b].get(mode="promise_in_bounds"), mask_b,
+                      state.epoch.astype(jnp.float32) + i.astype(jnp.float32) / idx.shape[0])
         keys = {s: jax.random.fold_in(k, i) for s, k in step_keys.items()}
         grads, sums = jax.grad(objective, has_aux=True)(params, batch, keys)
         updates, opt_state = opt.update(grads, opt_state, params)
