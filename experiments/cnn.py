@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_jax import cli, grid, kernels, models, plots, preflight, results, stats, training
+from mnist_jax import cli, grid, models, plots, preflight, results, stats, training
 from mnist_jax.report import ci, figure, mean_std, pct, per_value_table, seed_variance, seeds_text, study, table, timing_line
 
 
@@ -63,9 +63,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     test_acc, summary = outcome["test_accuracy"]["per_seed"], outcome["test_accuracy"]
     timing = training.timing(data_seconds, result)
     timing["train_minutes"] = timing["train_seconds"] / 60
-    impl = getattr(model, "conv_impl", None)  # the convolution formulation, for a model that lets one choose
-    if impl is not None:
-        timing["conv_impl"] = kernels.default_conv_impl() if impl == "auto" else impl
+    if (impl := models.conv_formulation(model)) is not None:
+        timing["conv_impl"] = impl
     metrics = {
         "experiment": config.experiment,
         "protocol": config.protocol,

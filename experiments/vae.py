@@ -521,6 +521,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "iwae_seconds_per_run": float(np.mean(metrics["iwae"]["seconds_per_run"])),
         "sample_seconds_per_run": sample_seconds,
     }
+    if (impl := models.conv_formulation(model)) is not None:
+        metrics["timing"]["conv_impl"] = impl
     metrics["resumed_from_epoch"] = result.resumed_from_epoch
     return metrics
 

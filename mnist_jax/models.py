@@ -205,11 +205,15 @@ class CNN(nn.Module):
         larger than the caches, so it evaluates 250 at a time (docs/performance.md)."""
         return 250 if backend == "cpu" else EVAL_BATCH
 
+    def conv_formulation(self) -> str:
+        """The convolution formulation this model computes with on jax's backend."""
+        return default_conv_impl() if self.conv_impl == "auto" else self.conv_impl
+
     @nn.compact
     def __call__(self, x, *, train: bool = False, dropout_rate=0.0):
         if len(self.pool) != len(self.filters):
             raise ValueError(f"pool {tuple(self.pool)} needs one entry per conv layer {tuple(self.filters)}")
-        impl = default_conv_impl() if self.conv_impl == "auto" else self.conv_impl
+        impl = self.conv_formulation()
         for features, pool in zip(self.filters, self.pool, strict=True):
             x = Conv(features, self.kernel_size, self.padding, impl, self.keras_init, self.dtype)(x)
             if pool:  # max pooling before ReLU gives the same values on a quarter of the elements
@@ -331,8 +335,14 @@ class VAE(nn.Module):
         """The arguments `init` takes besides the key: images, a latent key and labels."""
         return x, jax.random.key(1), jnp.zeros((x.shape[0],), jnp.int32)
 
+    def conv_formulation(self) -> str | None:
+        """The formulation of the strided and transposed convolutions on jax's backend (None: dense)."""
+        if not self.conv:
+            return None
+        return default_strided_conv_impl() if self.conv_impl == "auto" else self.conv_impl
+
     def setup(self):
-        impl = default_strided_conv_impl() if self.conv_impl == "auto" else self.conv_impl
+        impl = self.conv_formulation()
         if self.conv:
             _check_impl(impl)
         self.encoder = VAEEncoder(self.latent, tuple(self.hidden), self.conv, self.dtype, impl)
@@ -478,6 +488,12 @@ def describe(model: nn.Module) -> str:
         return model.describe()
     fields = ", ".join(f"{k}={getattr(model, k)!r}" for k in fields_of(type(model)))
     return f"{kind_of(model)}({fields})"
+
+
+def conv_formulation(model: nn.Module) -> str | None:
+    """The convolution formulation the model computes with here (None: it offers no choice of one)."""
+    method = getattr(model, "conv_formulation", None)
+    return method() if callable(method) else None
 
 
 def vmap_slow_on(model: nn.Module) -> tuple[str, ...]:
