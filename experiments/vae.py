@@ -17,7 +17,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from scipy import stats as sps
+from scipy import special
 
 from mnist_jax import (
     cli,
@@ -448,7 +448,7 @@ def latent_map(config: ml_collections.ConfigDict, workdir: pathlib.Path, data, m
         map_info = {"model": map_config.model.to_dict(), "epochs": map_config.epochs, "seed": config.seed,
                     "test_neg_elbo": float(map_result.history["test_neg_elbo"][0, -1]), "timing": map_result.timing}
     if map_info is not None:
-        values = sps.norm.ppf(np.linspace(0.03, 0.97, MAP_GRID)).astype(np.float32)
+        values = special.ndtri(np.linspace(0.03, 0.97, MAP_GRID)).astype(np.float32)
         z1, z2 = np.meshgrid(values, values)  # rows: z2, columns: z1
         zs = np.stack([z1.ravel(), z2.ravel()], -1)
         manifold = decode_means(map_model, map_params, zs, np.zeros(len(zs), np.int32)).reshape(MAP_GRID, MAP_GRID, 28, 28)

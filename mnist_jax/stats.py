@@ -12,8 +12,27 @@ import itertools
 from math import comb
 
 import numpy as np
-from scipy import stats as sps
-from scipy.optimize import brentq
+from scipy import special
+
+# Quantiles and tails as scipy.stats computes them (its t, normal and chi-square distributions
+# call these functions of scipy.special), without importing scipy.stats, which takes seconds:
+# every command pays its imports. The noncentral t and the root finder come from scipy where used.
+
+
+def _t_ppf(q, dof):
+    return special.stdtrit(dof, q)
+
+
+def _t_sf(x, dof):
+    return special.stdtr(dof, -x)
+
+
+def _norm_ppf(q):
+    return special.ndtri(q)
+
+
+def _chi2_ppf(q, dof):
+    return 2 * special.gammaincinv(dof / 2, q)
 
 
 def summary(values, confidence: float = 0.95) -> dict:
@@ -28,7 +47,7 @@ def summary(values, confidence: float = 0.95) -> dict:
         return {"n": 0, "mean": None, "std": None, "ci_low": None, "ci_high": None}
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else 0.0
-    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0
+    half = float(_t_ppf(0.5 + confidence / 2, n - 1) * std / np.sqrt(n)) if n > 1 else 0.0
     return {"n": int(n), "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
@@ -36,7 +55,7 @@ def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | No
     """The Wilson score interval (low, high) of a binomial share successes / n ((None, None) for n = 0)."""
     if n <= 0:
         return None, None
-    z = float(sps.norm.ppf(0.5 + confidence / 2))
+    z = float(_norm_ppf(0.5 + confidence / 2))
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -73,7 +92,7 @@ def welch(a, b) -> dict:
         return {"t": 0.0 if same else float("inf"), "dof": None, "p_value": 1.0 if same else 0.0}
     t = (a.mean() - b.mean()) / np.sqrt(va + vb)
     dof = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    return {"t": float(t), "dof": float(dof), "p_value": float(2 * sps.t.sf(abs(t), dof))}
+    return {"t": float(t), "dof": float(dof), "p_value": float(2 * _t_sf(abs(t), dof))}
 
 
 def _finite(values) -> np.ndarray:
@@ -89,17 +108,19 @@ def std_ci(values, confidence: float = 0.95) -> dict:
     if n < 2:
         return {"n": int(n), "std": None, "ci_low": None, "ci_high": None}
     s = float(x.std(ddof=1))
-    lo = s * np.sqrt((n - 1) / sps.chi2.ppf(0.5 + confidence / 2, n - 1))
-    hi = s * np.sqrt((n - 1) / sps.chi2.ppf(0.5 - confidence / 2, n - 1))
+    lo = s * np.sqrt((n - 1) / _chi2_ppf(0.5 + confidence / 2, n - 1))
+    hi = s * np.sqrt((n - 1) / _chi2_ppf(0.5 - confidence / 2, n - 1))
     return {"n": int(n), "std": s, "ci_low": float(lo), "ci_high": float(hi)}
 
 
 def t_test_power(sigma: float, delta: float, n: float, alpha: float = 0.05) -> float:
     """Power of the two-sided two-sample t-test (n runs per arm, common std sigma) to detect a
     true difference of means delta: P(|T| > t_{1-alpha/2, 2n-2}) with T noncentral t."""
+    from scipy import stats as sps
+
     dof = 2 * n - 2
     ncp = abs(delta) / (sigma * np.sqrt(2.0 / n))
-    crit = sps.t.ppf(1 - alpha / 2, dof)
+    crit = _t_ppf(1 - alpha / 2, dof)
     # scipy's noncentral t gives NaN for a far tail (ncp in the tens and up); it is 0 to float precision there
     wrong_side = sps.nct.cdf(-crit, dof, ncp)
     return float(sps.nct.sf(crit, dof, ncp) + (wrong_side if np.isfinite(wrong_side) else 0.0))
@@ -114,7 +135,7 @@ def seeds_needed(sigma: float, delta: float, alpha: float = 0.05, power: float =
     """
     if sigma <= 0:
         return 2
-    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    z = _norm_ppf(1 - alpha / 2) + _norm_ppf(power)
     n = max(2, int(np.floor(2 * (z * sigma / delta) ** 2)) - 1)
     while t_test_power(sigma, delta, n, alpha) < power:
         n += 1
@@ -128,6 +149,8 @@ def detectable_difference(sigma: float, n: int, alpha: float = 0.05, power: floa
         return None
     if sigma <= 0:
         return 0.0
+    from scipy.optimize import brentq
+
     hi = sigma
     while t_test_power(sigma, hi, n, alpha) < power:
         hi *= 2
@@ -143,9 +166,11 @@ def prob_greater(a, b, confidence: float = 0.95) -> dict:
     m, n = a.size, b.size
     if m == 0 or n == 0:
         return {"p": None, "ci_low": None, "ci_high": None, "n_a": int(m), "n_b": int(n)}
+    from scipy.optimize import brentq
+
     diff = a[:, None] - b[None, :]
     p = float(((diff > 0) + 0.5 * (diff == 0)).mean())
-    z2 = sps.norm.ppf(0.5 + confidence / 2) ** 2
+    z2 = _norm_ppf(0.5 + confidence / 2) ** 2
     big = (m + n) / 2 - 1
 
     def excess(theta):  # < 0 inside the interval
@@ -174,7 +199,7 @@ def pairwise_disagreement(predictions, confidence: float = 0.95) -> dict:
         return {"n": int(n), "mean": mean, "ci_low": None, "ci_high": None}
     loo = (total - d.sum(axis=1)) / ((n - 1) * (n - 2) / 2)  # every pair without run i
     se = np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2))
-    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1) * se)
+    half = float(_t_ppf(0.5 + confidence / 2, n - 1) * se)
     return {"n": int(n), "mean": mean, "ci_low": max(0.0, mean - half), "ci_high": mean + half}
 
 
