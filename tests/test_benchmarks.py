@@ -1,23 +1,31 @@
 """The speed benchmarks still run against the library (they are not timed here: benchmarks/ holds
-every speed claim, and a claim needs a benchmark that works). Each runs its smallest case."""
+every speed claim, and a claim needs a benchmark that works). Each runs its smallest case, on the
+tests' synthetic digits: what is checked is that it runs and reports, not its speed on MNIST."""
 
 from __future__ import annotations
 
 import pytest
+import synthetic
 
 from benchmarks import cnn_speed, denoise_speed, sweep_speed, train_speed, vae_speed
 
 
-@pytest.mark.integration
-def test_the_dense_and_sweep_benchmarks_run(capsys):
+@pytest.fixture
+def bench_data(monkeypatch):
+    """Synthetic digits in place of MNIST, as many training images as the largest case takes."""
+    synthetic.install(monkeypatch.setattr, n_train=1024)
+
+
+@pytest.mark.slow
+def test_the_dense_and_sweep_benchmarks_run(capsys, bench_data):
     train_speed.main(["--runs", "1", "2", "--epochs", "1", "--hidden", "8"])
     sweep_speed.main(["--factors", "2", "--seeds", "1", "--epochs", "1", "--runs", "1", "--hidden", "8"])
     out = capsys.readouterr().out
     assert out.count("| 1 |") == 2 and "| 2 |" in out and "ratio (b) / (a)" in out
 
 
-@pytest.mark.integration
-def test_the_cnn_and_denoising_benchmarks_run(capsys):
+@pytest.mark.slow
+def test_the_cnn_and_denoising_benchmarks_run(capsys, bench_data):
     assert cnn_speed.main(["--impls", "fused", "--epochs", "1", "--train-images", "256", "--no-mlp"]) in (0, None)
     assert denoise_speed.main(["--runs", "1", "--noise", "threefry16", "--train-noise", "threefry16", "--epochs", "1",
                                "--train-images", "256"]) in (0, None)
@@ -25,8 +33,8 @@ def test_the_cnn_and_denoising_benchmarks_run(capsys):
     assert "fused" in out and "threefry16" in out
 
 
-@pytest.mark.integration
-def test_the_vae_benchmark_runs(capsys):
+@pytest.mark.slow
+def test_the_vae_benchmark_runs(capsys, bench_data):
     assert vae_speed.main(["--impls", "fused", "--runs", "1", "--steps", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "| fused | 1 |" in out and "s per run-epoch" in out
@@ -44,8 +52,8 @@ def test_the_compile_benchmarks_load(module):
     assert "usage:" in out.stdout
 
 
-@pytest.mark.integration
-def test_the_matmul_floor_times_the_training_steps_products(capsys):
+@pytest.mark.slow
+def test_the_matmul_floor_times_the_training_steps_products(capsys, bench_data):
     """Its three ways of computing an epoch's products agree (so each times the same arithmetic),
     and it runs end to end on a subset."""
     import numpy as np
@@ -74,8 +82,8 @@ def test_the_matmul_floor_times_the_training_steps_products(capsys):
     assert "products alone, numpy" in out and "training epoch (4 steps)" in out and "GFLOP/s" in out
 
 
-@pytest.mark.integration
-def test_the_step_profile_reads_xlas_trace_of_the_epoch(capsys):
+@pytest.mark.slow
+def test_the_step_profile_reads_xlas_trace_of_the_epoch(capsys, bench_data):
     """One small epoch profiled: the trace holds the step's products and loops, the thread time
     is positive, and every operation gets a kind."""
     import os
