@@ -31,6 +31,17 @@ SHRINK = {
 FLOOR = {"variance_sources": {"seeds": 3}}  # a spread and its CI need 3 runs per source
 SEED_GRIDS = ("experiments.mlp", "experiments.cnn", "experiments.sweep")  # classifier grids with an ensemble of seeds
 TRAINED = [e for e in registry.experiments() if e.entry != "experiments.reproduce"]
+
+
+def by_tier(experiments: list[registry.Experiment]) -> list:
+    """The first config of each experiment module (its `ENTRY`, in registry order) in the fast
+    tier, so every experiment's run() is wired end to end there; another config of the same
+    module (another size, model or sweep of the same code) in the slower one, as `slow`."""
+    seen, out = set(), []
+    for e in experiments:
+        out.append(pytest.param(e, marks=pytest.mark.slow) if e.entry in seen else e)
+        seen.add(e.entry)
+    return out
 NO_MODEL = {"cnn_search"}  # keeps only its statistics: evaluate says so (test_evaluate)
 
 
@@ -71,7 +82,7 @@ def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
               if isinstance(now, (int, float)) and not isinstance(now, bool) and v < now)]
 
 
-@pytest.mark.parametrize("e", TRAINED, ids=lambda e: e.config.stem)
+@pytest.mark.parametrize("e", by_tier(TRAINED), ids=lambda e: e.config.stem)
 def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_path, monkeypatch):
     workdir = tmp_path / "w"
     args = shrunk_args(e, workdir)

@@ -34,6 +34,7 @@ def numpy_sigmoid_bce(logits: np.ndarray, x: np.ndarray) -> np.ndarray:
     return -np.sum(x * np.log(p) + (1 - x) * np.log1p(-p), axis=1)
 
 
+@pytest.mark.slow  # compiles the convolutional VAE's programs: seconds each
 def test_conv_vae_elbo_terms_equal_a_numpy_hand_computation():
     model = models.from_config(TINY_CONV)
     task = tasks.vae_task(model)
@@ -86,6 +87,7 @@ def plain_training():
         return train_tiny(tasks.vae_task(models.from_config(TINY_DENSE)))
 
 
+@pytest.mark.slow  # compiles the convolutional VAE's programs: seconds each
 def test_kl_warm_up_of_zero_is_bit_identical_to_the_elbo_and_changes_the_numbers_when_set(plain_training):
     model = models.from_config(TINY_DENSE)
     warm = tasks.vae_task(model, kl_warmup=True)
@@ -105,6 +107,7 @@ def test_kl_warm_up_of_zero_is_bit_identical_to_the_elbo_and_changes_the_numbers
     assert np.all(first["loss"] >= first["train_reconstruction"] - 1e-3)
 
 
+@pytest.mark.slow  # compiles the convolutional VAE's programs: seconds each
 def test_iwae_objective_with_one_sample_equals_the_elbo_training_and_more_samples_differ(plain_training):
     model = models.from_config(TINY_DENSE)
     config = ml_collections.ConfigDict({"train_iwae_k": 1})
@@ -114,6 +117,7 @@ def test_iwae_objective_with_one_sample_equals_the_elbo_training_and_more_sample
     assert not np.allclose(history["test_neg_elbo"], plain_training[0]["test_neg_elbo"])
 
 
+@pytest.mark.slow  # compiles the convolutional VAE's programs: seconds each
 def test_iwae_training_loss_by_hand():
     """k = 1: rec + log q(z) - log p(z) of the one draw; k > 1: -log mean exp(log w_i) of the k draws."""
     model = models.from_config(TINY_CONV)

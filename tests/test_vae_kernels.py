@@ -115,6 +115,7 @@ def vae_loss_and_grads(model, params, data):
     return jax.value_and_grad(lambda p: task.loss(p, batch, jax.random.key(7), {})[0].mean())(params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conditional", [False, True])
 def test_conv_vae_loss_and_gradient_are_the_same_under_every_formulation(conditional):
     """The same params (one tree for every formulation: trained under one, they apply under
