@@ -17,17 +17,15 @@ steps (evaluation included in what is scaled, so the estimate errs high). The st
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 import numpy as np
 
-from benchmarks.common import machine, subset_or_exit, time_grid_epochs
+from benchmarks.common import machine, subset_or_exit, time_grid_epochs, write_json
 from mnist_jax import data as data_lib
 from mnist_jax import kernels, models, tasks
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec
-from mnist_jax.trained import to_jsonable
 
 MODELS = {
     "study": dict(filters=(32, 32), pool=(True, False), dense=32),
@@ -84,12 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         verdict = "the fastest measured" if default_impl_ok(results) else "NOT the fastest measured here"
     print(f"default conv_impl on {jax.default_backend()}: {default} ({verdict})")
-    if args.json:
-        out = {"machine": machine(), "args": vars(args), "n_train": n_train, "steps": steps, "steps_full": steps_full,
-               "default_conv_impl": default,
-               "default_is_fastest": default_impl_ok(results), "results": results}
-        with open(args.json, "w") as f:
-            json.dump(to_jsonable(out), f, indent=1)
+    write_json(args.json, args=vars(args), n_train=n_train, steps=steps, steps_full=steps_full, default_conv_impl=default,
+               default_is_fastest=default_impl_ok(results), results=results)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -10,6 +11,15 @@ from collections.abc import Callable
 import jax
 
 from mnist_jax import provenance
+from mnist_jax.trained import to_jsonable
+
+
+def write_json(path: str | None, **fields) -> None:
+    """A benchmark's results as JSON at `path` (--json), beside the machine they were measured on;
+    nothing without a path."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(to_jsonable({"machine": machine(), **fields}), f, indent=1)
 
 
 def machine() -> str:

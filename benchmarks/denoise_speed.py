@@ -27,7 +27,6 @@ Timings on a shared machine are only meaningful when nothing else runs: serialis
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -35,12 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import machine, subset_or_exit, time_grid_epochs
+from benchmarks.common import machine, subset_or_exit, time_grid_epochs, write_json
 from mnist_jax import data as data_lib
 from mnist_jax import models, noise, tasks
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec, epoch_batches
-from mnist_jax.trained import to_jsonable
 
 NOISE = {
     "threefry16": noise.salt_and_pepper,
@@ -135,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training {n_runs:2d} run(s) {name:9s}: compile {r['compile_seconds']:5.1f} s | epoch "
                   f"{r['full_epoch_seconds']:6.2f} s [{', '.join(f'{t * scale:.2f}' for t in r['epoch_seconds'])}] | "
                   f"per run {r['per_run_epoch_seconds']:.3f} s")
-    if args.json:
-        out = {"machine": machine(), "args": vars(args), "n_train": n_train, "steps": steps, "steps_full": steps_full,
-               "results": results}
-        with open(args.json, "w") as f:
-            json.dump(to_jsonable(out), f, indent=1)
+    write_json(args.json, args=vars(args), n_train=n_train, steps=steps, steps_full=steps_full, results=results)
     return 0
 
 

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 
 import jax
 
-from benchmarks.common import grid_epoch, machine, subset_or_exit
+from benchmarks.common import grid_epoch, machine, subset_or_exit, write_json
 from mnist_jax import kernels, models, tasks
 from mnist_jax.sweep import grid
 from mnist_jax.train import TrainSpec
-from mnist_jax.trained import to_jsonable
 
 EPOCH_STEPS = 469  # 60,000 images at batch 128
 
@@ -94,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     default = kernels.default_strided_conv_impl()
     print(f"default conv_impl of the VAE on {jax.default_backend()}: {default}; "
           f"vmap_slow_on of the convolutional VAE: {models.VAE(conv=True).vmap_slow_on}")
-    if args.json:
-        out = {"machine": machine(), "args": vars(args), "epoch_steps": EPOCH_STEPS, "default_conv_impl": default,
-               "results": results}
-        with open(args.json, "w") as f:
-            json.dump(to_jsonable(out), f, indent=1)
+    write_json(args.json, args=vars(args), epoch_steps=EPOCH_STEPS, default_conv_impl=default, results=results)
     return 0
 
 

@@ -45,17 +45,23 @@ def test_negative_elbo_is_reconstruction_plus_kl_by_hand():
     assert total[0] == pytest.approx(3 * math.log(2) + 1 - 0.5 * math.log(2), rel=1e-6)
 
 
+def loss_on_four_images(model, seed: int) -> tuple:
+    """vae_task's training loss of `model` on 4 synthetic images with key `seed`: (params, batch,
+    loss, parts, binarization key, latent key), the keys as the task splits them."""
+    task = tasks.vae_task(model)
+    data = synthetic_splits(n_train=4)
+    params = task.init(jax.random.key(0), {})
+    key = jax.random.key(seed)
+    batch = Batch(jnp.asarray(data.train_x), jnp.asarray(data.train_y), jnp.ones(4))
+    loss, parts = task.loss(params, batch, key, {})
+    return params, batch, loss, parts, *jax.random.split(key)
+
+
 @pytest.mark.slow
 def test_task_loss_is_bce_of_the_decoded_draw_plus_kl():
     """vae_task's per-image loss, recomputed from encode / reparameterise / decode by hand."""
     model = tiny_vae()
-    task = tasks.vae_task(model)
-    data = synthetic_splits(n_train=4)
-    params = task.init(jax.random.key(0), {})
-    key = jax.random.key(7)
-    batch = Batch(jnp.asarray(data.train_x), jnp.asarray(data.train_y), jnp.ones(4))
-    loss, parts = task.loss(params, batch, key, {})
-    bin_key, z_key = jax.random.split(key)
+    params, batch, loss, parts, bin_key, z_key = loss_on_four_images(model, 7)
     x = generative.binarize(bin_key, batch.x)
     assert set(np.unique(np.asarray(x))) <= {0.0, 1.0}
     mean, logvar = model.apply(params, x, method=model.encode)

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import synthetic
 from conftest import synthetic_splits
+from test_vae import loss_on_four_images
 
 from experiments import vae as vae_experiment
 from mnist_jax import generative, models, registry, report, stats, sweep, tasks
 from mnist_jax.config import ConfigError, load_config_file, validate
-from mnist_jax.train import Batch, TrainSpec
+from mnist_jax.train import TrainSpec
 
 # its module fixture is built once: every test of this file runs on one pytest-xdist worker
 pytestmark = pytest.mark.xdist_group("test_vae_conv")
@@ -37,13 +38,7 @@ def numpy_sigmoid_bce(logits: np.ndarray, x: np.ndarray) -> np.ndarray:
 @pytest.mark.slow  # compiles the convolutional VAE's programs: seconds each
 def test_conv_vae_elbo_terms_equal_a_numpy_hand_computation():
     model = models.from_config(TINY_CONV)
-    task = tasks.vae_task(model)
-    data = synthetic_splits(n_train=4)
-    params = task.init(jax.random.key(0), {})
-    key = jax.random.key(5)
-    batch = Batch(jnp.asarray(data.train_x), jnp.asarray(data.train_y), jnp.ones(4))
-    loss, parts = task.loss(params, batch, key, {})
-    bin_key, z_key = jax.random.split(key)
+    params, batch, loss, parts, bin_key, z_key = loss_on_four_images(model, 5)
     x = np.asarray(generative.binarize(bin_key, batch.x), np.float64).reshape(4, -1)
     mean, logvar = (np.asarray(a, np.float64) for a in model.apply(params, generative.binarize(bin_key, batch.x),
                                                                       method=model.encode))
