@@ -379,7 +379,8 @@ def run0_figures(config: ml_collections.ConfigDict, workdir: pathlib.Path, data,
     """vae_samples.png, vae_conditional.png (conditional models), vae_reconstructions.png and
     vae_interpolation.png of run 0 (`name` says which model and seed)."""
     cond = bool(config.model.conditional)
-    prior = prior_text(config.get("sample_temperature", 1.0))
+    temperature = config.get("sample_temperature", 1.0)
+    prior = prior_text(temperature)
     grid = s0[:100].reshape(10, 10, 28, 28)
     plots.image_grid(grid, workdir / "vae_samples.png",
                      f"100 samples from the prior of {name}\n"
@@ -389,8 +390,8 @@ def run0_figures(config: ml_collections.ConfigDict, workdir: pathlib.Path, data,
     if cond:
         rows = []
         for d in config.digits:
-            rows.append(draw(model, p0, jax.random.fold_in(jax.random.fold_in(base_key, 3), d), np.full(10, d, np.int32),
-                             config.get("sample_temperature", 1.0)))
+            rows.append(draw(model, p0, jax.random.fold_in(jax.random.fold_in(base_key, 3), d),
+                             np.full(10, d, np.int32), temperature))
         plots.image_grid(np.stack(rows), workdir / "vae_conditional.png",
                          f"Class-conditional samples: a row per requested digit\n{name}\n"
                          f"decoder Bernoulli means of {prior} with the digit's one-hot label",

@@ -166,19 +166,24 @@ def _scatter_patches(p: jax.Array, kh: int, kw: int, h: int, w: int, stride: int
     return jnp.stack(phases, axis=2).reshape(b, mh * s, mw * s, c)[:, :h, :w]
 
 
+def _pad_same(x, kh: int, kw: int, stride: int) -> tuple[jax.Array, int, int]:
+    """x padded as 'SAME' pads it for a (kh, kw) kernel at `stride`, and its low padding (rows, columns)."""
+    (lo_h, hi_h), (lo_w, hi_w) = same_padding(x.shape[1], kh, stride), same_padding(x.shape[2], kw, stride)
+    return jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0))), lo_h, lo_w
+
+
 def _strided_forward(x, kernel, stride):
     kh, kw, c, f = kernel.shape
-    (lo_h, hi_h), (lo_w, hi_w) = same_padding(x.shape[1], kh, stride), same_padding(x.shape[2], kw, stride)
-    xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+    xp, _, _ = _pad_same(x, kh, kw, stride)
     ho, wo = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
-    return _patches(xp, kh, kw, ho, wo, stride) @ kernel.reshape(kh * kw * c, f), xp
+    return _patches(xp, kh, kw, ho, wo, stride) @ kernel.reshape(kh * kw * c, f)
 
 
 def strided_conv_im2col(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """'SAME' convolution of x (B, H, W, C) with kernel (kh, kw, C, F) at `stride`, as
     `lax.conv_general_dilated` pads it: the kh * kw strided views of the padded input times
     `kernel.reshape(kh * kw * C, F)` in one matmul, differentiated by autodiff."""
-    return _strided_forward(x, kernel, stride)[0]
+    return _strided_forward(x, kernel, stride)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -187,19 +192,18 @@ def strided_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     contracted with the output gradient, the input's the output gradient times the kernel's
     transpose scattered back onto the strided views (`_scatter_patches`, a transposed
     convolution), where autodiff of the strided slices pads each view with zeros."""
-    return _strided_forward(x, kernel, stride)[0]
+    return _strided_forward(x, kernel, stride)
 
 
 def _strided_fwd(x, kernel, stride):
-    return _strided_forward(x, kernel, stride)[0], (x, kernel)
+    return _strided_forward(x, kernel, stride), (x, kernel)
 
 
 def _strided_bwd(stride, residuals, dy):
     x, kernel = residuals
     kh, kw, c, f = kernel.shape
     ho, wo = dy.shape[1], dy.shape[2]
-    (lo_h, hi_h), (lo_w, hi_w) = same_padding(x.shape[1], kh, stride), same_padding(x.shape[2], kw, stride)
-    xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+    xp, lo_h, lo_w = _pad_same(x, kh, kw, stride)
     d_kernel = jnp.einsum("bhwk,bhwf->kf", _patches(xp, kh, kw, ho, wo, stride), dy).reshape(kernel.shape)
     d_patches = dy @ kernel.reshape(kh * kw * c, f).T
     dxp = _scatter_patches(d_patches, kh, kw, xp.shape[1], xp.shape[2], stride)  # unused for the input images: XLA drops it
