@@ -17,7 +17,9 @@ that fails on its own exits at once (`exit_now`), and the others' next collectiv
 Joining fails fast and says why: a bad JAX_NUM_PROCESSES, JAX_PROCESS_ID or
 JAX_COORDINATOR_ADDRESS is one line and exit code 2; a process still waiting for the others after
 a few seconds says what it waits for, and gives up with one line (exit code 1) after
-MNIST_JAX_INIT_TIMEOUT seconds (default 300). Once joined, the processes compare a hash of their
+MNIST_JAX_INIT_TIMEOUT seconds (default 300). A process that dies mid-run is declared dead by the
+others after MNIST_JAX_HEARTBEAT_TIMEOUT seconds without its heartbeat (default 100, JAX's), at the
+latest; that ends their run. Once joined, the processes compare a hash of their
 command lines, config files and code (`check_same_run`) and stop with one line where they differ,
 before any of them loads data or compiles.
 
@@ -51,6 +53,8 @@ class WriterFailed(Exception):
 
 INIT_TIMEOUT_ENV = "MNIST_JAX_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT = 300.0  # seconds a process waits for the others to join
+HEARTBEAT_TIMEOUT_ENV = "MNIST_JAX_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT = 100.0  # seconds without a heartbeat before a process is declared dead (JAX's default)
 NOTICE_AFTER = 5.0  # seconds of waiting before a process says what it waits for
 
 
@@ -74,7 +78,7 @@ def _cluster_detected(environ) -> bool:
 
 def settings(environ=None) -> dict:
     """How this process joins the others: {num_processes, process_id, coordinator_address,
-    timeout} from the environment (None: left to JAX's cluster detection). SetupError names the
+    timeout, heartbeat} from the environment (None: left to JAX's cluster detection). SetupError names the
     variable that is wrong and what it must be."""
     environ = os.environ if environ is None else environ
 
@@ -99,14 +103,19 @@ def settings(environ=None) -> dict:
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise SetupError(f"JAX_COORDINATOR_ADDRESS={address!r} is not allowed: expected HOST:PORT of process 0 "
                              "(e.g. localhost:1234 or 10.0.0.1:1234)")
-    raw = environ.get(INIT_TIMEOUT_ENV, "").strip()
-    try:
-        timeout = float(raw) if raw else DEFAULT_INIT_TIMEOUT
-    except ValueError:
-        timeout = math.nan
-    if not 0 < timeout <= 86_400:
-        raise SetupError(f"{INIT_TIMEOUT_ENV}={raw!r} is not allowed: expected the seconds a process waits for the "
-                         "others to join, a number in (0, 86400]")
+    def seconds(name, default, what):
+        raw = environ.get(name, "").strip()
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= 86_400:
+            raise SetupError(f"{name}={raw!r} is not allowed: expected {what}, a number in (0, 86400]")
+        return value
+
+    timeout = seconds(INIT_TIMEOUT_ENV, DEFAULT_INIT_TIMEOUT, "the seconds a process waits for the others to join")
+    heartbeat = seconds(HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT,
+                        "the seconds without a heartbeat after which a process is declared dead")
     if not _cluster_detected(environ):  # nothing but these variables describes the run: all of them are needed
         start = "set all three in every process, or start them with python -m mnist_jax.launch"
         if num is None and (address is not None or pid is not None):
@@ -117,7 +126,8 @@ def settings(environ=None) -> dict:
         if num > 1 and address is None:
             raise SetupError(f"JAX_NUM_PROCESSES={num} but JAX_COORDINATOR_ADDRESS (HOST:PORT of process 0) "
                              f"is not set: {start}")
-    return {"num_processes": num, "process_id": pid, "coordinator_address": address, "timeout": timeout}
+    return {"num_processes": num, "process_id": pid, "coordinator_address": address, "timeout": timeout,
+            "heartbeat": heartbeat}
 
 
 def _say(line: str) -> None:
@@ -182,7 +192,8 @@ def initialize() -> bool:
     try:
         # JAX's own deadline comes after the watcher's, which ends the process with one line first
         jax.distributed.initialize(coordinator_address=s["coordinator_address"], num_processes=s["num_processes"],
-                                   process_id=s["process_id"], initialization_timeout=math.ceil(s["timeout"]) + 30)
+                                   process_id=s["process_id"], initialization_timeout=math.ceil(s["timeout"]) + 30,
+                                   heartbeat_timeout_seconds=math.ceil(s["heartbeat"]))
     except Exception as err:  # noqa: BLE001 - JAX's checks of the environment and its cluster detection
         first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         _say(f"error: cannot join the other processes of this run: {first}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import signal
+import threading
 from collections.abc import Callable, Iterator
 
 import jax
@@ -20,6 +22,7 @@ from mnist_jax import data as data_lib
 
 SYNTHETIC_TRAIN, SYNTHETIC_EVAL = 256, 100  # training images; validation and test images each
 ENV = "MNIST_JAX_TEST_DATA"  # "synthetic:N": a process started with it trains on `noisy_splits(N)`
+INTERRUPT_ENV = "MNIST_JAX_TEST_INTERRUPT"  # "E" or "E:during": such a process is sent SIGINT (`interrupt_at`)
 SITE = pathlib.Path(__file__).resolve().parent / "synthetic_site"
 
 
@@ -101,3 +104,29 @@ def light_compiles(mp) -> Iterator[None]:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
+
+
+def interrupt_at(spec: str) -> None:
+    """This process sends itself SIGINT at its checkpoint of epoch E (`spec` "E"): right after
+    that checkpoint is written, or while it is written ("E:during", from another thread as a
+    terminal's Ctrl-C comes). A test interrupts a run at a known moment, however fast its
+    epochs and however loaded the machine, instead of racing it from outside."""
+    from mnist_jax import checkpoint
+
+    epoch, _, when = spec.partition(":")
+    save = checkpoint.Checkpointer.save
+
+    def interrupting(self, e: int, tree) -> None:
+        if e == int(epoch) and when == "during":
+            threading.Timer(0.002, os.kill, (os.getpid(), signal.SIGINT)).start()
+        save(self, e, tree)
+        if e == int(epoch) and when != "during":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    checkpoint.Checkpointer.save = interrupting
+
+
+def interrupted_env(spec: str, n_train: int = PROCESS_TRAIN) -> dict[str, str]:
+    """This process's environment for a command that trains on `noisy_splits(n_train)` and is
+    interrupted at `spec` (`interrupt_at`)."""
+    return {**subprocess_env(n_train=n_train), INTERRUPT_ENV: spec}

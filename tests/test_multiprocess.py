@@ -127,7 +127,9 @@ def test_a_killed_process_stops_the_run_and_the_rerun_resumes_to_the_same_number
     workdir = tmp_path / "killed"
     port = launch.free_port()
     cmd = [*SWEEP, "--workdir", str(workdir)]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=launch.process_env(env(), i, 2, port, 2),
+    # the survivor learns of the loss within seconds, not after JAX's default 100 s without a heartbeat
+    lost_after = {**env(), "MNIST_JAX_HEARTBEAT_TIMEOUT": "5"}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=launch.process_env(lost_after, i, 2, port, 2),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
         ckpts = workdir / ".mnist_jax" / "run" / "checkpoints" / "train" / "runs_0-9"
@@ -232,6 +234,8 @@ def one_process(tmp_path: pathlib.Path, extra_env: dict[str, str], *args: str, t
      "JAX_COORDINATOR_ADDRESS='localhost' is not allowed: expected HOST:PORT"),
     ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0", "JAX_COORDINATOR_ADDRESS": "localhost:1",
       "MNIST_JAX_INIT_TIMEOUT": "soon"}, "MNIST_JAX_INIT_TIMEOUT='soon' is not allowed"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0", "JAX_COORDINATOR_ADDRESS": "localhost:1",
+      "MNIST_JAX_HEARTBEAT_TIMEOUT": "0"}, "MNIST_JAX_HEARTBEAT_TIMEOUT='0' is not allowed"),
 ])
 def test_a_bad_environment_names_the_variable_and_what_it_must_be(environ, message):
     with pytest.raises(distributed.SetupError, match=re.escape(message)):
@@ -240,9 +244,10 @@ def test_a_bad_environment_names_the_variable_and_what_it_must_be(environ, messa
 
 def test_joining_waits_at_most_five_minutes_by_default_and_says_so_within_ten_seconds():
     s = distributed.settings({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1", "JAX_COORDINATOR_ADDRESS": "h:1"})
-    assert s == {"num_processes": 2, "process_id": 1, "coordinator_address": "h:1", "timeout": 300.0}
+    assert s == {"num_processes": 2, "process_id": 1, "coordinator_address": "h:1", "timeout": 300.0, "heartbeat": 100.0}
     assert distributed.NOTICE_AFTER <= 10
     assert distributed.settings({"JAX_NUM_PROCESSES": "1", "MNIST_JAX_INIT_TIMEOUT": "2.5"})["timeout"] == 2.5
+    assert distributed.settings({"JAX_NUM_PROCESSES": "1", "MNIST_JAX_HEARTBEAT_TIMEOUT": "7"})["heartbeat"] == 7.0
 
 
 @pytest.mark.slow

@@ -10,12 +10,12 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import synthetic
 from test_workdir import S, committed, fake_run, main, reads, snapshot, wait_for_checkpoint  # noqa: F401 (reads: of its fake runs)
 
 from experiments import evaluate
@@ -379,21 +379,16 @@ def test_a_run_records_what_the_compilation_cache_held_at_its_start(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_checkpoint_write_is_the_one_promised_line(tmp_path, synthetic_processes):
+def test_ctrl_c_during_a_checkpoint_write_is_the_one_promised_line(tmp_path):
     w = tmp_path / "w"
     cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), "--config.seeds=2", "--config.epochs=30",
            "--config.model.hidden=[512, 512]", "--config.checkpoint_seconds=0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    runs = w / ".mnist_jax" / "run" / "checkpoints" / "train" / "runs_0-2"
-    wait_for_checkpoint(w, proc, 1)
-    while proc.poll() is None and not any("tmp" in n for n in (os.listdir(runs) if runs.is_dir() else [])):
-        pass  # the next checkpoint is being written
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    proc = subprocess.run(cmd, env=synthetic.interrupted_env("2:during"), capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "orbax" not in err and "absl" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted; run again to resume from epoch ") and int(last.rsplit(" ", 1)[1]) >= 1
+    assert last.startswith("interrupted; run again to resume from epoch ") and int(last.rsplit(" ", 1)[1]) in (1, 2)
     assert [line for line in err.splitlines() if not line.startswith(("train:", "\r"))] == [last] or \
         err.count("\n") < 6, err
 
@@ -439,12 +434,10 @@ def test_a_crashing_config_leaves_the_interrupted_run_resumable(tmp_path, synthe
     w = tmp_path / "w"
     cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), "--config.seeds=1", "--config.epochs=6",
            "--config.model.hidden=[8]", "--config.checkpoint_seconds=0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_checkpoint(w, proc, 2)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    first = subprocess.run(cmd, env=synthetic.interrupted_env("2"), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 130, first.stderr[-2000:]
     interrupted_at = workdir_lib.checkpoint_epoch(w / ".mnist_jax" / "run")
-    assert interrupted_at >= 2
+    assert interrupted_at == 2
     other = subprocess.run([*cmd, "--config.model.kind=dae"], capture_output=True, text=True)
     assert other.returncode == 2  # refused (tasks.check_classifier); the unit tests cover a crash and a kill
     again = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """Started with MNIST_JAX_TEST_DATA=synthetic:N and this folder on PYTHONPATH (`tests/synthetic.py`
 `subprocess_env`), a Python process trains on the tests' synthetic digits (N training images)
-instead of MNIST."""
+instead of MNIST; with MNIST_JAX_TEST_INTERRUPT=E also, it is interrupted at its checkpoint of
+epoch E (`synthetic.interrupt_at`)."""
 
 import os
 import sys
@@ -15,4 +16,6 @@ if _kind == "synthetic":
     import synthetic
 
     synthetic.install(n_train=int(_n or synthetic.SYNTHETIC_TRAIN))
+    if os.environ.get(synthetic.INTERRUPT_ENV):
+        synthetic.interrupt_at(os.environ[synthetic.INTERRUPT_ENV])
     del sys.path[:2]
