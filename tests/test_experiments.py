@@ -36,10 +36,14 @@ TRAINED = [e for e in registry.experiments() if e.entry != "experiments.reproduc
 def by_tier(experiments: list[registry.Experiment]) -> list:
     """The first config of each experiment module (its `ENTRY`, in registry order) in the fast
     tier, so every experiment's run() is wired end to end there; another config of the same
-    module (another size, model or sweep of the same code) in the slower one, as `slow`."""
+    module (another size, model or sweep of the same code) in the slower one, as `slow`, unless it
+    is a stage of the job: `test_reproduce` runs and checks every stage's quick profile."""
     seen, out = set(), []
     for e in experiments:
-        out.append(pytest.param(e, marks=pytest.mark.slow) if e.entry in seen else e)
+        if e.entry not in seen:
+            out.append(e)
+        elif e.order is None:
+            out.append(pytest.param(e, marks=pytest.mark.slow))
         seen.add(e.entry)
     return out
 NO_MODEL = {"cnn_search"}  # keeps only its statistics: evaluate says so (test_evaluate)
@@ -82,16 +86,11 @@ def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
               if isinstance(now, (int, float)) and not isinstance(now, bool) and v < now)]
 
 
-@pytest.mark.parametrize("e", by_tier(TRAINED), ids=lambda e: e.config.stem)
-def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_path, monkeypatch):
-    workdir = tmp_path / "w"
-    args = shrunk_args(e, workdir)
-    grids = []  # the runs of every grid the experiment trains (every grid trains through training.train)
-    real_train_grid = training.train_grid
-    monkeypatch.setattr(training, "train_grid", lambda task, spec, hp, seeds, *a, **k:
-                        grids.append(num_runs(seeds)) or real_train_grid(task, spec, hp, seeds, *a, **k))
-    assert e.module().main(args) == 0
-    _, config = parse_args(args, str(e.config))
+def check_outputs(e: registry.Experiment, workdir, config, grids: list[int], folder=None) -> None:
+    """What every experiment's run writes, checked in its workdir: the grid its preflight counted
+    (`grids`: the runs of every grid it trained), metrics.json with finite numbers, its figures and
+    its REPORT section, the seeds beyond their mean for a grid of seeds, the stability of the
+    choice for a swept grid and, given a `folder` to write in, every model it declares applied."""
     assert max(grids) == preflight.planned_runs(config, e.module().run)  # the preflight counts exactly
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["experiment"] == e.name
@@ -107,15 +106,28 @@ def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_pa
     assert isinstance(text, str) and text.strip()
     if e.name in NO_MODEL:
         assert not trained.declarations(workdir)
-    else:  # evaluate applies every model it saves
-        evaluate_each_declared(workdir, tmp_path)
+    elif folder is not None:  # evaluate applies every model it saves
+        evaluate_each_declared(workdir, folder)
     if e.entry in SEED_GRIDS and config.seeds >= 2:  # the seeds beyond their mean, evaluated after training
-        assert {"ensemble", "flips"} <= set(metrics) and metrics["ensemble"]["by_size"][-1]["k"] == 2
+        assert {"ensemble", "flips"} <= set(metrics) and metrics["ensemble"]["by_size"][-1]["k"] == config.seeds
         assert {"ensemble.png", "unstable_digits.png"} <= {p.name for p in pngs}
         assert "Which test images flip" in text
     if len(metrics.get("per_value", [])) > 1:  # a swept grid: how stable the choice on validation is
         assert sum(p["p_chosen"] for p in metrics["selection"]["points"]) == pytest.approx(1.0)
         assert "of resamples" in text
+
+
+@pytest.mark.parametrize("e", by_tier(TRAINED), ids=lambda e: e.config.stem)
+def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_path, monkeypatch):
+    workdir = tmp_path / "w"
+    args = shrunk_args(e, workdir)
+    grids = []  # the runs of every grid the experiment trains (every grid trains through training.train)
+    real_train_grid = training.train_grid
+    monkeypatch.setattr(training, "train_grid", lambda task, spec, hp, seeds, *a, **k:
+                        grids.append(num_runs(seeds)) or real_train_grid(task, spec, hp, seeds, *a, **k))
+    assert e.module().main(args) == 0
+    _, config = parse_args(args, str(e.config))
+    check_outputs(e, workdir, config, grids, tmp_path)
 
 
 def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_path):

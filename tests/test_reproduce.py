@@ -10,7 +10,8 @@ import synthetic
 
 from experiments import reproduce
 from experiments import sweep as sweep_experiment
-from mnist_jax import registry
+from mnist_jax import cli, registry, training
+from mnist_jax.sweep import num_runs
 
 # its module fixture is built once: every test of this file runs on one pytest-xdist worker
 pytestmark = pytest.mark.xdist_group("test_reproduce")
@@ -41,19 +42,46 @@ def renderings(v) -> set[str]:
 QUICK_TRAIN = 1_200  # synthetic training images: enough for every stage (cnn_search's quick profile takes 1,000)
 
 
+RAN = {}  # experiment: (its config, the runs of every grid it trained), filled by `quick_job`
+
+
 @pytest.fixture(scope="module")
 def quick_job(tmp_path_factory):
     """The quick profile, every stage, on synthetic digits (`tests/synthetic.py`) here and in the
     processes it starts, compiled with light optimization: these tests check the job's report,
     resume, reuse and processes, which MNIST's accuracy does not enter (each experiment's own
-    integration test trains on the real MNIST)."""
+    integration test trains on the real MNIST). Each stage's config and grids go into `RAN`."""
+    real_run, real_train_grid = cli.run_in_workdir, training.train_grid
+
+    def run_in_workdir(workdir, run, config, *a, **k):
+        RAN[config.experiment] = (config, [])
+        return real_run(workdir, run, config, *a, **k)
+
+    def train_grid(task, spec, hp, seeds, *a, **k):
+        list(RAN.values())[-1][1].append(num_runs(seeds))
+        return real_train_grid(task, spec, hp, seeds, *a, **k)
+
     with pytest.MonkeyPatch.context() as mp:
         synthetic.install(mp.setattr, QUICK_TRAIN)
         synthetic.for_processes(mp, QUICK_TRAIN)
+        mp.setattr(cli, "run_in_workdir", run_in_workdir)
+        mp.setattr(training, "train_grid", train_grid)
         with synthetic.light_compiles(mp):
             workdir = tmp_path_factory.mktemp("reproduce")
             assert reproduce.main(["--workdir", str(workdir)]) == 0
             yield workdir
+
+
+@pytest.mark.integration
+def test_every_stage_writes_what_its_experiment_promises(quick_job):
+    """Each stage's outputs, as `test_experiments` checks a config of every experiment module
+    (the grid its preflight counted, finite numbers, figures, section, seeds, choice)."""
+    from test_experiments import check_outputs
+
+    assert [name for name in RAN if name != "reproduce"] == [s.name for s in registry.stages()]
+    for stage in registry.stages():
+        config, grids = RAN[stage.name]
+        check_outputs(stage, quick_job / stage.name, config, grids)
 
 
 @pytest.mark.integration
