@@ -1,5 +1,6 @@
 """The VAE: its loss by hand, KL, IWAE against an exact likelihood, samples, reproducibility,
-sample-quality measures, and short trainings on the real MNIST."""
+sample-quality measures, a short training on the real MNIST, and the experiment end to end on
+synthetic digits."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import synthetic
 from conftest import synthetic_splits
 
 from experiments import vae as vae_experiment
@@ -228,17 +230,32 @@ def test_brief_training_on_mnist_drives_the_negative_elbo_far_below_its_start(mn
     assert result.history["test_kl"][0, -1] > 1.0  # the latent is used, not collapsed onto the prior
 
 
+VAE_TRAIN = 2_000  # synthetic training images of the experiment's runs here
+
+
 @pytest.fixture(scope="module")
 def vae_workdir(tmp_path_factory):
-    """A smoke-sized run of the experiment: 2 seeds, 1 epoch, a small IWAE, an MLP judge."""
-    workdir = tmp_path_factory.mktemp("vae")
-    argv = ["--workdir", str(workdir), "--config", "configs/vae.py:quick", "--config.seeds=2", "--config.epochs=1",
-            "--config.iwae_images=20", "--config.iwae_k=50", "--config.map_epochs=1", "--config.n_samples=10000"]
-    assert vae_experiment.main(argv) == 0
-    return workdir
+    """A smoke-sized run of the experiment on synthetic digits, compiled with light optimization
+    (what it writes, not how well it generates; `test_brief_training_on_mnist...` trains on MNIST):
+    2 seeds, 1 epoch, a small IWAE, an MLP judge."""
+    with pytest.MonkeyPatch.context() as mp:
+        synthetic.install(mp.setattr, VAE_TRAIN)
+        with synthetic.light_compiles(mp):
+            workdir = tmp_path_factory.mktemp("vae")
+            argv = ["--workdir", str(workdir), "--config", "configs/vae.py:quick", "--config.seeds=2", "--config.epochs=1",
+                    "--config.iwae_images=20", "--config.iwae_k=50", "--config.map_epochs=1",
+                    "--config.n_samples=10000"]
+            assert vae_experiment.main(argv) == 0
+            yield workdir
 
 
-@pytest.mark.integration
+@pytest.fixture
+def synthetic_vae(monkeypatch, vae_workdir):
+    """The synthetic digits of `vae_workdir`, for a run that reuses its classifier."""
+    synthetic.install(monkeypatch.setattr, VAE_TRAIN)
+
+
+@pytest.mark.slow
 def test_experiment_end_to_end_writes_samples_metrics_and_figures(vae_workdir):
     samples = np.load(vae_workdir / "samples.npy")
     assert samples.shape == (10_000, 28, 28) and samples.dtype == np.float32
@@ -255,8 +272,8 @@ def test_experiment_end_to_end_writes_samples_metrics_and_figures(vae_workdir):
         assert (vae_workdir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.integration
-def test_conditional_run_draws_requested_digits_judged_by_a_reused_classifier(vae_workdir, tmp_path):
+@pytest.mark.slow
+def test_conditional_run_draws_requested_digits_judged_by_a_reused_classifier(vae_workdir, synthetic_vae, tmp_path):
     argv = ["--workdir", str(tmp_path), "--config.seeds=1", "--config.epochs=1", "--config.iwae_images=10",
             "--config.iwae_k=20", "--config.map_epochs=0", "--config.n_samples=200", "--config.model.conditional=True",
             "--config.digits=[7, 2]", f"--config.classifier.workdir={vae_workdir}"]
