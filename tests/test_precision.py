@@ -80,7 +80,7 @@ def test_float32_compute_is_the_plain_float32_program_bit_for_bit():
         cls = models.model_class(block["kind"])
         fields = {k: v for k, v in block.items() if k != "kind"}
         a, b = models.from_config(block, "float32"), cls(**fields)
-        p = a.init(jax.random.key(0), *models.init_inputs(a, x))
+        p = jax.jit(a.init)(jax.random.key(0), *models.init_inputs(a, x))  # one program, not one per operation
         assert str(jax.make_jaxpr(lambda p, m=a: _apply(m, p, x))(p)) == str(jax.make_jaxpr(lambda p, m=b: _apply(m, p, x))(p))
 
 
