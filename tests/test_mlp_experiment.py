@@ -116,8 +116,8 @@ def test_evaluate_reports_a_corrupt_checkpoint(mlp_workdir, tmp_path, capsys):
     assert "cannot be used" in err and "Traceback" not in err
 
 
-@pytest.mark.integration
-def test_a_changed_config_trains_from_the_start_instead_of_resuming_stale_checkpoints(tmp_path, capsys):
+@pytest.mark.slow
+def test_a_changed_config_trains_from_the_start_instead_of_resuming_stale_checkpoints(tmp_path, capsys, synthetic_mnist):
     args = ["--config.seeds=1", "--config.schedule=cosine", "--config.n_val=1000"]
     assert mlp.main(["--workdir", str(tmp_path / "a"), *args, "--config.epochs=2"]) == 0
     assert mlp.main(["--workdir", str(tmp_path / "a"), *args, "--config.epochs=3"]) == 0
