@@ -62,10 +62,15 @@ def on_synthetic_data(node) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """A `slow` test is in the slower tier: `-m integration` selects it, `-m "not integration"` does not."""
+    """A `slow` test is in the slower tier: `-m integration` selects it, `-m "not integration"` does not.
+
+    The tests of a module that shares a module fixture run on one pytest-xdist worker (its
+    `xdist_group`), one unit of work that takes minutes in the slower tier: those units go first,
+    so that no worker starts one while the others are running out of work."""
     for item in items:
         if item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable: each part keeps its order
 
 
 @pytest.fixture(autouse=True)
