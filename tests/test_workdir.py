@@ -574,8 +574,8 @@ def test_chaos_sigkill_at_random_moments_ends_like_an_uninterrupted_run(tmp_path
 
     w = box / "w"
     rng = random.Random(14)
-    plan = ["startup", "training", "checkpointing", "training", "checkpointing", "params", "figures", "metrics write",
-            "commit", rng.choice(list(MOMENTS))]
+    plan = ["startup", "training", "checkpointing", "params", "figures", "metrics write", "commit",
+            rng.choice(list(MOMENTS))]
     killed = []
     for moment in plan:
         start = newest_checkpoint(w)
@@ -592,7 +592,7 @@ def test_chaos_sigkill_at_random_moments_ends_like_an_uninterrupted_run(tmp_path
             config, metrics = committed(w)
             assert config["epochs"] == 6 and len(metrics["history"]["loss"][0]) == 6
     print("killed at:", killed)
-    assert len(killed) >= 7, killed
+    assert len(killed) >= 6, killed
     subprocess.run(mlp_cmd(w), check=True, capture_output=True)
 
     assert json.loads((w / "metrics.json").read_text())["history"] == json.loads(
