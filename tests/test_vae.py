@@ -30,8 +30,9 @@ def tiny_vae(**overrides) -> models.VAE:
 
 
 def init(model, key=0, batch=2):
+    """The model's params, built by one compiled program (not one per operation)."""
     labels = jnp.zeros((batch,), jnp.int32)
-    return model.init(jax.random.key(key), jnp.zeros((batch, 28, 28, 1)), jax.random.key(key + 1), labels)
+    return jax.jit(model.init)(jax.random.key(key), jnp.zeros((batch, 28, 28, 1)), jax.random.key(key + 1), labels)
 
 
 def test_negative_elbo_is_reconstruction_plus_kl_by_hand():
@@ -126,7 +127,7 @@ def test_a_seed_reproduces_and_another_seed_differs():
 def test_conv_and_conditional_models():
     conv = tiny_vae(conv=True)
     params = init(conv)
-    logits, mean, logvar = conv.apply(params, jnp.zeros((2, 28, 28, 1)), jax.random.key(0))
+    logits, mean, logvar = jax.jit(conv.apply)(params, jnp.zeros((2, 28, 28, 1)), jax.random.key(0))
     assert logits.shape == (2, 28, 28, 1) and mean.shape == logvar.shape == (2, 3)
     cond = tiny_vae(conditional=True)
     params = init(cond)
