@@ -64,11 +64,12 @@ def quick_job(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         synthetic.install(mp.setattr, QUICK_TRAIN)
         synthetic.for_processes(mp, QUICK_TRAIN)
-        mp.setattr(cli, "run_in_workdir", run_in_workdir)
-        mp.setattr(training, "train_grid", train_grid)
         with synthetic.light_compiles(mp):
             workdir = tmp_path_factory.mktemp("reproduce")
-            assert reproduce.main(["--workdir", str(workdir)]) == 0
+            with pytest.MonkeyPatch.context() as recording:  # this job only, not the tests' later runs
+                recording.setattr(cli, "run_in_workdir", run_in_workdir)
+                recording.setattr(training, "train_grid", train_grid)
+                assert reproduce.main(["--workdir", str(workdir)]) == 0
             yield workdir
 
 
