@@ -114,8 +114,8 @@ def interrupt_at(spec: str) -> None:
     from mnist_jax import checkpoint
 
     # A blocked signal stays blocked across fork and exec, and an ignored one stays ignored: a process
-    # started by a test runner's worker inherits whatever its thread had (in a whole-suite session
-    # SIGINT arrived blocked, and the run finished untouched), where a terminal's command would not.
+    # started by a test runner's worker inherits whatever its thread has (in a whole-suite session
+    # SIGINT is blocked there, and the run would finish untouched), where a terminal's command does not.
     # This one handles SIGINT as Python does by default.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
