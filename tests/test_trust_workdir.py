@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 import synthetic
-from test_workdir import S, committed, fake_run, main, reads, snapshot, wait_for_checkpoint  # noqa: F401 (reads: of its fake runs)
+from test_workdir import S, committed, fake_run, main, reads, snapshot  # noqa: F401 (reads: of its fake runs)
 
 from experiments import evaluate
 from mnist_jax import compare, results_table, trained, training
