@@ -114,12 +114,12 @@ def verdict(per_source: dict, at: dict | None = None) -> dict:
     95 % CI of the std of `all`), the reading of Summers & Dinneen (2021); `at`: the precision it
     was measured at (`mnist_jax.precision.describe`), which the text names first."""
     all_ci, all_dis = per_source["all"]["std_pct"], per_source["all"]["disagreement"]
-    inside, outside, unused, dis_outside = [], [], [], []
+    inside, outside, unused, rounded, dis_outside = [], [], [], [], []
     for source, row in per_source.items():
         if source == "all" or row["std_pct"]["std"] is None:
             continue
-        if row["identical_runs"]:
-            unused.append(source)
+        if row["identical_runs"]:  # a stream never drawn from, or a one-ulp change that every product rounded away
+            (rounded if source == "one_bit" else unused).append(source)
             continue
         if all_ci["ci_low"] <= row["std_pct"]["std"] <= all_ci["ci_high"]:
             inside.append(source)
@@ -147,13 +147,16 @@ def verdict(per_source: dict, at: dict | None = None) -> dict:
             half = len(curve) // 2
             text += f" (its std: {curve[half - 1]:.3f} after epoch {half}, {curve[-1]:.3f} after epoch {len(curve)})"
         text += "."
+    if rounded:
+        text += (" One bit of one initial weight left every run identical: the one-ulp change was rounded away in every "
+                 "product of these epochs.")
     if unused:
         text += f" Not used by this model (its runs are identical): {', '.join(unused)}."
     text += (" MNIST agrees with Summers & Dinneen: each source of nondeterminism alone gives about the spread of "
              "all of them together." if agrees else
              " MNIST does not fully agree with Summers & Dinneen: not every source of nondeterminism alone gives "
              "the spread of all of them together.")
-    return {"inside_all_ci": inside, "outside_all_ci": outside, "unused": unused,
+    return {"inside_all_ci": inside, "outside_all_ci": outside, "unused": unused, "rounded_away": rounded,
             "disagreement_outside_all_ci": dis_outside, "agrees_with_summers_dinneen": agrees, "text": text,
             **({} if at is None else {"measured_at": at})}
 
@@ -391,7 +394,7 @@ def section(m: dict) -> str:
         # a bfloat16 arm is measured against the bfloat16 spread of different seeds (`precision`)
         ref = m["per_source"]["precision" if source in REDUCED else "all"]["std_pct"]
         within = "-" if source in ("all", "precision") or r["std_pct"]["std"] is None else (
-            "unused" if r["identical_runs"] else
+            ("rounded away" if source == "one_bit" else "unused") if r["identical_runs"] else
             ("yes" if ref["ci_low"] <= r["std_pct"]["std"] <= ref["ci_high"] else "**no**"))
         rows.append([f"{source} ({SOURCE_NAMES.get(source, source)})", f"{r['runs']}",
                      mean_std(r["test_accuracy_pct"], 1.0, 2), _std_ci(r["std_pct"]), within,

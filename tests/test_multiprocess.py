@@ -58,6 +58,21 @@ def metrics(workdir: pathlib.Path) -> dict:
     return json.loads((workdir / "metrics.json").read_text())
 
 
+# Float32 reductions of losses: the mean training loss of each epoch, and the ensemble's NLL and ECE
+# with what is computed from them. A 2-process program and a 1-process one may sum these in another
+# order (seen on 12-02, on a 2-core AMD EPYC: differences in the last float32 bits); every weight,
+# accuracy, error count and prediction is the same bit for bit.
+REDUCED_LOSSES = re.compile(r"^\.history\.loss\[|^\.ensemble\.")
+
+
+def assert_same_numbers(first: pathlib.Path, second: pathlib.Path) -> None:
+    """Every number of two metrics.json files equal, the REDUCED_LOSSES within 1e-6."""
+    for line in differences(numbers(first / "metrics.json"), numbers(second / "metrics.json")):
+        key, values = line.split(": ", 1)
+        a, b = (float(v) for v in values.split(" != "))
+        assert REDUCED_LOSSES.match(key) and abs(a - b) <= 1e-6, line
+
+
 def files(workdir: pathlib.Path) -> set[str]:
     """Every file under the workdir, orbax's content-addressed data file names (`.../d/<hash>`,
     random per write) replaced by `d/*` and TensorBoard's event file names (time and host) by
@@ -90,8 +105,8 @@ def test_two_processes_give_the_numbers_of_one_process_with_four_devices(sweeps)
     m = metrics(sweeps["2x2"])
     assert m["provenance"]["process_count"] == 2 and m["provenance"]["device_count"] == 4
     assert len(m["runs"]) == 9
-    # the same 4 devices and the same per-device programs: bit for bit, timings and provenance aside
-    assert differences(numbers(sweeps["2x2"] / "metrics.json"), numbers(sweeps["1x4"] / "metrics.json")) == []
+    # the same 4 devices: the same numbers, timings and provenance aside (REDUCED_LOSSES to 1e-6)
+    assert_same_numbers(sweeps["2x2"], sweeps["1x4"])
 
 
 @pytest.mark.slow
@@ -160,9 +175,9 @@ def test_a_killed_process_stops_the_run_and_the_rerun_resumes_to_the_same_number
     m = metrics(workdir)
     assert 1 <= m["resumed_from_epoch"] < 3
     assert f"resumed from the checkpoint of epoch {m['resumed_from_epoch']}" in resumed.stdout
-    assert m["history"] == metrics(sweeps["2x2"])["history"]  # bit for bit, every run and epoch
-    # every number equal; resumed_from_epoch is how the run went, not a number it computed (compare)
-    assert differences(numbers(workdir / "metrics.json"), numbers(sweeps["2x2"] / "metrics.json")) == []
+    # every number equal (REDUCED_LOSSES to 1e-6 where the rerun is one process); resumed_from_epoch
+    # is how the run went, not a number it computed (compare)
+    assert_same_numbers(workdir, sweeps["2x2"])
 
 
 @pytest.mark.slow
