@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import trained
+from mnist_jax import rehearsal, trained
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.checkpoint import CheckpointError
 from mnist_jax.config import ArgumentParser, ConfigError
@@ -107,7 +107,7 @@ def in_batches(fn, x: np.ndarray, batch: int = BATCH, dtype=None) -> np.ndarray:
 
 def predict_labels(model, params, x: np.ndarray) -> np.ndarray:
     """Predicted classes (N,) int64 of images x, batched."""
-    fn = jax.jit(lambda xb: jnp.argmax(model.apply(params, preprocess_images(xb)), axis=-1))
+    fn = rehearsal.jit(lambda xb: jnp.argmax(model.apply(params, preprocess_images(xb)), axis=-1))
     return in_batches(fn, x, dtype=np.int64)
 
 
@@ -135,7 +135,7 @@ def finished_metrics(workdir: pathlib.Path) -> dict:
 
 def denoise_images(model, params, x: np.ndarray) -> np.ndarray:
     """Images x denoised by the autoencoder, float32 (N, 28, 28, 1) in [0, 1], batched."""
-    fn = jax.jit(lambda xb: jax.nn.sigmoid(model.apply(params, preprocess_images(xb))))
+    fn = rehearsal.jit(lambda xb: jax.nn.sigmoid(model.apply(params, preprocess_images(xb))))
     return in_batches(fn, x, dtype=np.float32)
 
 
@@ -145,7 +145,7 @@ def reconstruct_images(model, params, x: np.ndarray) -> np.ndarray:
         mean, _ = model.apply(params, preprocess_images(xb), method=model.encode)
         return jax.nn.sigmoid(model.apply(params, mean, method=model.decode))
 
-    return in_batches(jax.jit(fn), x, dtype=np.float32)
+    return in_batches(rehearsal.jit(fn), x, dtype=np.float32)
 
 
 def declared_models(workdir: pathlib.Path, config: dict) -> dict[str, dict]:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -146,7 +148,9 @@ def runs(config: ml_collections.ConfigDict) -> int:
     return 0
 
 
-def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+def selected_stages(config: ml_collections.ConfigDict) -> list[registry.Experiment]:
+    """The stages the job runs, in its order (`config.only`, else all); ConfigError for an
+    unknown profile or stage name."""
     if config.profile not in ("quick", "full"):
         raise ConfigError(f"config.profile={config.profile!r} is not allowed: expected 'quick' or 'full'")
     all_stages = registry.stages()
@@ -157,7 +161,30 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     if unknown:
         raise ConfigError(f"config.only={config.only!r}: unknown experiments {unknown} "
                           f"(known: {', '.join(s.name for s in all_stages)})")
-    stages = [s for s in all_stages if s.name in names]
+    return [s for s in all_stages if s.name in names]
+
+
+def rehearse(config: ml_collections.ConfigDict, workdir: pathlib.Path | None = None) -> None:
+    """The job's rehearsal (`cli.rehearse`) before anything trains: each stage it will train,
+    rehearsed into a temporary job folder (a stage of `workdir` that is complete brings its own
+    metrics), then the job's REPORT.md from those metrics. So neither a stage's outputs nor the
+    report fails after the stages before it have trained."""
+    stages = selected_stages(config)
+    with tempfile.TemporaryDirectory(prefix="mnist_jax-rehearsal-") as tmp:
+        for stage in stages:
+            into = pathlib.Path(tmp) / stage.name
+            args = stage_args(stage, config.profile, (workdir or into) / stage.name)
+            if workdir is not None and not config.force and is_complete(args, workdir / stage.name, config.reuse):
+                into.mkdir()
+                for name in ("metrics.json", "config.json"):
+                    shutil.copyfile(workdir / stage.name / name, into / name)
+                continue
+            cli.rehearse(stage.module().run, parse_args(args, "")[1], into=into)
+        cli.rehearsed(lambda: report.write_report(pathlib.Path(tmp), [s.name for s in stages], config.profile))
+
+
+def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    stages = selected_stages(config)
     run_dir, workdir = workdir, workdir_lib.root_of(workdir)  # stages are sub-workdirs of the job's workdir
     for stage in stages:  # check every config before anything trains
         parse_args(stage_args(stage, config.profile, workdir / stage.name), "")

@@ -27,6 +27,7 @@ from mnist_jax import (
     plots,
     preflight,
     registry,
+    rehearsal,
     results,
     stats,
     sweep,
@@ -247,24 +248,24 @@ def sample_labels(conditional: bool, n: int) -> np.ndarray:
 # and every call with the same shapes shares one compiled program (a closure over the params would
 # bake them into the program as constants and compile once per call).
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+@functools.partial(rehearsal.jit, static_argnums=(0, 5, 6))
 def _iwae(model, params, x_bin, labels, key, k: int, batch: int):
     return generative.iwae_log_likelihood(*generative.vae_functions(model, params), x_bin, labels, key, k, batch)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
+@functools.partial(rehearsal.jit, static_argnums=(0, 4))
 def _draw(model, params, key, labels, temperature: float = 1.0):
     return generative.sample_prior(generative.vae_functions(model, params)[1], key, labels, model.latent,
                                    temperature=temperature)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(rehearsal.jit, static_argnums=0)
 def _posterior_means(model, params, x_bin, labels):
     encode = generative.vae_functions(model, params)[0]
     return generative.map_batches(lambda xb, yb: encode(xb, yb)[0], (x_bin, labels), 1000)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(rehearsal.jit, static_argnums=0)
 def _decode_means(model, params, z, labels):
     return jax.nn.sigmoid(generative.vae_functions(model, params)[1](z, labels))
 
@@ -481,7 +482,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     name = describe(config.model, n_params)
     run_desc = (f"{config.optimizer} lr {config.learning_rate} ({config.schedule}), batch {config.batch_size}, "
                 f"{config.epochs} epochs, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
-    test_bin = np.asarray(jax.jit(generative.fixed_binarization)(data.test_x))  # one program; on the host: indexed below
+    test_bin = np.asarray(rehearsal.jit(generative.fixed_binarization)(data.test_x))  # one program; on the host: indexed below
     metrics = {
         "experiment": config.experiment,
         "model": config.model.to_dict(),

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mnist_jax import distributed
+from mnist_jax import distributed, rehearsal
 from mnist_jax.workdir import write_text_atomic
 
 CHECKSUMS = "{epoch}.checksums.json"
@@ -157,7 +157,10 @@ class Checkpointer:
         """Write `tree` as the checkpoint of `epoch` (blocking, atomic), replacing an older one,
         with the checksums of its arrays beside it. A full disk is a CheckpointError naming the
         folder and the space needed; a failed or interrupted write prints nothing of orbax's (its
-        logs and threads' tracebacks)."""
+        logs and threads' tracebacks). A rehearsal's stand-in state is not written
+        (`mnist_jax.rehearsal`)."""
+        if rehearsal.active():
+            return
         sums = checksums(distributed.gather(tree))  # every process takes part in a gather of global arrays
         if epoch in self._manager.all_steps():
             self._manager.delete(epoch)

@@ -8,16 +8,21 @@ of the contract in docs/extending.md (config.json, metrics.json, exit codes, cle
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pathlib
 import shutil
 import sys
+import sysconfig
+import tempfile
 import time
+import traceback
 from collections.abc import Callable
 
 import ml_collections
 
-from mnist_jax import compilation, distributed, preflight, provenance, registry, sweep, tensorboard, trained
+from mnist_jax import compilation, distributed, preflight, provenance, registry, rehearsal, sweep, tensorboard, trained
 from mnist_jax import data as data_lib
 from mnist_jax import precision as precision_lib
 from mnist_jax import workdir as workdir_lib
@@ -76,6 +81,8 @@ def _main(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], argv: 
         path, config = parse_args(argv, default_config, description)
         check_experiment(config, default_config)
         preflight.preflight(config, run)
+        if not distributed.is_multiprocess():
+            rehearse(run, config, pathlib.Path(path))
         workdir = distributed.on_writer(lambda: workdir_lib.Workdir.open(path, experiment_name(config, default_config)))
         run_in_workdir(workdir, run, config, provenance.command_line(argv, run.__module__), path)
     except distributed.WriterFailed as err:  # process 0 has said why
@@ -157,16 +164,27 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     began = distributed.on_writer(begin)
     shared = (pathlib.Path(path or ".").resolve() / workdir_lib.META / workdir_lib.RUN, None)
     run_dir, other_code = began if workdir is not None else shared
+    try:
+        metrics = measured_run(run, config, run_dir, command, other_code)
+    except BaseException:
+        if workdir is not None:
+            workdir.abandon()
+        raise
+    section = getattr(sys.modules.get(run.__module__), "section", None)
+    distributed.on_writer(lambda: workdir.commit(lambda d: write_outputs(d, metrics, config, section)))
+    return metrics
+
+
+def measured_run(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], config: ml_collections.ConfigDict,
+                 run_dir: pathlib.Path, command: str, other_code: str | None = None) -> dict:
+    """`run(config, run_dir)`'s metrics with their wall time, the programs the run compiled and
+    their provenance (`other_code`: the code that wrote the checkpoints it resumed, if other)."""
     started, start, compiled = provenance.now(), time.perf_counter(), compilation.counts()
     cache_at_start = compilation.cache_entries()
     compute_dtype, matmul = precision_lib.of_config(config)
     try:
         with precision_lib.matmul_precision(matmul):  # training and evaluation alike
             metrics = run(config, run_dir)
-    except BaseException:
-        if workdir is not None:
-            workdir.abandon()
-        raise
     finally:
         sweep.cancel_ahead()  # nothing this run queued compiles into the next one
     metrics.setdefault("timing", {})["wall_seconds"] = time.perf_counter() - start
@@ -175,25 +193,90 @@ def run_in_workdir(workdir: workdir_lib.Workdir | None, run: Callable[[ml_collec
     prov = provenance.collect(command, started, precision=precision_lib.describe(compute_dtype, matmul))
     if other_code:
         prov["checkpoints_from"] = other_code
-    metrics = with_provenance(metrics, prov)
-    section = getattr(sys.modules.get(run.__module__), "section", None)
-    distributed.on_writer(lambda: workdir.commit(lambda d: write_outputs(d, metrics, config, section)))
-    return metrics
+    return with_provenance(metrics, prov)
+
+
+def rehearse(run: Callable[[ml_collections.ConfigDict, pathlib.Path], dict], config: ml_collections.ConfigDict,
+             workdir: pathlib.Path | None = None, into: pathlib.Path | None = None) -> None:
+    """Rehearse the experiment of `run` on `config` before it trains: its whole `run` with every
+    program a stand-in (`mnist_jax.rehearsal`: traced, not compiled) in a temporary folder (or in
+    `into`, which the caller keeps), then what the commit writes from its metrics (metrics.json,
+    the REPORT section, TensorBoard events) and its README row. Whatever fails there for this
+    config is a ConfigError (`rehearsed`), before anything compiles; the rehearsal's own output
+    is not shown. A module that defines `rehearse(config, workdir)` rehearses that way instead
+    (the job rehearses its stages). An (experiment, config) rehearses once per process, and not
+    at all with MNIST_JAX_REHEARSAL=0."""
+    if os.environ.get(REHEARSAL_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    module = sys.modules.get(run.__module__)
+    own = getattr(module, "rehearse", None)
+    if callable(own) and into is None:
+        return rehearsed(lambda: own(config, workdir))
+    key = (run.__module__, repr(trained.to_jsonable(config.to_dict())))
+    if key in _rehearsed and into is None:
+        return
+
+    def outputs(run_dir: pathlib.Path) -> None:
+        metrics = measured_run(run, config, run_dir, f"rehearsal of {run.__module__}")
+        trained.write_json(run_dir / "config.json", trained.to_jsonable(config.to_dict()))
+        write_outputs(run_dir, metrics, config, getattr(module, "section", None), strict=True)
+        row = getattr(module, "row", None)
+        if callable(row):
+            row(trained.read_json(run_dir / "metrics.json"), trained.read_json(run_dir / "config.json"))
+
+    if into is not None:
+        into.mkdir(parents=True, exist_ok=True)
+        rehearsed(lambda: outputs(into))
+    else:
+        with tempfile.TemporaryDirectory(prefix="mnist_jax-rehearsal-") as tmp:
+            rehearsed(lambda: outputs(pathlib.Path(tmp)))
+    _rehearsed.add(key)
+
+
+def rehearsed(step: Callable[[], object]) -> None:
+    """`step()` as a rehearsal: its programs stand-ins, its output not shown, and whatever it
+    raises (but a user error, missing data, a damaged checkpoint or Ctrl-C, which stay what they
+    are) a ConfigError that names the exception and where it was raised."""
+    shown = io.StringIO()
+    try:
+        with rehearsal.rehearsing(), contextlib.redirect_stdout(shown), contextlib.redirect_stderr(shown):
+            step()
+    except (ConfigError, data_lib.DataUnavailableError, CheckpointError, KeyboardInterrupt, Interrupted):
+        raise
+    except Exception as err:  # noqa: BLE001 - what fails here would fail after training: this config's error
+        frames = traceback.extract_tb(err.__traceback__)
+        ours = [f for f in frames if not f.filename.startswith(_LIBRARIES)]  # the experiment's or a researcher's code
+        frame = (ours or frames)[-1]
+        where = f"{pathlib.Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+        caller = [f for f in ours if f.filename != frame.filename]
+        if caller:  # the experiment's line that called it
+            where += f", from {pathlib.Path(caller[-1].filename).name}:{caller[-1].lineno} in {caller[-1].name}"
+        what = next((line.strip()[:300] for line in str(err).splitlines() if line.strip()), "")
+        raise ConfigError(f"this config fails in its rehearsal, before anything trains ({type(err).__name__}: "
+                          f"{what}, at {where}); after training it would fail the same way "
+                          f"({REHEARSAL_ENV}=0 skips the rehearsal)") from err
+
+
+REHEARSAL_ENV = "MNIST_JAX_REHEARSAL"
+_LIBRARIES = tuple(sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib"))
+_rehearsed: set = set()  # (experiment module, config) rehearsed in this process
 
 
 def write_outputs(run_dir: pathlib.Path, metrics: dict, config: ml_collections.ConfigDict,
-                  section: Callable[[dict], str] | None = None) -> None:
+                  section: Callable[[dict], str] | None = None, strict: bool = False) -> None:
     """What the commit adds to the run: metrics.json, its REPORT.md (the experiment's `section`
     of these metrics, with their provenance: any workdir gets one, a stage of the study's job or
     not) and, unless `config.tensorboard` is False, the TensorBoard event files of its runs
     (`mnist_jax.tensorboard`), so all appear together or not at all. A section that cannot be
-    rendered costs the report, never the results: one line says so."""
+    rendered costs the report, never the results: one line says so (`strict`: the rehearsal's error)."""
     trained.write_json(run_dir / "metrics.json", metrics)
     plain = trained.read_json(run_dir / "metrics.json")  # the metrics as a reader of the file sees them
     if section is not None:
         try:
             text = f"{section(plain)}\n\n{provenance.describe(plain.get('provenance'))}\n"
         except Exception as err:  # noqa: BLE001 - the report is derived; the results it comes from stand
+            if strict:
+                raise
             print(f"warning: REPORT.md not written ({type(err).__name__}: {err}); metrics.json has every number",
                   file=sys.stderr)
         else:

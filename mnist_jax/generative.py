@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mnist_jax import stats
+from mnist_jax import rehearsal, stats
 from mnist_jax.data import preprocess_images
 
 # The key of the one fixed binarization of the validation and test sets, shared by every run,
@@ -151,7 +151,7 @@ def classify(model: nn.Module, params, x: jax.Array, batch_size: int = 1000) -> 
     return np.asarray(probs), np.asarray(feats)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(rehearsal.jit, static_argnums=(0, 3))
 def _classify(model: nn.Module, params, x: jax.Array, batch_size: int):
     """`classify`'s program: one per model and input shape, shared by every call (params are arguments)."""
     return map_batches(lambda b: _probs_features(model, params, b), (x,), batch_size)

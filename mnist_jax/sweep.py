@@ -36,7 +36,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mnist_jax import distributed
+from mnist_jax import distributed, rehearsal
 from mnist_jax.checkpoint import Checkpointer, CheckpointError
 from mnist_jax.data import Splits
 from mnist_jax.train import STREAMS, RunState, Task, TrainSpec, check_hparams, init_state, train_epochs
@@ -205,14 +205,18 @@ class GridTrainer:
         return jax.vmap(fn, in_axes=(0, 0, 0, None))
 
     def _build(self, fn, args, in_shardings, donate=()) -> tuple[Any, float]:
-        """(compiled program, seconds): `args` may be arrays or `jax.ShapeDtypeStruct`s."""
+        """(compiled program, seconds): `args` may be arrays or `jax.ShapeDtypeStruct`s. While
+        `rehearsal.rehearsing()`, the program is a stand-in: traced, not compiled."""
         start = time.perf_counter()
         # Explicit shardings: every run-axis input and output is split over "runs", the data
         # replicated, so the state a program returns is exactly what the next call takes.
         jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=self.run_sharding, donate_argnums=donate)
+        if rehearsal.active():
+            return rehearsal.Program(jitted), 0.0
         return jitted.lower(*args).compile(), time.perf_counter() - start
 
     def _compile(self, key, fn, args, in_shardings, donate=()) -> Any:
+        key = (*key, rehearsal.active())  # a stand-in never serves a real call, nor the other way round
         if key not in self._compiled:
             start = time.perf_counter()
             ahead = self._ahead.pop(key, None)
@@ -227,7 +231,8 @@ class GridTrainer:
         return self._compiled[key]
 
     def _compile_ahead(self, key, fn, args, in_shardings, donate=()) -> None:
-        pool = _ahead_pool()
+        pool = None if rehearsal.active() else _ahead_pool()
+        key = (*key, False)
         if pool is not None and key not in self._compiled and key not in self._ahead:
             self._ahead[key] = pool.submit(self._build, fn, args, in_shardings, donate)
 

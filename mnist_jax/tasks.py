@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax import augment as augment_lib
-from mnist_jax import generative, losses, models, noise, regularizers
+from mnist_jax import generative, losses, models, noise, regularizers, rehearsal
 from mnist_jax.config import ConfigError
 from mnist_jax.data import IMAGE_SHAPE, Splits, preprocess_images
 from mnist_jax.train import Batch, Task, stream_key
@@ -322,4 +322,4 @@ def over_runs(fn: Callable, runs: tuple, shared: tuple = (), chunk: int = 4):
 
 @functools.lru_cache(maxsize=64)
 def _over_runs_program(fn: Callable, chunk: int) -> Callable:
-    return jax.jit(lambda runs, shared: jax.lax.map(lambda r: fn(*r, *shared), runs, batch_size=chunk))
+    return rehearsal.jit(lambda runs, shared: jax.lax.map(lambda r: fn(*r, *shared), runs, batch_size=chunk))

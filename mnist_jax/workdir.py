@@ -27,6 +27,7 @@ import re
 import shutil
 from typing import Any
 
+from mnist_jax import rehearsal
 from mnist_jax.config import ConfigError
 
 META = ".mnist_jax"
@@ -168,8 +169,12 @@ class Workdir:
 
         Raises WorkdirError, before changing anything, for an empty path, a path that is not a
         folder, a folder with files mnist-jax did not make, another experiment's workdir, or a
-        workdir another process works in.
+        workdir another process works in. A rehearsal (`mnist_jax.rehearsal`) opens none: its
+        stand-in numbers must never become a result.
         """
+        if rehearsal.active():
+            raise RuntimeError(f"a rehearsal tried to open the workdir {os.fspath(path)!r}: a rehearsal writes only into "
+                               "its own temporary folder")
         text = os.fspath(path)
         if not text.strip():
             raise WorkdirError("--workdir is empty: name a folder for the run")

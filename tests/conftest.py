@@ -21,11 +21,20 @@ wherever the library loads it, so experiments run end to end.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import synthetic
 from synthetic import SYNTHETIC_EVAL, SYNTHETIC_TRAIN, synthetic_splits  # noqa: F401 - tests import them from here
 
 from mnist_jax import data as data_lib
+from mnist_jax.cli import REHEARSAL_ENV
+
+# A command rehearses its experiment before it trains (`cli.rehearse`). The tests of the rehearsal
+# (tests/test_rehearsal.py) turn it on; every other test, and every process a test starts, runs
+# without it: each end-to-end test would otherwise pay seconds for a rehearsal that the rehearsal
+# tests already make of every registered config.
+os.environ.setdefault(REHEARSAL_ENV, "0")
 
 
 @pytest.fixture
