@@ -173,7 +173,7 @@ def rehearse(config: ml_collections.ConfigDict, workdir: pathlib.Path | None = N
     with tempfile.TemporaryDirectory(prefix="mnist_jax-rehearsal-") as tmp:
         for stage in stages:
             into = pathlib.Path(tmp) / stage.name
-            args = stage_args(stage, config.profile, (workdir or into) / stage.name)
+            args = stage_args(stage, config.profile, (workdir or pathlib.Path(tmp)) / stage.name)
             if workdir is not None and not config.force and is_complete(args, workdir / stage.name, config.reuse):
                 into.mkdir()
                 for name in ("metrics.json", "config.json"):
