@@ -19,16 +19,7 @@ import time
 
 from benchmarks.common import machine, write_json
 from mnist_jax import cli, registry
-from mnist_jax.config import ConfigError, load_config_file, parse_args
-
-
-def config_arg(e: registry.Experiment, profile: str) -> str:
-    """The config's `--config` at `profile`, or its file when its get_config takes no profile."""
-    try:
-        load_config_file(e.config_arg(profile))
-    except ConfigError:
-        return str(e.config)
-    return e.config_arg(profile)
+from mnist_jax.config import parse_args
 
 
 def seconds(run, config) -> float:
@@ -51,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     for e in registry.experiments():
         if e.entry == "experiments.reproduce" or (only and e.config.stem not in only):
             continue
-        _, config = parse_args(["--workdir", "unused", "--config", config_arg(e, args.profile)], "")
+        _, config = parse_args(["--workdir", "unused", "--config", e.config_arg_at(args.profile)], "")
         cases.append((e.config.stem, e.module().run, config))
     if not only or "reproduce" in only:
         job = next(e for e in registry.experiments() if e.entry == "experiments.reproduce")

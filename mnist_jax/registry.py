@@ -35,6 +35,14 @@ class Experiment:
         """The `--config` argument of this config at `profile`."""
         return str(self.config) if profile == "full" else f"{self.config}:{profile}"
 
+    def config_arg_at(self, profile: str) -> str:
+        """`config_arg(profile)`, or the file alone when its get_config takes no profile."""
+        try:
+            load_config_file(self.config_arg(profile))
+        except ConfigError:
+            return str(self.config)
+        return self.config_arg(profile)
+
     def module(self) -> ModuleType:
         return importlib.import_module(self.entry)
 

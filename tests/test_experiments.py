@@ -15,7 +15,7 @@ from test_reproduce import numeric_leaves
 
 from experiments import reproduce
 from mnist_jax import preflight, registry, trained, training
-from mnist_jax.config import ConfigError, load_config_file, parse_args
+from mnist_jax.config import load_config_file, parse_args
 from mnist_jax.sweep import num_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,11 +69,7 @@ def get(config, dotted: str):
 
 def config_arg(e: registry.Experiment) -> str:
     """The experiment's quick profile, or its file when its get_config takes no profile."""
-    try:
-        load_config_file(e.config_arg("quick"))
-    except ConfigError:
-        return str(e.config)
-    return e.config_arg("quick")
+    return e.config_arg_at("quick")
 
 
 def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
