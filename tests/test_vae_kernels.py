@@ -46,12 +46,14 @@ def assert_close(got, want, what):
 def assert_same_vjp(fast, reference, x, kernel, stride):
     """Equal outputs, and equal gradients wrt input and kernel for a random output cotangent."""
 
+    cotangent = np.random.default_rng(2).standard_normal(jax.eval_shape(lambda: reference(x, kernel, stride)).shape)
+
     @jax.jit
     def outputs_and_grads(x, kernel):
         results = []
         for conv in (fast, reference):
             y, vjp = jax.vjp(lambda x, k: conv(x, k, stride), x, kernel)  # noqa: B023 - called right here
-            results.append((y, *vjp(jax.random.normal(jax.random.key(2), y.shape))))
+            results.append((y, *vjp(cotangent.astype(y.dtype))))
         return results
 
     got, want = outputs_and_grads(x, kernel)
@@ -60,7 +62,13 @@ def assert_same_vjp(fast, reference, x, kernel, stride):
 
 
 def operands(x_shape, k_shape):
-    return jax.random.normal(jax.random.key(0), x_shape), jax.random.normal(jax.random.key(1), k_shape)
+    """Normal float32 operands, drawn on the host: one compiled program per test, the one it checks."""
+    return tuple(np.random.default_rng(i).standard_normal(shape).astype(np.float32)
+                 for i, shape in enumerate((x_shape, k_shape)))
+
+
+def shape_of(conv, x, kernel, stride) -> tuple[int, ...]:
+    return jax.eval_shape(lambda x, k: conv(x, k, stride), x, kernel).shape
 
 
 @pytest.mark.parametrize("impl", sorted(STRIDED))
@@ -68,7 +76,7 @@ def operands(x_shape, k_shape):
 def test_strided_conv_equals_lax_outputs_and_gradients(impl, x_shape, k_shape, stride):
     x, kernel = operands(x_shape, k_shape)
     assert_same_vjp(STRIDED[impl], lax_strided, x, kernel, stride)
-    assert STRIDED[impl](x, kernel, stride).shape[1:3] == (-(-x_shape[1] // stride), -(-x_shape[2] // stride))
+    assert shape_of(STRIDED[impl], x, kernel, stride)[1:3] == (-(-x_shape[1] // stride), -(-x_shape[2] // stride))
 
 
 @pytest.mark.parametrize("impl", sorted(TRANSPOSED))
@@ -76,7 +84,7 @@ def test_strided_conv_equals_lax_outputs_and_gradients(impl, x_shape, k_shape, s
 def test_transposed_conv_equals_lax_outputs_and_gradients(impl, x_shape, k_shape, stride):
     x, kernel = operands(x_shape, k_shape)
     assert_same_vjp(TRANSPOSED[impl], kernels.lax_conv_transpose, x, kernel, stride)
-    assert TRANSPOSED[impl](x, kernel, stride).shape[1:3] == (x_shape[1] * stride, x_shape[2] * stride)
+    assert shape_of(TRANSPOSED[impl], x, kernel, stride)[1:3] == (x_shape[1] * stride, x_shape[2] * stride)
 
 
 def test_scatter_is_the_adjoint_of_the_strided_patches():
