@@ -29,6 +29,9 @@ SHRINK = {
     "test_resamples": 20,
 }
 FLOOR = {"variance_sources": {"seeds": 3}}  # a spread and its CI need 3 runs per source
+# Lists of candidates cut to their first values (a program each): the search still trains a new
+# candidate after its first round (dense 16) and reuses the runs it has (dense 0, dropout 0.5).
+CANDIDATES = {"filters_candidates": 1, "dense_candidates": 2, "dropout_rates": 1}
 SEED_GRIDS = ("experiments.mlp", "experiments.cnn", "experiments.sweep")  # classifier grids with an ensemble of seeds
 TRAINED = [e for e in registry.experiments() if e.entry != "experiments.reproduce"]
 
@@ -72,14 +75,23 @@ def config_arg(e: registry.Experiment) -> str:
     return e.config_arg_at("quick")
 
 
-def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
-    arg = config_arg(e)
-    config = load_config_file(arg)
+def shrink_overrides(e: registry.Experiment, job: bool = False) -> list[str]:
+    """The `--config.F=V` lines that shrink the experiment's quick profile by SHRINK (and its FLOOR)
+    and cut its CANDIDATES. For the `job` (test_reproduce), every count of epochs and every list of
+    candidates stays the profile's. Epochs do not enter a compiled program (it trains `chunk_epochs`
+    at a time), so both compile the same programs, as far as their candidates are the same, and one
+    loads them from the persistent compilation cache once the other has built them."""
+    config = load_config_file(config_arg(e))
     shrink = {**SHRINK, **FLOOR.get(e.name, {})}
-    values = {k: (get(config, k), v) for k, v in shrink.items()}
-    return ["--workdir", str(workdir), "--config", arg,
-            *(f"--config.{k}={v}" for k, (now, v) in values.items()
-              if isinstance(now, (int, float)) and not isinstance(now, bool) and v < now)]
+    values = {k: (get(config, k), v) for k, v in shrink.items() if not (job and k.endswith("epochs"))}
+    out = [f"--config.{k}={v}" for k, (now, v) in values.items()
+           if isinstance(now, (int, float)) and not isinstance(now, bool) and v < now]
+    cut = {k: list(get(config, k))[:n] for k, n in CANDIDATES.items() if not job and get(config, k) is not None}
+    return [*out, *(f"--config.{k}={v}" for k, v in cut.items() if len(v) < len(get(config, k)))]
+
+
+def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
+    return ["--workdir", str(workdir), "--config", config_arg(e), *shrink_overrides(e)]
 
 
 def check_outputs(e: registry.Experiment, workdir, config, grids: list[int], folder=None) -> None:
@@ -126,7 +138,10 @@ def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_pa
     check_outputs(e, workdir, config, grids, tmp_path)
 
 
-def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_path):
+def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_path, monkeypatch):
+    real = reproduce.stage_args  # each stage shrunk as its own test above shrinks it: the same programs
+    monkeypatch.setattr(reproduce, "stage_args", lambda stage, profile, workdir: [
+        *real(stage, profile, workdir), *shrink_overrides(stage)])
     stages = [s.name for s in registry.stages()][:2]
     assert reproduce.main(["--workdir", str(tmp_path), f"--config.only={','.join(stages)}"]) == 0
     report = (tmp_path / "REPORT.md").read_text()

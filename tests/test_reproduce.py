@@ -39,18 +39,40 @@ def renderings(v) -> set[str]:
     return out
 
 
-QUICK_TRAIN = 1_200  # synthetic training images: enough for every stage (cnn_search's quick profile takes 1,000)
-
-
 RAN = {}  # experiment: (its config, the runs of every grid it trained), filled by `quick_job`
 
 
+def shrunk_stage_args(stage: registry.Experiment, profile: str, workdir) -> list[str]:
+    """A stage's command line at `profile`, its quick profile shrunk as `test_experiments` shrinks
+    it, epochs and candidates aside: the job compiles the programs that those tests compile (one of
+    them loads them from the persistent compilation cache), a stage still trains for several epochs,
+    so that it checkpoints more than once and resumes from an earlier epoch, and the search has its
+    profile's rounds."""
+    from test_experiments import shrink_overrides
+
+    extra = shrink_overrides(stage, job=True) if profile == "quick" else []
+    return [*REAL_STAGE_ARGS(stage, profile, workdir), *extra]
+
+
+REAL_STAGE_ARGS = reproduce.stage_args
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shrunk_stages():
+    """Every job of this module runs its stages shrunk (`shrunk_stage_args`), in this process and in
+    the stage processes it starts, so that a rerun finds the stages the fixture made complete."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reproduce, "stage_args", shrunk_stage_args)
+        yield
+
+
 @pytest.fixture(scope="module")
-def quick_job(tmp_path_factory):
-    """The quick profile, every stage, on synthetic digits (`tests/synthetic.py`) here and in the
-    processes it starts, compiled with light optimization: these tests check the job's report,
-    resume, reuse and processes, which MNIST's accuracy does not enter (each experiment's own
-    integration test trains on the real MNIST). Each stage's config and grids go into `RAN`."""
+def quick_job(tmp_path_factory, shrunk_stages):
+    """The quick profile, every stage shrunk (`shrunk_stage_args`), on synthetic digits
+    (`tests/synthetic.py`) here and in the processes it starts, compiled with light optimization:
+    these tests check the job's report, resume, reuse and processes, which MNIST's accuracy does not
+    enter (each experiment's own integration test trains on the real MNIST). Each stage's config
+    and grids go into `RAN`."""
     real_run, real_train_grid = cli.run_in_workdir, training.train_grid
 
     def run_in_workdir(workdir, run, config, *a, **k):
@@ -62,8 +84,8 @@ def quick_job(tmp_path_factory):
         return real_train_grid(task, spec, hp, seeds, *a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
-        synthetic.install(mp.setattr, QUICK_TRAIN)
-        synthetic.for_processes(mp, QUICK_TRAIN)
+        synthetic.install(mp.setattr)
+        synthetic.for_processes(mp, synthetic.SYNTHETIC_TRAIN)
         with synthetic.light_compiles(mp):
             workdir = tmp_path_factory.mktemp("reproduce")
             with pytest.MonkeyPatch.context() as recording:  # this job only, not the tests' later runs

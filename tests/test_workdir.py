@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import synthetic
+from test_experiments import shrunk_args
 
 from experiments import evaluate, mlp, reproduce, vae
 from experiments import sweep as sweep_experiment
@@ -257,11 +258,18 @@ def test_stats_describe_has_no_spread_for_one_run_and_a_note_when_all_diverged()
     assert "±" in stats.describe(stats.summary([0.97, 0.98]))
 
 
+DIVERGE = "--config.learning_rate=1e30"  # every run's loss stops being finite in its first steps
+
+
+def diverging(name: str, workdir, *more: str) -> list[str]:
+    """Stage `name` as `test_experiments` shrinks it (the same programs: the learning rate is traced), every
+    run diverging."""
+    return [*shrunk_args(registry.stage(name), workdir), DIVERGE, *more]
+
+
 @pytest.mark.slow
 def test_l2_sweep_where_every_run_diverges_writes_metrics_and_reruns(tmp_path, synthetic_mnist):
-    args = ["--workdir", str(tmp_path / "w"), "--config", "configs/l2_sweep_quick.py", "--config.seeds=1",
-            "--config.epochs=1", "--config.model.hidden=[8]", "--config.sweep.l2=[0, 0.001]",
-            "--config.learning_rate=1e30"]
+    args = diverging("l2_sweep", tmp_path / "w")
     with pytest.warns(RuntimeWarning, match="diverged"):
         assert sweep_experiment.main(args) == 0
         assert sweep_experiment.main(args) == 0
@@ -273,13 +281,11 @@ def test_l2_sweep_where_every_run_diverges_writes_metrics_and_reruns(tmp_path, s
 def test_a_diverged_cnn_run_is_left_out_of_its_statistics(tmp_path, synthetic_mnist):
     from experiments import cnn
 
-    args = ["--workdir", str(tmp_path / "w"), "--config.seeds=1", "--config.epochs=1", "--config.model.filters=[2]",
-            "--config.model.pool=[True]", "--config.model.dense=0", "--config.learning_rate=1e30"]
     with pytest.warns(RuntimeWarning, match="diverged"):
-        assert cnn.main(args) == 0
+        assert cnn.main(diverging("cnn", tmp_path / "w")) == 0
     m = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert m["test_accuracy"]["n"] == 0 and m["test_accuracy"]["mean"] is None
-    assert m["diverged_seeds"] == [0] and not m["target"]["met"]
+    assert m["diverged_seeds"] == list(range(len(m["runs"]))) and not m["target"]["met"]
 
 
 # -- case 5: errors found after the expensive part ---------------------------------------------------
@@ -637,16 +643,11 @@ def test_a_commit_killed_at_any_rename_is_finished_by_the_next_process(tmp_path,
                                                                      ["lock", "workdir.json"])
 
 
-DIVERGING = {  # tiny configs whose every run diverges (learning rate 1e30), per experiment that summarizes runs
-    "denoise": ["--config.seeds=1", "--config.epochs=1", "--config.noise_levels=[0.3]", "--config.learning_rate=1e30",
-                "--config.model.hidden=[8]", "--config.model.latent=4"],
-    "noise_accuracy": ["--config.seeds=1", "--config.epochs=1", "--config.denoiser_epochs=0", "--config.noise_levels=[0.0, 0.5]",
-                       "--config.learning_rate=1e30", "--config.denoiser.learning_rate=1e30"],
-    "cnn_search": ["--config.seeds=2", "--config.epochs=1", "--config.filters_candidates=[2]",
-                   "--config.dense_candidates=[0]", "--config.dropout_rates=[0.5]", "--config.learning_rate=1e30"],
-    "vae": ["--config.seeds=1", "--config.epochs=1", "--config.iwae_images=10", "--config.iwae_k=2",
-            "--config.n_samples=100", "--config.map_epochs=0", "--config.classifier.epochs=1",
-            "--config", "configs/vae.py:quick", "--config.learning_rate=1e30"],
+DIVERGING = {  # what else diverges, per experiment that summarizes runs, and the summary it leaves empty
+    "denoise": ([], lambda m: m["per_level"]["test_psnr_denoised"].values()),
+    "noise_accuracy": (["--config.denoiser.learning_rate=1e30"], lambda m: m["test_accuracy"]["noisy"]["per_level"].values()),
+    "cnn_search": ([], lambda m: [c["val_accuracy"] for c in m["rounds"]["round1_filters"]["candidates"]]),
+    "vae": ([], lambda m: [m["test_neg_elbo"]]),
 }
 
 
@@ -655,16 +656,10 @@ DIVERGING = {  # tiny configs whose every run diverges (learning rate 1e30), per
 def test_an_experiment_where_every_run_diverges_finishes_with_empty_statistics(tmp_path, name, synthetic_mnist):
     import importlib
 
-    module = importlib.import_module(f"experiments.{name}")
-    assert module.main(["--workdir", str(tmp_path / "w"), *DIVERGING[name]]) == 0
+    more, summaries = DIVERGING[name]
+    assert importlib.import_module(registry.stage(name).entry).main(diverging(name, tmp_path / "w", *more)) == 0
     m = json.loads((tmp_path / "w" / "metrics.json").read_text())
-    summaries = {
-        "denoise": lambda: m["per_level"]["test_psnr_denoised"]["0.3"],
-        "noise_accuracy": lambda: m["test_accuracy"]["noisy"]["per_level"]["0.5"],
-        "cnn_search": lambda: m["rounds"]["round1_filters"]["candidates"][0]["val_accuracy"],
-        "vae": lambda: m["test_neg_elbo"],
-    }
-    assert summaries[name]()["n"] == 0
+    assert [s["n"] for s in summaries(m)] == [0] * len(list(summaries(m)))
 
 
 def test_evaluate_after_an_interrupted_run_uses_the_finished_run_and_says_so(tmp_path, capsys):
