@@ -17,7 +17,10 @@ from mnist_jax import rehearsal  # noqa: E402
 
 
 def save(fig, path: str | os.PathLike) -> None:
-    fig.tight_layout()
+    """The figure laid out tightly, then written (`write`). A rehearsal skips the layout: it draws
+    every text that the layout would draw when it writes the figure."""
+    if not rehearsal.active():
+        fig.tight_layout()
     write(fig, path)  # a long title line stays inside the image
 
 
