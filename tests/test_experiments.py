@@ -86,12 +86,23 @@ def shrink_overrides(e: registry.Experiment, job: bool = False) -> list[str]:
     values = {k: (get(config, k), v) for k, v in shrink.items() if not (job and k.endswith("epochs"))}
     out = [f"--config.{k}={v}" for k, (now, v) in values.items()
            if isinstance(now, (int, float)) and not isinstance(now, bool) and v < now]
-    cut = {k: list(get(config, k))[:n] for k, n in CANDIDATES.items() if not job and get(config, k) is not None}
-    return [*out, *(f"--config.{k}={v}" for k, v in cut.items() if len(v) < len(get(config, k)))]
+    lists = {} if job else {k: (list(get(config, k)), n) for k, n in CANDIDATES.items() if get(config, k) is not None}
+    return [*out, *(f"--config.{k}={now[:n]}" for k, (now, n) in lists.items() if n < len(now))]
 
 
 def shrunk_args(e: registry.Experiment, workdir) -> list[str]:
     return ["--workdir", str(workdir), "--config", config_arg(e), *shrink_overrides(e)]
+
+
+def shrink_stages(mp: pytest.MonkeyPatch, job: bool = False) -> None:
+    """Every stage a job runs at the quick profile (`reproduce.stage_args`, in this process and in the
+    stage processes it starts) shrunk by `shrink_overrides(stage, job)`."""
+    real = reproduce.stage_args
+
+    def stage_args(stage: registry.Experiment, profile: str, workdir) -> list[str]:
+        return [*real(stage, profile, workdir), *(shrink_overrides(stage, job) if profile == "quick" else [])]
+
+    mp.setattr(reproduce, "stage_args", stage_args)
 
 
 def check_outputs(e: registry.Experiment, workdir, config, grids: list[int], folder=None) -> None:
@@ -139,9 +150,7 @@ def test_experiment_runs_end_to_end_on_synthetic_data(e, synthetic_mnist, tmp_pa
 
 
 def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_path, monkeypatch):
-    real = reproduce.stage_args  # each stage shrunk as its own test above shrinks it: the same programs
-    monkeypatch.setattr(reproduce, "stage_args", lambda stage, profile, workdir: [
-        *real(stage, profile, workdir), *shrink_overrides(stage)])
+    shrink_stages(monkeypatch)  # each stage shrunk as its own test above shrinks it: the same programs
     stages = [s.name for s in registry.stages()][:2]
     assert reproduce.main(["--workdir", str(tmp_path), f"--config.only={','.join(stages)}"]) == 0
     report = (tmp_path / "REPORT.md").read_text()

@@ -42,33 +42,23 @@ def renderings(v) -> set[str]:
 RAN = {}  # experiment: (its config, the runs of every grid it trained), filled by `quick_job`
 
 
-def shrunk_stage_args(stage: registry.Experiment, profile: str, workdir) -> list[str]:
-    """A stage's command line at `profile`, its quick profile shrunk as `test_experiments` shrinks
-    it, epochs and candidates aside: the job compiles the programs that those tests compile (one of
-    them loads them from the persistent compilation cache), a stage still trains for several epochs,
-    so that it checkpoints more than once and resumes from an earlier epoch, and the search has its
-    profile's rounds."""
-    from test_experiments import shrink_overrides
-
-    extra = shrink_overrides(stage, job=True) if profile == "quick" else []
-    return [*REAL_STAGE_ARGS(stage, profile, workdir), *extra]
-
-
-REAL_STAGE_ARGS = reproduce.stage_args
-
-
 @pytest.fixture(scope="module", autouse=True)
 def shrunk_stages():
-    """Every job of this module runs its stages shrunk (`shrunk_stage_args`), in this process and in
-    the stage processes it starts, so that a rerun finds the stages the fixture made complete."""
+    """Every job of this module runs its stages as `test_experiments` shrinks them, epochs and candidates
+    aside (`shrink_stages(job=True)`): the job compiles the programs those tests compile (one of them
+    loads them from the persistent compilation cache), a stage still trains for several epochs, so that
+    it checkpoints more than once and resumes from an earlier epoch, and the search has its profile's
+    rounds. A rerun finds the stages the fixture made complete."""
+    from test_experiments import shrink_stages
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reproduce, "stage_args", shrunk_stage_args)
+        shrink_stages(mp, job=True)
         yield
 
 
 @pytest.fixture(scope="module")
 def quick_job(tmp_path_factory, shrunk_stages):
-    """The quick profile, every stage shrunk (`shrunk_stage_args`), on synthetic digits
+    """The quick profile, every stage shrunk (`shrunk_stages`), on synthetic digits
     (`tests/synthetic.py`) here and in the processes it starts, compiled with light optimization:
     these tests check the job's report, resume, reuse and processes, which MNIST's accuracy does not
     enter (each experiment's own integration test trains on the real MNIST). Each stage's config
