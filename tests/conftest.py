@@ -35,6 +35,8 @@ from mnist_jax.cli import REHEARSAL_ENV
 # without it: each end-to-end test would otherwise pay seconds for a rehearsal that the rehearsal
 # tests already make of every registered config.
 os.environ.setdefault(REHEARSAL_ENV, "0")
+# A light compile (fast and slow tests) takes XLA options that compile faster (`synthetic.light_xla_options`).
+synthetic.light_xla_options()
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ tests' synthetic digits: what is checked is that it runs and reports, not its sp
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import synthetic
 
-from benchmarks import cnn_speed, denoise_speed, sweep_speed, train_speed, vae_speed
+from benchmarks import cnn_speed, denoise_speed, startup, sweep_speed, train_speed, vae_speed
 
 
 @pytest.fixture
@@ -38,6 +40,13 @@ def test_the_vae_benchmark_runs(capsys, bench_data):
     assert vae_speed.main(["--impls", "fused", "--runs", "1", "--steps", "1", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "| fused | 1 |" in out and "s per run-epoch" in out
+
+
+def test_the_startup_benchmark_times_imports_in_new_processes(capsys, tmp_path):
+    startup.main(["--repeats", "1", "--modules", "json", "--json", str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    assert "| `import json` |" in out and "ml_dtypes" in out
+    assert json.loads((tmp_path / "s.json").read_text())["seconds"]["json"]["median"] > 0
 
 
 @pytest.mark.slow
