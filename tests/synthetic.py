@@ -92,10 +92,10 @@ def for_processes(mp, n_train: int = PROCESS_TRAIN) -> None:
     mp.setenv("PYTHONPATH", env["PYTHONPATH"])
 
 
-# XLA:CPU options of a light compile beyond `jax_disable_most_optimizations`: the loop emitters
-# instead of the fusion emitters compile a training program of the fast tier in about 0.4 of the time
-# (the VAE's: 25 s -> 10 s for its test, measured with JAX_LOG_COMPILES); at XLA's full optimization
-# they save no compile time and run some programs slower, so a full compile keeps XLA's defaults.
+# XLA:CPU options of a light compile beyond `jax_disable_most_optimizations`: without its fusion
+# emitters XLA compiles the fast tier's programs in a fraction of the time; at full optimization they
+# save nothing and run some programs slower, so a full compile keeps XLA's defaults (numbers:
+# docs/performance.md, "The suite at b449dbc").
 LIGHT_XLA_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
