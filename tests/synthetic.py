@@ -73,11 +73,16 @@ def install(setattr: Callable = setattr, n_train: int = SYNTHETIC_TRAIN) -> data
     return s
 
 
+def with_site(pythonpath: str) -> str:
+    """`pythonpath` with SITE first (once), so a process started with it runs `synthetic_site`."""
+    return os.pathsep.join([str(SITE), *(p for p in pythonpath.split(os.pathsep) if p and p != str(SITE))])
+
+
 def subprocess_env(env: dict[str, str] | None = None, n_train: int = SYNTHETIC_TRAIN) -> dict[str, str]:
     """`env` (default: this process's) for a process that trains on `noisy_splits(n_train)` too."""
     env = dict(os.environ if env is None else env)
     env[ENV] = f"synthetic:{n_train}"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = with_site(env.get("PYTHONPATH", ""))
     return env
 
 
@@ -129,7 +134,7 @@ def light_compiles(mp) -> Iterator[None]:
     programs that run on tiny data. A fixture that trains what a test later resumes or compares
     compiles the same way as the test."""
     mp.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-    mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(SITE), os.environ.get("PYTHONPATH", "")) if p))
+    mp.setenv("PYTHONPATH", with_site(os.environ.get("PYTHONPATH", "")))
     before = jax.config._read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     try:

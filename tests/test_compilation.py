@@ -161,16 +161,14 @@ def test_run_in_workdir_records_every_compilation_of_the_run(tmp_path):
     assert written["timing"]["compilation"]["programs"] == c["programs"]
 
 
-
 def test_a_light_compile_takes_the_light_xla_options_here_and_in_the_processes_it_starts():
     """The suite's light compiles (conftest) add synthetic.LIGHT_XLA_OPTIONS to each compilation's
     options, in this process and, through synthetic_site, in a process the test starts; a full
     compile keeps XLA's defaults."""
     import synthetic
-
-    show = "from jax._src import compiler; print(dict(compiler.get_compile_options(1, 1).env_option_overrides))"
     from jax._src import compiler
 
+    show = "from jax._src import compiler; print(dict(compiler.get_compile_options(1, 1).env_option_overrides))"
     assert dict(compiler.get_compile_options(1, 1).env_option_overrides) == synthetic.LIGHT_XLA_OPTIONS  # a fast test
     out = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True).stdout
     assert out.strip() == repr(synthetic.LIGHT_XLA_OPTIONS)
