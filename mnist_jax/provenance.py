@@ -187,6 +187,37 @@ def _installed_roots() -> tuple[str, ...]:
     return tuple(os.path.realpath(r) + os.sep for r in roots if r)
 
 
+@functools.cache
+def _outside_file(path: str, inside: tuple[str, ...]) -> str | None:
+    """The real path of a module's file when it is outside `inside` (this repository and installed
+    software), else None. Kept for the process: a module's file does not move while it runs."""
+    real = os.path.realpath(path)
+    return None if real.startswith(inside) else real
+
+
+_digests: dict[str, tuple[tuple[int, int, int], str]] = {}  # real path -> (its stat, its sha256)
+
+
+def _file_digest(real: str) -> str | None:
+    """sha256 of a file, read again whenever its size or times change (an edit between two runs
+    of one process); None when it is not a file."""
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    if not os.path.isfile(real):
+        return None
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    known = _digests.get(real)
+    if known is None or known[0] != stamp:
+        try:
+            digest = hashlib.sha256(pathlib.Path(real).read_bytes()).hexdigest()
+        except OSError:
+            digest = "unreadable"
+        _digests[real] = known = (stamp, digest)
+    return known[1]
+
+
 def outside_code(root: pathlib.Path = REPO_ROOT) -> dict[str, str]:
     """{file: sha256} of every imported module that is neither this repository's nor installed
     software: a researcher's own model file on PYTHONPATH. Config files are not code: config.json
@@ -197,13 +228,9 @@ def outside_code(root: pathlib.Path = REPO_ROOT) -> dict[str, str]:
         path = getattr(module, "__file__", None)
         if not path or name.startswith("_mnist_jax_config_") or not path.endswith(".py"):
             continue
-        real = os.path.realpath(path)
-        if real.startswith(inside) or not os.path.isfile(real):
-            continue
-        try:
-            out[real] = hashlib.sha256(pathlib.Path(real).read_bytes()).hexdigest()
-        except OSError:
-            out[real] = "unreadable"
+        real = _outside_file(path, inside)
+        if real is not None and (digest := _file_digest(real)) is not None:
+            out[real] = digest
     return dict(sorted(out.items()))
 
 
