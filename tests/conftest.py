@@ -8,7 +8,8 @@ The suite has two tiers:
 `python -m pytest` runs both. The slower tier holds two kinds of test:
 
 - `@pytest.mark.integration`: trains on or loads the real MNIST (the `mnist` fixture,
-  `load_splits`, an experiment on its default data), compiled with XLA's full optimization;
+  `load_splits`, an experiment on its default data), compiled with XLA's optimization, its
+  backend at level 1 (`synthetic.SUITE_XLA_FLAGS`);
 - `@pytest.mark.slow`: seconds of synthetic data each (processes, kills, fuzzing, bit-identity
   over several programs); it counts as `integration` for `-m`, and is treated as a fast test.
 
@@ -25,6 +26,7 @@ import os
 
 import pytest
 import synthetic
+from jax._src import xla_bridge
 from synthetic import SYNTHETIC_EVAL, SYNTHETIC_TRAIN, synthetic_splits  # noqa: F401 - tests import them from here
 
 from mnist_jax import data as data_lib
@@ -37,6 +39,10 @@ from mnist_jax.cli import REHEARSAL_ENV
 os.environ.setdefault(REHEARSAL_ENV, "0")
 # A light compile (fast and slow tests) takes XLA options that compile faster (`synthetic.light_xla_options`).
 synthetic.light_xla_options()
+# Every compile here and in the processes the tests start takes the suite's XLA flags (before JAX
+# starts its backend, which reads them).
+assert not xla_bridge.backends_are_initialized(), "a backend started before the suite's XLA flags were set"
+os.environ["XLA_FLAGS"] = synthetic.with_suite_xla_flags(os.environ.get("XLA_FLAGS", ""))
 
 
 @pytest.fixture

@@ -99,9 +99,25 @@ def for_processes(mp, n_train: int = PROCESS_TRAIN) -> None:
 
 # XLA:CPU options of a light compile beyond `jax_disable_most_optimizations`: without its fusion
 # emitters XLA compiles the fast tier's programs in a fraction of the time; at full optimization they
-# save nothing and run some programs slower, so a full compile keeps XLA's defaults (numbers:
+# save nothing and run some programs slower, so a full compile goes without them (numbers:
 # docs/performance.md, "The suite at b449dbc").
 LIGHT_XLA_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+# XLA flags of every compile in the suite and in the processes it starts (conftest puts them in
+# XLA_FLAGS, which a process inherits and JAX keys its persistent cache by): an integration test
+# compiles MNIST-sized programs with XLA:CPU's backend at optimization level 1, without LLVM's
+# expensive passes, in a fraction of the full compile time (docs/performance.md, "The suite at
+# 95f479c"); a light compile sets its own, lower level over them. The programs are the user's,
+# compiled by another code generator setting: what these tests check (accuracy bounds,
+# bit-identity between processes, resume) holds for both.
+SUITE_XLA_FLAGS = ("--xla_backend_optimization_level=1", "--xla_llvm_disable_expensive_passes=true")
+
+
+def with_suite_xla_flags(flags: str) -> str:
+    """`flags` (an XLA_FLAGS value) with SUITE_XLA_FLAGS after it, once; a flag `flags` sets itself
+    is kept."""
+    names = {f.split("=", 1)[0] for f in flags.split()}
+    return " ".join([*flags.split(), *(f for f in SUITE_XLA_FLAGS if f.split("=", 1)[0] not in names)])
 
 
 def light_xla_options() -> None:

@@ -224,17 +224,17 @@ def test_config_rules_reject_bad_cnn_fields():
 
 
 @pytest.mark.integration
-def test_two_real_epochs_pass_98(mnist):
-    """Two epochs of the study's CNN with Adam and a cosine decay on the real MNIST (one seed) land
-    at 98.5 +- 0.2 %: past 98 %, which the study's dense nets do not reach in two epochs."""
+def test_one_real_epoch_passes_97(mnist):
+    """One epoch of the study's CNN with Adam and a cosine decay on the real MNIST (one seed) passes
+    97 % on the test set and on the validation set."""
     model = models.CNN(**STUDY)
     task = tasks.classifier_task(model)
     hp, seeds = sweep.grid([0], learning_rate=[2e-3], dropout_rate=[0.25])
-    spec = TrainSpec(epochs=2, batch_size=128, optimizer="adam", schedule="cosine")
+    spec = TrainSpec(epochs=1, batch_size=128, optimizer="adam", schedule="cosine")
     result = sweep.train_grid(task, spec, hp, seeds, mnist)
     test_acc = result.history["test_accuracy"][:, -1]
-    assert np.all(test_acc >= 0.98), test_acc
-    assert np.all(result.history["train_accuracy"][:, 1] > result.history["train_accuracy"][:, 0])
+    assert np.all(test_acc >= 0.97), test_acc
+    assert np.all(result.history["val_accuracy"][:, -1] >= 0.97), result.history["val_accuracy"]
 
 
 @pytest.mark.slow

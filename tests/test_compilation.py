@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import pytest
+import synthetic
 
 from mnist_jax import cli, compilation
 from mnist_jax import workdir as workdir_lib
@@ -164,8 +165,7 @@ def test_run_in_workdir_records_every_compilation_of_the_run(tmp_path):
 def test_a_light_compile_takes_the_light_xla_options_here_and_in_the_processes_it_starts():
     """The suite's light compiles (conftest) add synthetic.LIGHT_XLA_OPTIONS to each compilation's
     options, in this process and, through synthetic_site, in a process the test starts; a full
-    compile keeps XLA's defaults."""
-    import synthetic
+    compile takes none of them."""
     from jax._src import compiler
 
     show = "from jax._src import compiler; print(dict(compiler.get_compile_options(1, 1).env_option_overrides))"
@@ -177,3 +177,28 @@ def test_a_light_compile_takes_the_light_xla_options_here_and_in_the_processes_i
         assert dict(compiler.get_compile_options(1, 1).env_option_overrides) == {}
     finally:
         jax.config.update("jax_disable_most_optimizations", True)
+
+
+def test_every_compile_takes_the_suites_xla_flags_here_and_in_the_processes_it_starts():
+    """The suite's XLA flags (conftest: synthetic.SUITE_XLA_FLAGS in XLA_FLAGS) reach XLA's options
+    in this process, whose backend started after conftest set them, and in a process it starts; a
+    light compile sets a lower level over them."""
+    from jax._src import compiler
+
+    def levels():
+        d = compiler.get_compile_options(1, 1).executable_build_options.debug_options
+        return d.xla_backend_optimization_level, d.xla_llvm_disable_expensive_passes
+
+    assert levels() == (0, True)  # a fast test: a light compile
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        assert levels() == (1, True)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
+    show = ("from jax._src import compiler; d = compiler.get_compile_options(1, 1).executable_build_options"
+            ".debug_options; print(d.xla_backend_optimization_level, d.xla_llvm_disable_expensive_passes)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_DISABLE_MOST_OPTIMIZATIONS"}  # a full compile
+    out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "True"]
+    assert synthetic.with_suite_xla_flags("--xla_backend_optimization_level=3 --a=1") == (
+        "--xla_backend_optimization_level=3 --a=1 --xla_llvm_disable_expensive_passes=true")

@@ -36,6 +36,7 @@ PART = {"variance_sources_cnn": ["--config.sources=('dropout', 'all')"]}
 # Lists of candidates cut to their first values (a program each): the search still trains a new
 # candidate after its first round (dense 16) and reuses the runs it has (dense 0, dropout 0.5).
 CANDIDATES = {"filters_candidates": 1, "dense_candidates": 2, "dropout_rates": 1}
+RESUMED_IN_JOB = "mlp"  # the stage test_reproduce resumes from its oldest checkpoint: it trains several epochs
 SEED_GRIDS = ("experiments.mlp", "experiments.cnn", "experiments.sweep")  # classifier grids with an ensemble of seeds
 TRAINED = [e for e in registry.experiments() if e.entry != "experiments.reproduce"]
 
@@ -81,13 +82,15 @@ def config_arg(e: registry.Experiment) -> str:
 
 def shrink_overrides(e: registry.Experiment, job: bool = False) -> list[str]:
     """The `--config.F=V` lines that shrink the experiment's quick profile by SHRINK (and its FLOOR)
-    and cut its CANDIDATES. For the `job` (test_reproduce), every count of epochs and every list of
-    candidates stays the profile's. Epochs do not enter a compiled program (it trains `chunk_epochs`
-    at a time), so both compile the same programs, as far as their candidates are the same, and one
-    loads them from the persistent compilation cache once the other has built them."""
+    and cut its CANDIDATES. For the `job` (test_reproduce), every list of candidates stays the
+    profile's, and so do the epochs of the stage it resumes from an earlier checkpoint
+    (RESUMED_IN_JOB). Epochs do not enter a compiled program (it trains `chunk_epochs` at a time),
+    so both compile the same programs, as far as their candidates are the same, and one loads them
+    from the persistent compilation cache once the other has built them."""
     config = load_config_file(config_arg(e))
     shrink = {**SHRINK, **FLOOR.get(e.name, {})}
-    values = {k: (get(config, k), v) for k, v in shrink.items() if not (job and k.endswith("epochs"))}
+    keep_epochs = job and e.name == RESUMED_IN_JOB
+    values = {k: (get(config, k), v) for k, v in shrink.items() if not (keep_epochs and k.endswith("epochs"))}
     out = [f"--config.{k}={v}" for k, (now, v) in values.items()
            if isinstance(now, (int, float)) and not isinstance(now, bool) and v < now]
     lists = {} if job else {k: (list(get(config, k)), n) for k, n in CANDIDATES.items() if get(config, k) is not None}

@@ -44,11 +44,11 @@ RAN = {}  # experiment: (its config, the runs of every grid it trained), filled 
 
 @pytest.fixture(scope="module", autouse=True)
 def shrunk_stages():
-    """Every job of this module runs its stages as `test_experiments` shrinks them, epochs and candidates
-    aside (`shrink_stages(job=True)`): the job compiles the programs those tests compile (one of them
-    loads them from the persistent compilation cache), a stage still trains for several epochs, so that
-    it checkpoints more than once and resumes from an earlier epoch, and the search has its profile's
-    rounds. A rerun finds the stages the fixture made complete."""
+    """Every job of this module runs its stages as `test_experiments` shrinks them, candidates aside
+    (`shrink_stages(job=True)`): the job compiles the programs those tests compile (one of them loads
+    them from the persistent compilation cache), the search has its profile's rounds, and the mlp
+    stage (`RESUMED_IN_JOB`) keeps its profile's epochs, so that it checkpoints more than once and
+    resumes from an earlier epoch. A rerun finds the stages the fixture made complete."""
     from test_experiments import shrink_stages
 
     with pytest.MonkeyPatch.context() as mp:
