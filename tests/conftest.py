@@ -37,8 +37,6 @@ from mnist_jax.cli import REHEARSAL_ENV
 # without it: each end-to-end test would otherwise pay seconds for a rehearsal that the rehearsal
 # tests already make of every registered config.
 os.environ.setdefault(REHEARSAL_ENV, "0")
-# A light compile (fast and slow tests) takes XLA options that compile faster (`synthetic.light_xla_options`).
-synthetic.light_xla_options()
 # Every compile here and in the processes the tests start takes the suite's XLA flags (before JAX
 # starts its backend, which reads them).
 assert not xla_bridge.backends_are_initialized(), "a backend started before the suite's XLA flags were set"

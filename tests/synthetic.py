@@ -9,7 +9,6 @@ so commands, launchers and the processes they start train on the same fake digit
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import pathlib
 import signal
@@ -97,12 +96,6 @@ def for_processes(mp, n_train: int = PROCESS_TRAIN) -> None:
     mp.setenv("PYTHONPATH", env["PYTHONPATH"])
 
 
-# XLA:CPU options of a light compile beyond `jax_disable_most_optimizations`: without its fusion
-# emitters XLA compiles the fast tier's programs in a fraction of the time; at full optimization they
-# save nothing and run some programs slower, so a full compile goes without them (numbers:
-# docs/performance.md, "The suite at b449dbc").
-LIGHT_XLA_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-
 # XLA flags of every compile in the suite and in the processes it starts (conftest puts them in
 # XLA_FLAGS, which a process inherits and JAX keys its persistent cache by): an integration test
 # compiles MNIST-sized programs with XLA:CPU's backend at optimization level 1, without LLVM's
@@ -120,37 +113,18 @@ def with_suite_xla_flags(flags: str) -> str:
     return " ".join([*flags.split(), *(f for f in SUITE_XLA_FLAGS if f.split("=", 1)[0] not in names)])
 
 
-def light_xla_options() -> None:
-    """Every program this process compiles while `jax_disable_most_optimizations` is on gets
-    LIGHT_XLA_OPTIONS too, as options of that compilation (so they enter its key in the persistent
-    compilation cache). The conftest calls it in the test process, `synthetic_site` in a process a
-    light-compiling test starts."""
-    from jax._src import compiler
-
-    real = compiler.get_compile_options
-    if getattr(real, "light_xla_options", False):
-        return
-
-    @functools.wraps(real)
-    def get_compile_options(*args, env_options_overrides=None, **kwargs):
-        if jax.config._read("jax_disable_most_optimizations"):
-            env_options_overrides = {**LIGHT_XLA_OPTIONS, **(env_options_overrides or {})}
-        return real(*args, env_options_overrides=env_options_overrides, **kwargs)
-
-    get_compile_options.light_xla_options = True
-    compiler.get_compile_options = get_compile_options
-
-
 @contextlib.contextmanager
 def light_compiles(mp) -> Iterator[None]:
-    """XLA compiles with little optimization (`jax_disable_most_optimizations`, and
-    LIGHT_XLA_OPTIONS where `light_xla_options` is installed) inside the block, here and in the
-    processes started from it (`mp`: a pytest MonkeyPatch, which restores the environment; such a
-    process runs `synthetic_site`, which installs the options): a fraction of the compile time, for
-    programs that run on tiny data. A fixture that trains what a test later resumes or compares
-    compiles the same way as the test."""
+    """XLA compiles with little optimization (`jax_disable_most_optimizations`) inside the block,
+    here and in the processes started from it (`mp`: a pytest MonkeyPatch, which restores the
+    environment; JAX reads JAX_DISABLE_MOST_OPTIMIZATIONS in a process it starts): a fraction of
+    the compile time, for programs that run on tiny data. A fixture that trains what a test later
+    resumes or compares compiles the same way as the test.
+
+    Nothing is added to JAX's own light options: XLA:CPU without its fusion emitters compiles these
+    programs faster, but at backend optimization level 0 it miscompiles the gradient of the study
+    CNN's fused first convolution (test_cnn's formulation test, compiled whole, finds it)."""
     mp.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-    mp.setenv("PYTHONPATH", with_site(os.environ.get("PYTHONPATH", "")))
     before = jax.config._read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     try:

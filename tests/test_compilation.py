@@ -162,23 +162,6 @@ def test_run_in_workdir_records_every_compilation_of_the_run(tmp_path):
     assert written["timing"]["compilation"]["programs"] == c["programs"]
 
 
-def test_a_light_compile_takes_the_light_xla_options_here_and_in_the_processes_it_starts():
-    """The suite's light compiles (conftest) add synthetic.LIGHT_XLA_OPTIONS to each compilation's
-    options, in this process and, through synthetic_site, in a process the test starts; a full
-    compile takes none of them."""
-    from jax._src import compiler
-
-    show = "from jax._src import compiler; print(dict(compiler.get_compile_options(1, 1).env_option_overrides))"
-    assert dict(compiler.get_compile_options(1, 1).env_option_overrides) == synthetic.LIGHT_XLA_OPTIONS  # a fast test
-    out = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == repr(synthetic.LIGHT_XLA_OPTIONS)
-    jax.config.update("jax_disable_most_optimizations", False)
-    try:
-        assert dict(compiler.get_compile_options(1, 1).env_option_overrides) == {}
-    finally:
-        jax.config.update("jax_disable_most_optimizations", True)
-
-
 def test_every_compile_takes_the_suites_xla_flags_here_and_in_the_processes_it_starts():
     """The suite's XLA flags (conftest: synthetic.SUITE_XLA_FLAGS in XLA_FLAGS) reach XLA's options
     in this process, whose backend started after conftest set them, and in a process it starts; a
@@ -190,6 +173,7 @@ def test_every_compile_takes_the_suites_xla_flags_here_and_in_the_processes_it_s
         return d.xla_backend_optimization_level, d.xla_llvm_disable_expensive_passes
 
     assert levels() == (0, True)  # a fast test: a light compile
+    assert dict(compiler.get_compile_options(1, 1).env_option_overrides) == {}  # JAX's light options, no more
     jax.config.update("jax_disable_most_optimizations", False)
     try:
         assert levels() == (1, True)
@@ -197,8 +181,9 @@ def test_every_compile_takes_the_suites_xla_flags_here_and_in_the_processes_it_s
         jax.config.update("jax_disable_most_optimizations", True)
     show = ("from jax._src import compiler; d = compiler.get_compile_options(1, 1).executable_build_options"
             ".debug_options; print(d.xla_backend_optimization_level, d.xla_llvm_disable_expensive_passes)")
-    env = {k: v for k, v in os.environ.items() if k != "JAX_DISABLE_MOST_OPTIMIZATIONS"}  # a full compile
-    out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["1", "True"]
+    for env, want in ((os.environ, ["0", "True"]),  # a process started by a light-compiling test
+                      ({k: v for k, v in os.environ.items() if k != "JAX_DISABLE_MOST_OPTIMIZATIONS"}, ["1", "True"])):
+        out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True).stdout
+        assert out.split() == want
     assert synthetic.with_suite_xla_flags("--xla_backend_optimization_level=3 --a=1") == (
         "--xla_backend_optimization_level=3 --a=1 --xla_llvm_disable_expensive_passes=true")
