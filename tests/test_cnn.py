@@ -27,12 +27,12 @@ def shapes(params) -> dict:
 
 def test_study_cnn_shapes_and_parameter_count():
     model = models.CNN(**STUDY)
-    params = model.init(jax.random.key(0), images(1))
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), images(1)))  # shapes only: nothing compiled
     # conv 3*3*1*32 + 32, conv 3*3*32*32 + 32, dense 11*11*32*32 + 32, dense 32*10 + 10 (Keras' summary)
     assert models.param_count(params) == 320 + 9248 + 123_936 + 330 == 133_834
     assert shapes(params)["Conv_1"]["kernel"] == (3, 3, 32, 32)
     assert shapes(params)["Dense_0"]["kernel"] == (11 * 11 * 32, 32)
-    assert model.apply(params, images(5)).shape == (5, 10)
+    assert jax.eval_shape(lambda p: model.apply(p, images(5)), params).shape == (5, 10)
 
 
 @pytest.mark.slow
@@ -43,11 +43,11 @@ def test_study_cnn_shapes_and_parameter_count():
 ])
 def test_search_and_best_shapes(fields, count, flat):
     model = models.CNN(**fields)
-    params = model.init(jax.random.key(0), images(1))
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), images(1)))  # shapes only: nothing compiled
     assert models.param_count(params) == count
     first_dense = shapes(params)["Dense_0"]["kernel"]
     assert first_dense[0] == flat
-    assert model.apply(params, images(3)).shape == (3, 10)
+    assert jax.eval_shape(lambda p: model.apply(p, images(3)), params).shape == (3, 10)
 
 
 def test_from_config_builds_the_cnn():
@@ -67,29 +67,30 @@ def test_mismatched_pool_is_an_error():
 def test_dropout_off_at_evaluation_and_on_in_training(fields):
     model = models.CNN(**fields)
     x = images(8)
-    params = model.init(jax.random.key(0), x)
-    a = model.apply(params, x, dropout_rate=0.5)
-    b = model.apply(params, x, dropout_rate=0.5)
+    params = jax.jit(model.init)(jax.random.key(0), x)
+    apply = jax.jit(model.apply, static_argnames="train")  # each mode one compiled program (the rate traced)
+    a = apply(params, x, dropout_rate=0.5)
+    b = apply(params, x, dropout_rate=0.5)
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, model.apply(params, x))  # the rate does nothing at evaluation
-    t1 = model.apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": jax.random.key(1)})
-    t2 = model.apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": jax.random.key(2)})
+    np.testing.assert_array_equal(a, apply(params, x))  # the rate does nothing at evaluation
+    t1 = apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": jax.random.key(1)})
+    t2 = apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": jax.random.key(2)})
     assert np.abs(np.asarray(t1) - np.asarray(a)).max() > 1e-3
     assert np.abs(np.asarray(t1) - np.asarray(t2)).max() > 1e-3
-    t0 = model.apply(params, x, train=True, dropout_rate=0.0, rngs={"dropout": jax.random.key(1)})
+    t0 = apply(params, x, train=True, dropout_rate=0.0, rngs={"dropout": jax.random.key(1)})
     np.testing.assert_allclose(t0, a, rtol=1e-5, atol=1e-6)  # rate 0 in training = evaluation
 
 
 def test_dropout_rate_is_traced_and_vmaps():
     model = models.CNN(**STUDY)
     x = images(4)
-    params = model.init(jax.random.key(0), x)
+    params = jax.jit(model.init)(jax.random.key(0), x)
     rates = jnp.array([0.0, 0.5, 0.8])
-    out = jax.jit(jax.vmap(lambda r: model.apply(params, x, train=True, dropout_rate=r,
-                                                 rngs={"dropout": jax.random.key(3)})))(rates)
+    out = np.asarray(jax.jit(jax.vmap(lambda r: model.apply(params, x, train=True, dropout_rate=r,
+                                                            rngs={"dropout": jax.random.key(3)})))(rates))
     assert out.shape == (3, 4, 10)
-    np.testing.assert_allclose(out[0], model.apply(params, x), rtol=1e-5, atol=1e-6)
-    assert np.abs(np.asarray(out[1]) - np.asarray(out[2])).max() > 1e-3
+    np.testing.assert_allclose(out[0], jax.jit(model.apply)(params, x), rtol=1e-5, atol=1e-6)
+    assert np.abs(out[1] - out[2]).max() > 1e-3
 
 
 @pytest.mark.slow
@@ -117,31 +118,38 @@ def test_every_convolution_formulation_agrees_with_lax(fields, impl):
 @pytest.mark.parametrize("channels", [1, 3, 8])
 def test_fused_conv_gradients_match_lax_for_input_and_kernel(channels):
     rng = np.random.default_rng(channels)
-    x = jnp.asarray(rng.normal(size=(3, 9, 8, channels)).astype(np.float32))
-    k = jnp.asarray(rng.normal(size=(3, 3, channels, 5)).astype(np.float32))
-    w = jnp.asarray(rng.normal(size=(3, 7, 6, 5)).astype(np.float32))
-    np.testing.assert_allclose(kernels.fused_conv(x, k), kernels.lax_conv(x, k), rtol=1e-4, atol=1e-4)
-    g = jax.grad(lambda x, k: jnp.sum(kernels.fused_conv(x, k) * w), argnums=(0, 1))(x, k)
-    g_ref = jax.grad(lambda x, k: jnp.sum(kernels.lax_conv(x, k) * w), argnums=(0, 1))(x, k)
+    x = rng.normal(size=(3, 9, 8, channels)).astype(np.float32)
+    k = rng.normal(size=(3, 3, channels, 5)).astype(np.float32)
+    w = rng.normal(size=(3, 7, 6, 5)).astype(np.float32)
+
+    # compiled whole (jax.jit), not as the single operations an eager call compiles
+    @jax.jit
+    def convolutions(x, k, w):
+        g = jax.grad(lambda x, k: jnp.sum(kernels.fused_conv(x, k) * w), argnums=(0, 1))(x, k)
+        g_ref = jax.grad(lambda x, k: jnp.sum(kernels.lax_conv(x, k) * w), argnums=(0, 1))(x, k)
+        # vmapped over runs (the sweep's case) it is still the same convolution
+        runs = jax.vmap(kernels.fused_conv, (None, 0))(x, jnp.stack([k, 2 * k]))
+        return kernels.fused_conv(x, k), kernels.lax_conv(x, k), g, g_ref, runs[1], 2 * kernels.lax_conv(x, k)
+
+    fused, lax, g, g_ref, second_run, twice = convolutions(x, k, w)
+    np.testing.assert_allclose(fused, lax, rtol=1e-4, atol=1e-4)
     for u, v in zip(g, g_ref, strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
-    # vmapped over runs (the sweep's case) it is still the same convolution
-    ks = jnp.stack([k, 2 * k])
-    np.testing.assert_allclose(jax.vmap(kernels.fused_conv, (None, 0))(x, ks)[1], 2 * kernels.lax_conv(x, k),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(second_run, twice, rtol=1e-4, atol=1e-4)
 
 
 def test_dropout_zeroes_the_rate_and_keeps_the_mean():
-    x = jnp.ones((200, 1000))
+    x = np.ones((200, 1000), np.float32)
+    dropout = jax.jit(kernels.dropout)  # one compiled program for every rate (traced)
     for rate in (0.0, 0.2, 0.5, 0.8):
-        y = np.asarray(kernels.dropout(x, rate, jax.random.key(7)))
+        y = np.asarray(dropout(x, rate, jax.random.key(7)))
         dropped = np.mean(y == 0)
         assert abs(dropped - rate) < 0.005, (rate, dropped)
         assert abs(y.mean() - 1.0) < 0.02
         np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-6)
-    a, b = kernels.dropout(x, 0.5, jax.random.key(1)), kernels.dropout(x, 0.5, jax.random.key(2))
+    a, b = dropout(x, 0.5, jax.random.key(1)), dropout(x, 0.5, jax.random.key(2))
     assert np.any(np.asarray(a) != np.asarray(b))
-    np.testing.assert_array_equal(a, kernels.dropout(x, 0.5, jax.random.key(1)))
+    np.testing.assert_array_equal(a, dropout(x, 0.5, jax.random.key(1)))
 
 
 def test_im2col_conv_matches_a_direct_sum():
@@ -152,17 +160,22 @@ def test_im2col_conv_matches_a_direct_sum():
     for i in range(4):
         for j in range(5):
             direct[:, i, j] = np.einsum("bhwc,hwcf->bf", x[:, i:i + 3, j:j + 3], k)
-    np.testing.assert_allclose(kernels.im2col_conv(jnp.asarray(x), jnp.asarray(k)), direct, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(kernels.im2col_conv)(x, k), direct, rtol=1e-4, atol=1e-4)
 
 
 def test_max_pool_values_and_gradient():
-    x = jnp.arange(2 * 5 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 5, 3) % 7.3
-    ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    np.testing.assert_array_equal(kernels.max_pool_2x2(x), ref)
-    w = jax.random.normal(jax.random.key(0), ref.shape)
-    g = jax.grad(lambda x: jnp.sum(kernels.max_pool_2x2(x) * w))(x)
-    g_ref = jax.grad(lambda x: jnp.sum(jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
-                                                               (1, 2, 2, 1), "VALID") * w))(x)
+    @jax.jit  # one compiled program, not one per operation
+    def pools():
+        x = jnp.arange(2 * 5 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 5, 3) % 7.3
+        ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        w = jax.random.normal(jax.random.key(0), ref.shape)
+        g = jax.grad(lambda x: jnp.sum(kernels.max_pool_2x2(x) * w))(x)
+        g_ref = jax.grad(lambda x: jnp.sum(jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
+                                                                   (1, 2, 2, 1), "VALID") * w))(x)
+        return kernels.max_pool_2x2(x), ref, g, g_ref
+
+    pooled, ref, g, g_ref = pools()
+    np.testing.assert_array_equal(pooled, ref)
     np.testing.assert_allclose(g, g_ref)
 
 
@@ -174,23 +187,29 @@ def test_default_conv_impl_per_backend():
 
 
 def test_random_shift_keeps_labels_shapes_and_pixels():
-    x = images(16, seed=5)
-    x = x * (jnp.arange(28)[None, :, None, None] >= 3) * (jnp.arange(28)[None, :, None, None] < 25)  # empty 3-px border
-    x = x * (jnp.arange(28)[None, None, :, None] >= 3) * (jnp.arange(28)[None, None, :, None] < 25)
     aug = augment.random_shift(2)
-    y = aug(jax.random.key(0), x, {})
+
+    @jax.jit  # one compiled program, not one per operation
+    def bordered_and_shifted(key):
+        x = images(16, seed=5)
+        x = x * (jnp.arange(28)[None, :, None, None] >= 3) * (jnp.arange(28)[None, :, None, None] < 25)  # empty 3-px border
+        x = x * (jnp.arange(28)[None, None, :, None] >= 3) * (jnp.arange(28)[None, None, :, None] < 25)
+        return x, aug(key, x, {})
+
+    x, y = (np.asarray(a) for a in bordered_and_shifted(jax.random.key(0)))
     assert y.shape == x.shape and y.dtype == x.dtype
     # a shift inside the empty border only moves pixels: the ink of each image is preserved
     np.testing.assert_allclose(y.sum(axis=(1, 2, 3)), x.sum(axis=(1, 2, 3)), rtol=1e-5)
     assert not np.allclose(y, x)  # some images moved
-    again = aug(jax.random.key(0), x, {})
+    again = bordered_and_shifted(jax.random.key(0))[1]
     np.testing.assert_array_equal(y, again)  # a function of its key
 
 
 def test_shift_images_moves_by_the_offset():
-    x = jnp.zeros((3, 6, 6, 1)).at[:, 2, 3, 0].set(1.0)
-    y = augment.shift_images(x, jnp.array([1, -2, 0]), jnp.array([0, 1, -2]), 2)
-    assert [tuple(np.argwhere(np.asarray(y[b, ..., 0]))[0]) for b in range(3)] == [(3, 3), (0, 4), (2, 1)]
+    x = np.zeros((3, 6, 6, 1), np.float32)
+    x[:, 2, 3, 0] = 1.0
+    y = np.asarray(jax.jit(augment.shift_images, static_argnums=3)(x, np.array([1, -2, 0]), np.array([0, 1, -2]), 2))
+    assert [tuple(np.argwhere(y[b, ..., 0])[0]) for b in range(3)] == [(3, 3), (0, 4), (2, 1)]
 
 
 @pytest.mark.slow
@@ -249,7 +268,8 @@ def test_evaluate_applies_a_cnn_workdir(tmp_path):
     config.model.filters = (4, 4)
     config.model.dense = 8
     model = models.from_config(config.model)
-    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 2))
+    init_runs = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))
+    params = jax.jit(lambda key: init_runs(jax.random.split(key, 2)))(jax.random.key(0))  # one program
     trained.write_json(tmp_path / "config.json", config.to_dict())
     trained.write_json(tmp_path / "metrics.json", {"seeds": [0, 1]})
     trained.save_params(tmp_path, params)
@@ -257,7 +277,8 @@ def test_evaluate_applies_a_cnn_workdir(tmp_path):
     np.save(tmp_path / "x.npy", x)
     assert evaluate.main(["--workdir", str(tmp_path), "--images", str(tmp_path / "x.npy"),
                           "--out", str(tmp_path / "y.npy"), "--seed", "1"]) == 0
-    expected = np.argmax(model.apply(jax.tree_util.tree_map(lambda a: a[1], params), x[..., None] / 255.0), -1)
+    apply_run_1 = jax.jit(lambda params, x: model.apply(jax.tree_util.tree_map(lambda a: a[1], params), x))
+    expected = np.argmax(apply_run_1(params, x[..., None] / 255.0), -1)
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
 
 

@@ -97,11 +97,14 @@ def test_evaluate_batches_large_inputs_to_the_same_result(tmp_path):
     assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
 
 
+preprocess_compiled = jax.jit(preprocess_images)  # one program per shape of x, not one per operation
+
+
 @pytest.mark.slow
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=4, min_side=1, max_side=6)))
 def test_preprocessing_fuzz_maps_any_uint8_into_unit_interval(x):
-    out = np.asarray(preprocess_images(jnp.asarray(x)))
+    out = np.asarray(preprocess_compiled(x))
     assert out.dtype == np.float32 and out.ndim == 4
     assert out.min() >= 0.0 and out.max() <= 1.0
     np.testing.assert_allclose(out.reshape(x.shape), x.astype(np.float32) / 255.0, rtol=1e-6)
@@ -127,21 +130,27 @@ def test_config_parser_fuzz_gives_a_valid_config_or_one_config_error(field, text
     assert set(config.keys()) == set(default.keys())
 
 
+@jax.jit
+def salt_and_pepper_traced(seed, x, level):
+    """`salt_and_pepper` of x with `key(seed)` at a traced level: one compiled program per shape of x."""
+    from mnist_jax.noise import salt_and_pepper
+
+    return salt_and_pepper(jax.random.key(seed), x, level)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=8),
                   elements=st.floats(0, 1, width=32)),
        st.floats(0, 1), st.integers(0, 2**31 - 1))
 @pytest.mark.slow
 def test_salt_and_pepper_fuzz_keeps_or_saturates_every_pixel(x, level, seed):
-    from mnist_jax.noise import salt_and_pepper
-
-    out = np.asarray(salt_and_pepper(jax.random.key(seed), jnp.asarray(x), level))
+    out = np.asarray(salt_and_pepper_traced(seed, x, level))
     assert out.shape == x.shape and out.dtype == x.dtype
     changed = out != x
     assert np.all(np.isin(out[changed], [0.0, 1.0]))  # a changed pixel is salt or pepper
     if level == 0:
         assert not changed.any()
-    again = np.asarray(salt_and_pepper(jax.random.key(seed), jnp.asarray(x), level))
+    again = np.asarray(salt_and_pepper_traced(seed, x, level))
     assert np.array_equal(out, again)  # pure: same key, same corruption
 
 

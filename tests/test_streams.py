@@ -2,6 +2,8 @@
 on tiny synthetic data: the default reproduces the single-seed numbers bit for bit, and each
 stream moves only its own draws."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,27 +48,36 @@ def test_epoch_keys_are_the_single_seed_chain():
 @pytest.mark.slow
 def test_tasks_take_the_same_pieces_of_a_key_as_before():
     # a plain key stands for every stream, so a dict of equal keys gives the same loss
-    batch = train.Batch(jnp.asarray(np.random.default_rng(0).integers(0, 255, (8, 28, 28, 1)), jnp.uint8),
-                        jnp.arange(8) % 10, jnp.ones(8))
+    rng = np.random.default_rng(0)
+    batch = train.Batch(rng.integers(0, 255, (8, 28, 28, 1)).astype(np.uint8), np.arange(8, dtype=np.int32) % 10,
+                        np.ones(8, np.float32))
     key = jax.random.key(5)
     same = {s: key for s in train.STEP_STREAMS}
     shift = augment.random_shift(2)
+
+    def plain_and_dict(task, params, batch, key, same, hp):
+        return task.loss(params, batch, key, hp)[0], task.loss(params, batch, same, hp)[0]
+
     for task, hp in [(tasks.classifier_task(models.MLP((16,), dropout=True), augment=shift), HP_DROP),
                      (tasks.denoise_task(models.DenoisingAutoencoder()), {"noise_level": jnp.float32(0.3)}),
                      (tasks.vae_task(models.VAE(hidden=(16,), latent=2)), {})]:
-        params = task.init(jax.random.key(0), hp)
-        a, _ = task.loss(params, batch, key, hp)
-        b, _ = task.loss(params, batch, same, hp)
+        # each task's init and its two losses compiled whole (jax.jit), not as single operations
+        params = jax.jit(task.init)(jax.random.key(0), hp)
+        a, b = jax.jit(functools.partial(plain_and_dict, task))(params, batch, key, same, hp)
         assert np.array_equal(a, b)
     # the classifier: augmentation from split(key)[0], dropout from split(key)[1], as before streams
     model = models.MLP((16,), dropout=True)
     task = tasks.classifier_task(model, augment=shift)
-    params = task.init(jax.random.key(0), HP_DROP)
-    aug_key, drop_key = jax.random.split(key)
-    x = shift(aug_key, batch.x.astype(jnp.float32) / 255.0, HP_DROP)
-    logits = model.apply(params, x, train=True, rngs={"dropout": drop_key}, dropout_rate=HP_DROP["dropout_rate"],
-                         input_dropout_rate=HP_DROP["input_dropout_rate"])
-    np.testing.assert_array_equal(task.loss(params, batch, same, HP_DROP)[0], losses.cross_entropy(logits, batch.y))
+    params = jax.jit(task.init)(jax.random.key(0), HP_DROP)
+
+    def both(params, batch, key, same, hp):
+        aug_key, drop_key = jax.random.split(key)
+        x = shift(aug_key, batch.x.astype(jnp.float32) / 255.0, hp)
+        logits = model.apply(params, x, train=True, rngs={"dropout": drop_key}, dropout_rate=hp["dropout_rate"],
+                             input_dropout_rate=hp["input_dropout_rate"])
+        return task.loss(params, batch, same, hp)[0], losses.cross_entropy(logits, batch.y)
+
+    np.testing.assert_array_equal(*jax.jit(both)(params, batch, key, same, HP_DROP))  # both sides compiled alike
 
 
 @pytest.mark.slow
@@ -97,21 +108,26 @@ def test_train_grid_with_stream_seeds_equals_run_seeds(tiny):
     assert all(np.array_equal(a.history[k], b.history[k]) for k in a.history)
 
 
+@jax.jit
+def classifier_draws(seed):
+    """An MLP classifier run's initial params and, for epochs 0 and 1, its batch order and step
+    keys (their bits): one compiled program for every run, not one per operation."""
+    task = tasks.classifier_task(models.MLP((16,)))
+    epochs = [train.epoch_keys(seed, epoch) for epoch in (0, 1)]
+    return (train.init_state(task, SPEC, HP, seed, 256).params,
+            [(train.epoch_batches(perm, 256, 48)[0], jax.tree_util.tree_map(jax.random.key_data, steps))
+             for perm, steps in epochs])
+
+
 @pytest.mark.parametrize("stream", train.STREAMS)
 def test_changing_one_stream_moves_only_its_draws(stream):
     base, other = seeds(0), seeds(0, **{stream: 7})
-    task = tasks.classifier_task(models.MLP((16,)))
-    init_a = train.init_state(task, SPEC, HP, base, 256).params
-    init_b = train.init_state(task, SPEC, HP, other, 256).params
+    (init_a, epochs_a), (init_b, epochs_b) = classifier_draws(base), classifier_draws(other)
     assert same_tree(init_a, init_b) == (stream != "init")
-    for epoch in (0, 1):
-        perm_a, steps_a = train.epoch_keys(base, epoch)
-        perm_b, steps_b = train.epoch_keys(other, epoch)
-        order_a = np.asarray(train.epoch_batches(perm_a, 256, 48)[0])
-        order_b = np.asarray(train.epoch_batches(perm_b, 256, 48)[0])
+    for (order_a, steps_a), (order_b, steps_b) in zip(epochs_a, epochs_b, strict=True):
         assert np.array_equal(order_a, order_b) == (stream != "order")
         for s in train.STEP_STREAMS:
-            assert np.array_equal(key_bits(steps_a[s]), key_bits(steps_b[s])) == (s != stream)
+            assert np.array_equal(steps_a[s], steps_b[s]) == (s != stream)
 
 
 @pytest.mark.slow
