@@ -42,8 +42,9 @@ def test_bfloat16_compute_reaches_every_builtin_model_and_keeps_float32_params_a
     plain = models.from_config(BLOCKS[kind])
     low = models.from_config(BLOCKS[kind], "bfloat16")
     assert plain.dtype is None and low.dtype == jnp.bfloat16
-    params = plain.init(jax.random.key(0), *models.init_inputs(plain, x))
-    assert all(a.dtype == np.float32 for a in _leaves(low.init(jax.random.key(0), *models.init_inputs(low, x))))
+    params = jax.jit(plain.init)(jax.random.key(0), *models.init_inputs(plain, x))  # one program, not one per operation
+    low_shapes = jax.eval_shape(low.init, jax.random.key(0), *models.init_inputs(low, x))  # the dtypes, nothing compiled
+    assert all(a.dtype == np.float32 for a in jax.tree_util.tree_leaves(low_shapes))
 
     def loss(model, p):
         return sum(jnp.sum(jnp.square(o)) for o in jax.tree_util.tree_leaves(_apply(model, p, x)))
@@ -73,14 +74,15 @@ def test_float32_compute_is_the_plain_float32_program_bit_for_bit():
     x = jnp.asarray(synthetic_splits(16, 8).train_x[:8], jnp.float32) / 255
     model = models.from_config({"kind": "mlp", "hidden": (32, 16)}, "float32")
     assert model == models.from_config({"kind": "mlp", "hidden": (32, 16)}) and model.dtype is None
-    params = model.init(jax.random.key(0), x)
-    assert np.array_equal(model.apply(params, x), jax.jit(_mlp_forward)(params, x))
+    params = jax.jit(model.init)(jax.random.key(0), x)
+    # both sides compiled alike, whole: one program each, not one per operation
+    assert np.array_equal(jax.jit(model.apply)(params, x), jax.jit(_mlp_forward)(params, x))
     # the same jaxpr as a module built without a dtype, for every built-in model
     for block in BLOCKS.values():
         cls = models.model_class(block["kind"])
         fields = {k: v for k, v in block.items() if k != "kind"}
         a, b = models.from_config(block, "float32"), cls(**fields)
-        p = jax.jit(a.init)(jax.random.key(0), *models.init_inputs(a, x))  # one program, not one per operation
+        p = jax.eval_shape(a.init, jax.random.key(0), *models.init_inputs(a, x))  # a jaxpr needs the shapes alone
         assert str(jax.make_jaxpr(lambda p, m=a: _apply(m, p, x))(p)) == str(jax.make_jaxpr(lambda p, m=b: _apply(m, p, x))(p))
 
 
@@ -121,9 +123,9 @@ def test_one_bit_changes_exactly_one_float32_weight_by_one_ulp_under_bfloat16_co
     assert jnp.dtype(tasks.classifier_from_config(
         load_config_file("configs/mlp.py:quick"), compute_dtype="bfloat16")[0].dtype) == jnp.bfloat16
     hp0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}
-    plain = train.init_state(task, spec, hp0, {s: jnp.int32(0) for s in train.STREAMS}, 256).params
-    flipped = train.init_state(task, spec, hp0, {**{s: jnp.int32(0) for s in train.STREAMS}, "one_bit": jnp.int32(77)},
-                               256).params
+    init_params = jax.jit(lambda hp, seeds: train.init_state(task, spec, hp, seeds, 256).params)  # both compiled alike
+    plain = init_params(hp0, {s: np.int32(0) for s in train.STREAMS})
+    flipped = init_params(hp0, {**{s: np.int32(0) for s in train.STREAMS}, "one_bit": np.int32(77)})
     a, b = jax.tree_util.tree_leaves_with_path(plain), _leaves(flipped)
     differ = [i for i, ((_, x), y) in enumerate(zip(a, b, strict=True)) if not np.array_equal(x, y)]
     assert len(differ) == 1 and a[differ[0]][0][-1].key == "kernel"  # one leaf: the first kernel

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import types
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +40,17 @@ def numpy_sigmoid_bce(logits: np.ndarray, x: np.ndarray) -> np.ndarray:
 def test_conv_vae_elbo_terms_equal_a_numpy_hand_computation():
     model = models.from_config(TINY_CONV)
     params, batch, loss, parts, bin_key, z_key = loss_on_four_images(model, 5)
-    x = np.asarray(generative.binarize(bin_key, batch.x), np.float64).reshape(4, -1)
-    mean, logvar = (np.asarray(a, np.float64) for a in model.apply(params, generative.binarize(bin_key, batch.x),
-                                                                      method=model.encode))
-    eps = np.asarray(jax.random.normal(z_key, mean.shape), np.float64)
+
+    @jax.jit  # the model's parts of the hand computation as one program each, not one per operation
+    def encode(params, images, bin_key, z_key):
+        x = generative.binarize(bin_key, images)
+        mean, logvar = model.apply(params, x, method=model.encode)
+        return x, mean, logvar, jax.random.normal(z_key, mean.shape)
+
+    x, mean, logvar, eps = (np.asarray(a, np.float64) for a in encode(params, batch.x, bin_key, z_key))
+    x = x.reshape(4, -1)
     z = mean + np.exp(0.5 * logvar) * eps
-    logits = np.asarray(model.apply(params, jnp.asarray(z, jnp.float32), method=model.decode)).reshape(4, -1)
+    logits = np.asarray(jax.jit(partial(model.apply, method=model.decode))(params, np.asarray(z, np.float32))).reshape(4, -1)
     rec = numpy_sigmoid_bce(logits, x)
     kl = 0.5 * np.sum(np.exp(logvar) + mean**2 - 1.0 - logvar, axis=1)
     assert np.all(kl > 0) and np.all(rec > 0)
@@ -54,9 +60,10 @@ def test_conv_vae_elbo_terms_equal_a_numpy_hand_computation():
 
 
 def test_kl_weight_rises_linearly_and_is_one_without_warm_up():
-    w = tasks.kl_weight(jnp.array([0.0, 0.5, 1.0, 2.0, 3.0, 50.0]), 2.0)
+    kl_weight = jax.jit(tasks.kl_weight)
+    w = kl_weight(np.array([0.0, 0.5, 1.0, 2.0, 3.0, 50.0], np.float32), 2.0)
     np.testing.assert_allclose(w, [0.0, 0.25, 0.5, 1.0, 1.0, 1.0])
-    assert float(tasks.kl_weight(0.0, 0.0)) == 1.0 and float(tasks.kl_weight(7.3, 0.0)) == 1.0
+    assert float(kl_weight(0.0, 0.0)) == 1.0 and float(kl_weight(7.3, 0.0)) == 1.0
 
 
 def train_tiny(task, **hp):
@@ -116,15 +123,20 @@ def test_iwae_objective_with_one_sample_equals_the_elbo_training_and_more_sample
 def test_iwae_training_loss_by_hand():
     """k = 1: rec + log q(z) - log p(z) of the one draw; k > 1: -log mean exp(log w_i) of the k draws."""
     model = models.from_config(TINY_CONV)
-    params = tasks.vae_task(model).init(jax.random.key(0), {})
-    x = generative.binarize(jax.random.key(1), jnp.asarray(synthetic_splits(n_train=3).train_x))
-    labels = jnp.zeros(3, jnp.int32)
+    params = jax.jit(tasks.vae_task(model).init)(jax.random.key(0), {})
+    x = jax.jit(generative.binarize)(jax.random.key(1), synthetic_splits(n_train=3).train_x)
+    labels = np.zeros(3, np.int32)
     key = jax.random.key(2)
+    # each a compiled program, not one per operation
+    training_loss = jax.jit(partial(tasks.iwae_training_loss, model), static_argnums=4)
+    encode = jax.jit(partial(model.apply, method=model.encode))
+    normal = jax.jit(jax.random.normal, static_argnums=1)
+    decode = jax.jit(partial(model.apply, method=model.decode))
     for k in (1, 5):
-        loss, rec, kl = tasks.iwae_training_loss(model, params, x, labels, key, k)
-        mean, logvar = (np.asarray(a, np.float64) for a in model.apply(params, x, method=model.encode))
-        z = mean + np.exp(0.5 * logvar) * np.asarray(jax.random.normal(key, (k, *mean.shape)), np.float64)
-        logits = np.asarray(model.apply(params, jnp.asarray(z.reshape(k * 3, -1), jnp.float32), method=model.decode))
+        loss, rec, kl = training_loss(params, x, labels, key, k)
+        mean, logvar = (np.asarray(a, np.float64) for a in encode(params, x))
+        z = mean + np.exp(0.5 * logvar) * np.asarray(normal(key, (k, *mean.shape)), np.float64)
+        logits = np.asarray(decode(params, np.asarray(z.reshape(k * 3, -1), np.float32)))
         xr = np.tile(np.asarray(x, np.float64).reshape(3, -1), (k, 1))
         bce = numpy_sigmoid_bce(logits.reshape(k * 3, -1), xr).reshape(k, 3)
         log_q = -0.5 * np.sum(np.log(2 * np.pi) + logvar + (z - mean) ** 2 / np.exp(logvar), axis=-1)
@@ -138,15 +150,18 @@ def test_iwae_training_loss_by_hand():
 
 def test_sampling_temperature_scales_the_prior_draws():
     model = models.from_config(TINY_DENSE)
-    params = tasks.vae_task(model).init(jax.random.key(0), {})
+    params = jax.jit(tasks.vae_task(model).init)(jax.random.key(0), {})
     labels = np.zeros(10, np.int32)
 
     def decode(z, labels):  # the latent itself as the first logits of the image
         return jnp.pad(z, ((0, 0), (0, 28 * 28 - z.shape[1]))).reshape(-1, 28, 28, 1)
 
-    z = {t: jax.scipy.special.logit(generative.sample_prior(decode, jax.random.key(3), jnp.asarray(labels), 3,
-                                                            temperature=t).reshape(10, -1)[:, :3]) for t in (1.0, 0.5)}
-    assert float(jnp.std(z[1.0])) > 0.3
+    @partial(jax.jit, static_argnums=2)  # one program per temperature, not one per operation
+    def latents(key, labels, t):
+        return jax.scipy.special.logit(generative.sample_prior(decode, key, labels, 3, temperature=t).reshape(10, -1)[:, :3])
+
+    z = {t: np.asarray(latents(jax.random.key(3), labels, t)) for t in (1.0, 0.5)}
+    assert float(np.std(z[1.0])) > 0.3
     np.testing.assert_allclose(z[0.5], 0.5 * z[1.0], rtol=1e-3, atol=1e-4)
     hot = vae_experiment.draw(model, params, jax.random.key(3), labels)
     np.testing.assert_array_equal(hot, vae_experiment.draw(model, params, jax.random.key(3), labels, 1.0))
@@ -183,10 +198,11 @@ def test_conditional_share_is_one_for_a_judge_that_always_agrees(monkeypatch, tm
     monkeypatch.setattr(vae_experiment, "draw", fake_draw)
     monkeypatch.setattr(vae_experiment, "get_classifier", lambda *a: (None, None, {"kind": "stub"}))
     monkeypatch.setattr(generative, "classify", judge)
+    # two runs' params of the model's shapes (their values go unread: nothing is compiled for them)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), *models.init_inputs(model, np.zeros((1, 28, 28, 1), np.float32)))
     result = types.SimpleNamespace(history={"diverged": np.zeros((2, 1), bool)},
                                    state=types.SimpleNamespace(params=jax.tree_util.tree_map(
-                                       lambda a: np.stack([a, a]), model.init(jax.random.key(0), *models.init_inputs(
-                                           model, jnp.zeros((1, 28, 28, 1)))))))
+                                       lambda a: np.zeros((2, *a.shape), a.dtype), shapes)))
     _, quality, _ = vae_experiment.judge_samples(config, tmp_path, data, model, result, jax.random.key(0))
     shares = quality["per_digit"]
     assert [d["digit"] for d in shares] == list(range(10))
