@@ -70,6 +70,17 @@ def synthetic_processes(monkeypatch) -> None:
     synthetic.for_processes(monkeypatch)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """`-n auto` starts one pytest-xdist worker per core and one more: a worker often waits
+    without using its core (on a process it started, a file, a lock, a timeout it tests), and
+    the extra worker uses that core meanwhile (docs/performance.md, "The suite's workers").
+    PYTEST_XDIST_AUTO_NUM_WORKERS, where set, is xdist's own choice and is kept."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return len(os.sched_getaffinity(0)) + 1
+
+
 def on_synthetic_data(node) -> bool:
     """Whether a test is a fast or `slow` one: no real MNIST, light compiles."""
     return node.get_closest_marker("slow") is not None or node.get_closest_marker("integration") is None
