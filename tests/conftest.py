@@ -86,9 +86,19 @@ def on_synthetic_data(node) -> bool:
     return node.get_closest_marker("slow") is not None or node.get_closest_marker("integration") is None
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
+# The job's test that trains every stage and checks each as test_experiments checks one config
+# (tests/test_reproduce.py); a test marked `in_the_job` checks one stage that way on its own.
+JOB_CHECKS_EVERY_STAGE = "test_reproduce.py::test_every_stage_writes_what_its_experiment_promises"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
     """A `slow` test is in the slower tier: `-m integration` selects it, `-m "not integration"` does not.
+
+    Once `-m` and `-k` have chosen: a session that runs the job's check of every stage
+    (JOB_CHECKS_EVERY_STAGE) deselects the tests marked `in_the_job`, since the job trains each of
+    those stages and checks it the same way (the whole suite trains it once; the fast tier, which
+    does not run the job, still runs them).
 
     The tests of a module that shares a module fixture run on one pytest-xdist worker (its
     `xdist_group`), one unit of work that takes minutes in the slower tier: those units go first,
@@ -96,6 +106,12 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.integration)
+    yield
+    if any(item.nodeid.endswith(JOB_CHECKS_EVERY_STAGE) for item in items):
+        covered = [item for item in items if item.get_closest_marker("in_the_job")]
+        if covered:
+            config.hook.pytest_deselected(items=covered)
+            items[:] = [item for item in items if not item.get_closest_marker("in_the_job")]
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable: each part keeps its order
 
 

@@ -93,9 +93,9 @@ def researchers_run(config: ml_collections.ConfigDict, run_dir: pathlib.Path) ->
     x = jnp.zeros((1, 28, 28, 1))
     history = {"diverged": np.zeros((2, 1), bool)}
     seeds = np.array([0, 1])
-    trained.save_params(run_dir, jax.vmap(lambda k: teacher.init(k, x))(keys), "teacher",
+    trained.save_params(run_dir, jax.jit(jax.vmap(lambda k: teacher.init(k, x)))(keys), "teacher",
                         trained.grid_declaration(teacher, {}, seeds, history, "my denoisers"))
-    trained.save_params(run_dir, jax.vmap(lambda k: student.init(k, x))(keys), "student",
+    trained.save_params(run_dir, jax.jit(jax.vmap(lambda k: student.init(k, x)))(keys), "student",
                         trained.grid_declaration(student, {}, seeds, history, "my classifiers of denoised digits",
                                                  input="teacher", primary=True))
     return {"experiment": "mine", "runs": results.runs_table({}, seeds, history)}
@@ -123,8 +123,8 @@ def test_a_researchers_models_are_evaluated_with_no_edit_of_evaluate(researchers
     teacher, tp = trained.restore_declared(w, "teacher", trained.declarations(w)["teacher"], 1)
     student, sp = trained.restore_declared(w, "student", trained.declarations(w)["student"], 1)
     xf = np.load(x)[..., None].astype(np.float32) / 255.0
-    denoised = jax.nn.sigmoid(teacher.apply(tp, xf))
-    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.argmax(student.apply(sp, denoised), -1))
+    denoised = jax.jit(lambda tp, xf: jax.nn.sigmoid(teacher.apply(tp, xf)))(tp, xf)  # one program each
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), np.argmax(jax.jit(student.apply)(sp, denoised), -1))
     # the teacher by name: its denoised images
     assert evaluate.main(["--workdir", str(w), "--images", str(x), "--out", str(tmp_path / "d.npy"),
                           "--model", "teacher", "--seed", "1"]) == 0

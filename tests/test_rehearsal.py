@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from test_experiments import shrink_stages
 from test_extension import TINY_MLP, config_file, one_line_error, write
 
 from experiments import mlp, reproduce
@@ -87,6 +88,7 @@ def test_a_section_that_cannot_be_rendered_stops_the_job_before_its_first_stage(
 def test_a_stage_that_is_complete_brings_its_own_metrics_to_the_jobs_rehearsal(tmp_path, synthetic_mnist, rehearsing,
                                                                                monkeypatch):
     first = registry.stages()[0]
+    shrink_stages(monkeypatch)  # the programs of test_experiments' test of that stage
     assert reproduce.main(["--workdir", str(tmp_path), f"--config.only={first.name}"]) == 0
     rehearsed = []
     monkeypatch.setattr(cli, "rehearse", lambda run, config, **kw: rehearsed.append(run.__module__))

@@ -20,7 +20,7 @@ def hp1(lr=0.1):
 
 
 def test_study_mlp_has_55050_parameters():
-    params = models.MLP((64, 64)).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    params = jax.eval_shape(models.MLP((64, 64)).init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     assert models.param_count(params) == 55_050
     shapes = [p.shape for p in jax.tree_util.tree_leaves(params)]
     assert (784, 64) in shapes and (64, 10) in shapes
@@ -28,9 +28,9 @@ def test_study_mlp_has_55050_parameters():
 
 def test_hinton_mlp_parameter_count_and_output_shape():
     model = models.MLP((500, 300))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))  # shapes only: nothing runs
     assert models.param_count(params) == 784 * 500 + 500 + 500 * 300 + 300 + 300 * 10 + 10
-    assert model.apply(params, jnp.zeros((7, 784))).shape == (7, 10)
+    assert jax.eval_shape(model.apply, params, jnp.zeros((7, 784))).shape == (7, 10)
 
 
 def test_keras_init_is_glorot_uniform_with_zero_biases():
@@ -45,11 +45,12 @@ def test_cross_entropy_matches_definition_and_stays_finite():
     logits = jnp.array([[2.0, 1.0, 0.1], [0.0, 0.0, 0.0]])
     labels = jnp.array([0, 2])
     expected = -np.log(np.exp([2.0, 0.0]) / np.exp(np.asarray(logits)).sum(1))
-    np.testing.assert_allclose(losses.cross_entropy(logits, labels), expected, rtol=1e-6)
-    np.testing.assert_allclose(losses.cross_entropy(logits, jax.nn.one_hot(labels, 3)), expected, rtol=1e-6)
+    cross_entropy = jax.jit(losses.cross_entropy)  # one program per input shape, not one per operation
+    np.testing.assert_allclose(cross_entropy(logits, labels), expected, rtol=1e-6)
+    np.testing.assert_allclose(cross_entropy(logits, jax.nn.one_hot(labels, 3)), expected, rtol=1e-6)
     huge = jnp.array([[1e4, -1e4, 0.0]])
-    assert np.isfinite(losses.cross_entropy(huge, jnp.array([1])))[0]
-    np.testing.assert_allclose(losses.cross_entropy(huge, jnp.array([1])), [2e4], rtol=1e-6)
+    assert np.isfinite(cross_entropy(huge, jnp.array([1])))[0]
+    np.testing.assert_allclose(cross_entropy(huge, jnp.array([1])), [2e4], rtol=1e-6)
 
 
 def test_l2_penalty_is_factor_times_sum_of_squared_kernels_only():
@@ -58,7 +59,7 @@ def test_l2_penalty_is_factor_times_sum_of_squared_kernels_only():
 
 
 def test_epoch_batches_use_every_example_once():
-    idx, mask = train.epoch_batches(jax.random.key(3), 10, 4)
+    idx, mask = jax.jit(train.epoch_batches, static_argnums=(1, 2))(jax.random.key(3), 10, 4)
     assert idx.shape == (3, 4) and mask.shape == (3, 4)
     used = np.asarray(idx)[np.asarray(mask) > 0]
     assert sorted(used.tolist()) == list(range(10))
@@ -81,7 +82,7 @@ def test_masked_partial_batch_counts_every_example_once(tiny):
 
 
 def test_loss_goes_down_and_accuracy_up(tiny):
-    _, hist = train.run(mlp_task(), train.TrainSpec(epochs=5, batch_size=32), hp1(), 0, tiny)
+    _, hist = jax.jit(lambda: train.run(mlp_task(), train.TrainSpec(epochs=5, batch_size=32), hp1(), 0, tiny))()
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
     assert hist["val_accuracy"][-1] > 0.9
 
@@ -178,12 +179,14 @@ def test_max_norm_caps_incoming_weight_norms():
 def test_dropout_mlp_is_identity_at_eval_and_random_in_training():
     model = models.MLP((16,), dropout=True)
     x = jnp.ones((4, 784))
-    params = model.init(jax.random.key(0), x)
-    a = model.apply(params, x, dropout_rate=0.5)
-    b = model.apply(params, x, dropout_rate=0.9)
+    params = jax.jit(model.init)(jax.random.key(0), x)
+    evaluate = jax.jit(lambda params, rate: model.apply(params, x, dropout_rate=rate))  # each compiled once
+    training = jax.jit(lambda params, key: model.apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": key}))
+    a = evaluate(params, 0.5)
+    b = evaluate(params, 0.9)
     assert np.array_equal(a, b)
-    t1 = model.apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": jax.random.key(1)})
-    t2 = model.apply(params, x, train=True, dropout_rate=0.5, rngs={"dropout": jax.random.key(2)})
+    t1 = training(params, jax.random.key(1))
+    t2 = training(params, jax.random.key(2))
     assert not np.array_equal(t1, t2)
 
 

@@ -91,8 +91,8 @@ def test_scatter_is_the_adjoint_of_the_strided_patches():
     """<patches(x), p> == <x, scatter(p)>: the input gradient of the strided convolution and the
     transposed convolution both rest on it."""
     x, p = jax.random.normal(jax.random.key(0), (2, 11, 10, 3)), jax.random.normal(jax.random.key(1), (2, 5, 4, 27))
-    lhs = jnp.vdot(kernels._patches(x, 3, 3, 5, 4, 2), p)
-    rhs = jnp.vdot(x, kernels._scatter_patches(p, 3, 3, 11, 10, 2))
+    lhs = jax.jit(lambda x, p: jnp.vdot(kernels._patches(x, 3, 3, 5, 4, 2), p))(x, p)  # one program each
+    rhs = jax.jit(lambda x, p: jnp.vdot(x, kernels._scatter_patches(p, 3, 3, 11, 10, 2)))(x, p)
     assert float(lhs) == pytest.approx(float(rhs), rel=1e-5)
 
 
@@ -105,12 +105,12 @@ def test_layers_compute_flax_conv_and_conv_transpose_with_their_params(impl):
         (models.Conv(7, 3, "SAME", impl, keras_init=False, stride=2), nn.Conv(7, (3, 3), strides=(2, 2), padding="SAME")),
         (models.ConvTranspose(7, 3, 2, impl), nn.ConvTranspose(7, (3, 3), strides=(2, 2), padding="SAME")),
     ]:
-        params = theirs.init(jax.random.key(3), x)
-        mine = ours.init(jax.random.key(3), x)
+        params = jax.jit(theirs.init)(jax.random.key(3), x)  # both compiled alike, one program each
+        mine = jax.jit(ours.init)(jax.random.key(3), x)
         assert jax.tree_util.tree_structure(mine) == jax.tree_util.tree_structure(params)
         for a, b in zip(jax.tree_util.tree_leaves(mine), jax.tree_util.tree_leaves(params), strict=True):
             np.testing.assert_array_equal(a, b)
-        assert_close(ours.apply(params, x), theirs.apply(params, x), type(theirs).__name__)
+        assert_close(jax.jit(ours.apply)(params, x), jax.jit(theirs.apply)(params, x), type(theirs).__name__)
 
 
 def conv_vae(impl: str, **fields) -> models.VAE:
@@ -153,10 +153,10 @@ def test_conv_impl_auto_resolves_per_backend_and_a_bad_one_is_refused():
     assert kernels.default_strided_conv_impl("gpu") == "lax"  # not measured: the library convolution
     assert kernels.default_strided_conv_impl() in kernels.CONV_IMPLS
     x = jnp.zeros((1, 28, 28, 1))
-    with pytest.raises(ValueError, match="conv_impl"):
-        conv_vae("fft").init(jax.random.key(0), *conv_vae("fft").init_inputs(x))
+    with pytest.raises(ValueError, match="conv_impl"):  # traced, not run: the choice is made while tracing
+        jax.eval_shape(conv_vae("fft").init, jax.random.key(0), *conv_vae("fft").init_inputs(x))
     dense = models.VAE(latent=3, hidden=(16, 8), conv_impl="fft")  # a dense VAE has no convolution to choose
-    dense.init(jax.random.key(0), *dense.init_inputs(x))
+    jax.eval_shape(dense.init, jax.random.key(0), *dense.init_inputs(x))
 
 
 @pytest.mark.slow

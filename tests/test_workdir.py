@@ -240,8 +240,9 @@ def test_evaluate_refuses_a_diverged_run(tmp_path, capsys):
     config = load_config_file("configs/mlp.py")
     config.model.hidden = (8,)
     model = models.from_config(config.model)
-    params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 2))
-    params = jax.tree_util.tree_map(lambda a: a.at[1].set(jnp.nan), params)
+    init_runs = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))
+    params = jax.jit(lambda key: jax.tree_util.tree_map(lambda a: a.at[1].set(jnp.nan), init_runs(jax.random.split(key, 2))))(
+        jax.random.key(0))  # one program, not one per operation
     trained.write_json(tmp_path / "config.json", config.to_dict())
     trained.write_json(tmp_path / "metrics.json", {"seeds": [0, 1], "history": {"diverged": [[False], [True]]}})
     trained.save_params(tmp_path, params)
@@ -668,7 +669,8 @@ def test_evaluate_after_an_interrupted_run_uses_the_finished_run_and_says_so(tmp
     model = models.from_config(load_config_file("configs/mlp.py").model)
 
     def real_params_run(config, run_dir):
-        params = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))(jax.random.split(jax.random.key(0), 2))
+        init_runs = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1))))
+        params = jax.jit(lambda key: init_runs(jax.random.split(key, 2)))(jax.random.key(0))  # one program
         trained.save_params(run_dir, params)
         return {"seeds": [0, 1]}
 
