@@ -109,6 +109,7 @@ def test_every_config_is_registered_and_every_stage_sizes_its_quick_profile():
         load_config_file(f"{REPO}/configs/mlp.py:huge")
 
 
+@pytest.mark.slow  # two grids compared
 def test_label_smoothing_is_a_traced_hyperparameter_of_the_task(tiny):
     plain = tasks.classifier_task(models.MLP((8,)))
     smooth = tasks.classifier_task(models.MLP((8,)), label_smoothing=True)

@@ -86,21 +86,25 @@ def test_float32_compute_is_the_plain_float32_program_bit_for_bit():
         assert str(jax.make_jaxpr(lambda p, m=a: _apply(m, p, x))(p)) == str(jax.make_jaxpr(lambda p, m=b: _apply(m, p, x))(p))
 
 
-def _train_tiny(compute_dtype: str | None, one_bit: int | None = None):
+def _train_tiny(compute_dtype: str | None):
     """A 2-run, 2-epoch grid of the study's net on synthetic data, with `compute_dtype` set on the
-    config (None: a config without the field, as every config was before it existed)."""
+    config (None: a config without the field, as every config was before it existed), trained:
+    (task, spec, hp, seeds, its result)."""
+    task, spec, hp, seeds = _tiny_grid(compute_dtype)
+    return task, spec, hp, seeds, sweep.train_grid(task, spec, hp, seeds, synthetic_splits())
+
+
+def _tiny_grid(compute_dtype: str | None):
+    """`_train_tiny`'s grid, untrained: (task, spec, hp, seeds)."""
     c = load_config_file("configs/mlp.py:quick")
     c.epochs, c.seeds = 2, 2
     if compute_dtype is None:
         del c["compute_dtype"]
     else:
         c.compute_dtype = compute_dtype
-    data = synthetic_splits()
     _, task = tasks.classifier_from_config(c)
     hp, seeds = training.swept_grid(c, task)
-    if one_bit is not None:
-        seeds = {**{s: np.asarray(seeds, np.int32) for s in train.STREAMS}, "one_bit": np.full(len(seeds), one_bit, np.int32)}
-    return task, training.train_spec(c), hp, seeds, sweep.train_grid(task, training.train_spec(c), hp, seeds, data)
+    return task, training.train_spec(c), hp, seeds
 
 
 @pytest.mark.slow
@@ -119,7 +123,7 @@ def test_bfloat16_training_changes_the_numbers_and_float32_keeps_them():
 
 
 def test_one_bit_changes_exactly_one_float32_weight_by_one_ulp_under_bfloat16_compute():
-    task, spec, hp, seeds, _ = _train_tiny("bfloat16")
+    task, spec, hp, seeds = _tiny_grid("bfloat16")
     assert jnp.dtype(tasks.classifier_from_config(
         load_config_file("configs/mlp.py:quick"), compute_dtype="bfloat16")[0].dtype) == jnp.bfloat16
     hp0 = {k: jnp.asarray(v[0]) for k, v in hp.items()}

@@ -138,6 +138,7 @@ def test_run_chunks_equal_all_runs_at_once(tiny):
     np.testing.assert_allclose(together.history["loss"], apart.history["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow  # three trainings of one grid, bit for bit
 def test_resume_after_interruption_gives_identical_history(tiny, tmp_path):
     hp, seeds = sweep.grid([0, 1], learning_rate=[0.1])
     straight = sweep.train_grid(mlp_task(), SPEC, hp, seeds, tiny)

@@ -285,6 +285,7 @@ def test_a_checkpoint_restores_onto_another_device_count_and_padding(tmp_path):
             np.testing.assert_array_equal(straight[1][k], straight[2][k], err_msg=k)
 
 
+@pytest.mark.slow  # two meshes: four programs
 def test_checkpoints_of_runs_grouped_otherwise_are_named_not_silently_skipped(tmp_path, tiny, capsys):
     """A run_chunk is rounded up to the device count, so another mesh may group the runs into
     other checkpoint folders: those are not resumed, and one line says so."""

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import synthetic
 from conftest import synthetic_splits
+from test_experiments import shrunk_args
 
 from experiments import vae as vae_experiment
 from mnist_jax import data as data_lib
-from mnist_jax import generative, losses, models, sweep, tasks
+from mnist_jax import generative, losses, models, registry, sweep, tasks
 from mnist_jax.train import Batch, TrainSpec
 
 # its module fixture is built once: every test of this file runs on one pytest-xdist worker
@@ -255,42 +256,40 @@ def test_brief_training_on_mnist_drives_the_negative_elbo_far_below_its_start(mn
     assert result.history["test_kl"][0, -1] > 1.0  # the latent is used, not collapsed onto the prior
 
 
-VAE_TRAIN = 2_000  # synthetic training images of the experiment's runs here
-
-
 @pytest.fixture(scope="module")
 def vae_workdir(tmp_path_factory):
-    """A smoke-sized run of the experiment on synthetic digits, compiled with light optimization
-    (what it writes, not how well it generates; `test_brief_training_on_mnist...` trains on MNIST):
-    2 seeds, 1 epoch, a small IWAE, an MLP judge."""
+    """The experiment's quick profile on synthetic digits, shrunk as `test_experiments` shrinks it
+    (2 seeds, 1 epoch, a small IWAE, an MLP judge), compiled with light optimization: what it
+    writes, not how well it generates (`test_brief_training_on_mnist...` trains on MNIST). Its
+    programs are those of that test and of the job's vae stage, loaded from the persistent
+    compilation cache once one of them has built them."""
     with pytest.MonkeyPatch.context() as mp:
-        synthetic.install(mp.setattr, VAE_TRAIN)
+        synthetic.install(mp.setattr)
         with synthetic.light_compiles(mp):
             workdir = tmp_path_factory.mktemp("vae")
-            argv = ["--workdir", str(workdir), "--config", "configs/vae.py:quick", "--config.seeds=2", "--config.epochs=1",
-                    "--config.iwae_images=20", "--config.iwae_k=50", "--config.map_epochs=1",
-                    "--config.n_samples=10000"]
-            assert vae_experiment.main(argv) == 0
+            assert vae_experiment.main(shrunk_args(registry.stage("vae"), workdir)) == 0
             yield workdir
 
 
 @pytest.fixture
 def synthetic_vae(monkeypatch, vae_workdir):
     """The synthetic digits of `vae_workdir`, for a run that reuses its classifier."""
-    synthetic.install(monkeypatch.setattr, VAE_TRAIN)
+    synthetic.install(monkeypatch.setattr)
 
 
 @pytest.mark.slow
 def test_experiment_end_to_end_writes_samples_metrics_and_figures(vae_workdir):
+    config = json.loads((vae_workdir / "config.json").read_text())
+    n = config["n_samples"]
     samples = np.load(vae_workdir / "samples.npy")
-    assert samples.shape == (10_000, 28, 28) and samples.dtype == np.float32
+    assert samples.shape == (n, 28, 28) and samples.dtype == np.float32
     assert samples.min() >= 0.0 and samples.max() <= 1.0
     metrics = json.loads((vae_workdir / "metrics.json").read_text())
     assert len(metrics["test_neg_elbo"]["per_seed"]) == 2
-    assert metrics["iwae"]["images"] == 20 and metrics["iwae"]["k"] == 50
+    assert metrics["iwae"]["images"] == config["iwae_images"] and metrics["iwae"]["k"] == config["iwae_k"] > 1
     assert metrics["iwae"]["nll"]["mean"] <= metrics["iwae"]["neg_elbo_same_images"]["mean"]
     quality = metrics["sample_quality"]
-    assert quality["classifier"]["kind"] == "mlp" and sum(quality["label_histogram_run0"]) == 10_000
+    assert quality["classifier"]["kind"] == "mlp" and sum(quality["label_histogram_run0"]) == n
     assert 0.0 <= quality["confident_share"]["mean"] <= 1.0
     assert quality["frechet_distance"]["mean"] > quality["real_digits"]["frechet_distance"]
     for name in ("vae_samples", "vae_reconstructions", "vae_latent", "vae_interpolation", "vae_elbo"):
