@@ -134,15 +134,19 @@ def test_a_stage_from_other_code_is_never_silently_reused(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_write_byte_identical_metrics_apart_from_timings_and_times(tmp_path, synthetic_processes):
+def test_two_processes_write_byte_identical_metrics_apart_from_timings_and_another_seed_does_not(tmp_path,
+                                                                                                 synthetic_processes):
+    """The same config and seed in two processes: the same metrics.json, every number bit for bit,
+    timings and times aside; a third process with another seed: other numbers."""
     workdir = tmp_path / "w"
-    cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(workdir), *SMALL, "--config.seed=3"]
+    cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(workdir), *SMALL]
     texts = []
-    for _ in range(2):
-        subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT)
+    for seed in (3, 3, 4):
+        subprocess.run([*cmd, f"--config.seed={seed}"], capture_output=True, check=True, cwd=ROOT)
         texts.append((workdir / "metrics.json").read_text())
-        shutil.rmtree(workdir)  # the second process starts from nothing, in the same folder
-    a, b = (json.loads(t) for t in texts)
+        shutil.rmtree(workdir)  # the next process starts from nothing, in the same folder
+    a, b, other = (json.loads(t) for t in texts)
+    assert other["history"] != a["history"]
     assert a["schema_version"] == provenance.SCHEMA_VERSION and set(a["provenance"]) == FIELDS
     prov = a["provenance"]
     assert prov["command"] == shlex.join(["python", "-m", "experiments.mlp", "--workdir", str(workdir), *SMALL,
