@@ -183,3 +183,49 @@ def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_pa
         assert (tmp_path / name / "metrics.json").exists()
         section = registry.stage(name).module().section(json.loads((tmp_path / name / "metrics.json").read_text()))
         assert section.strip() and section.strip() in report
+
+
+
+# A pytest plugin that reports every test passed without running it or its fixtures: a session's
+# selection, made on pytest-xdist's workers as in `.ci/run`, seen in seconds.
+NOT_RUN = """
+import pytest
+from _pytest.reports import TestReport
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    item.ihook.pytest_runtest_logreport(report=TestReport(item.nodeid, item.location, {}, "passed", None, "call", []))
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+
+@pytest.mark.slow
+def test_a_session_with_the_job_leaves_out_the_stage_tests_it_covers(tmp_path):
+    """Under pytest-xdist, as `.ci/run` runs the suite, a session with the job's test beside
+    test_experiments' deselects exactly the stage tests (`in_the_job`), and one without it none."""
+    import os
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    (tmp_path / "not_run.py").write_text(NOT_RUN)
+    stages = {e.config.stem for e in first_of_each_module(TRAINED) if e.order is not None}
+    assert stages
+    tests = pathlib.Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+    def ran(*files: str) -> set[str]:
+        """The configs whose test_experiment_runs_end_to_end_on_synthetic_data ran in the session."""
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "not_run",
+                               "-n", "2", *(str(tests / f) for f in files)], cwd=tests.parent, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return set(re.findall(r"^PASSED \S+::test_experiment_runs_end_to_end_on_synthetic_data\[(\w+)\]",
+                              done.stdout, re.MULTILINE))
+
+    alone, with_the_job = ran("test_experiments.py"), ran("test_experiments.py", "test_reproduce.py")
+    assert stages <= alone and alone - with_the_job == stages, (alone, with_the_job)
