@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -185,7 +190,6 @@ def test_reproduce_runs_its_stages_and_writes_the_report(synthetic_mnist, tmp_pa
         assert section.strip() and section.strip() in report
 
 
-
 # A pytest plugin that reports every test passed without running it or its fixtures: a session's
 # selection, made on pytest-xdist's workers as in `.ci/run`, seen in seconds.
 NOT_RUN = """
@@ -206,12 +210,6 @@ def pytest_runtest_protocol(item, nextitem):
 def test_a_session_with_the_job_leaves_out_the_stage_tests_it_covers(tmp_path):
     """Under pytest-xdist, as `.ci/run` runs the suite, a session with the job's test beside
     test_experiments' deselects exactly the stage tests (`in_the_job`), and one without it none."""
-    import os
-    import pathlib
-    import re
-    import subprocess
-    import sys
-
     (tmp_path / "not_run.py").write_text(NOT_RUN)
     stages = {e.config.stem for e in first_of_each_module(TRAINED) if e.order is not None}
     assert stages
