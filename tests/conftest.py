@@ -91,6 +91,15 @@ def on_synthetic_data(node) -> bool:
 JOB_CHECKS_EVERY_STAGE = ("test_reproduce.py", "test_every_stage_writes_what_its_experiment_promises")  # file, test
 
 
+def covered_by_the_job(items: list) -> list:
+    """The tests marked `in_the_job` when `items` hold the job's check of every stage
+    (JOB_CHECKS_EVERY_STAGE, found by file and name: pytest-xdist adds its group to a node id);
+    none otherwise."""
+    if not any((item.path.name, item.name) == JOB_CHECKS_EVERY_STAGE for item in items):
+        return []
+    return [item for item in items if item.get_closest_marker("in_the_job")]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """A `slow` test is in the slower tier: `-m integration` selects it, `-m "not integration"` does not.
@@ -107,11 +116,10 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.integration)
     yield
-    if any((item.path.name, item.name) == JOB_CHECKS_EVERY_STAGE for item in items):  # xdist renames its node id
-        covered = [item for item in items if item.get_closest_marker("in_the_job")]
-        if covered:
-            config.hook.pytest_deselected(items=covered)
-            items[:] = [item for item in items if not item.get_closest_marker("in_the_job")]
+    covered = covered_by_the_job(items)
+    if covered:
+        config.hook.pytest_deselected(items=covered)
+        items[:] = [item for item in items if item not in covered]
     items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)  # stable: each part keeps its order
 
 

@@ -15,6 +15,8 @@ import sys
 
 import jax
 import pytest
+from _pytest.mark.structures import ParameterSet
+from conftest import JOB_CHECKS_EVERY_STAGE, covered_by_the_job
 from test_evaluate import evaluate_each_declared
 from test_reproduce import numeric_leaves
 
@@ -209,21 +211,33 @@ def pytest_runtest_protocol(item, nextitem):
 @pytest.mark.slow
 def test_a_session_with_the_job_leaves_out_the_stage_tests_it_covers(tmp_path):
     """Under pytest-xdist, as `.ci/run` runs the suite, a session with the job's test beside
-    test_experiments' deselects exactly the stage tests (`in_the_job`), and one without it none."""
+    test_experiments' deselects exactly the stage tests (`in_the_job`)."""
     (tmp_path / "not_run.py").write_text(NOT_RUN)
+    every = {(p.values[0] if isinstance(p, ParameterSet) else p).config.stem for p in by_tier(TRAINED)}
     stages = {e.config.stem for e in first_of_each_module(TRAINED) if e.order is not None}
-    assert stages
+    assert stages and stages < every
     tests = pathlib.Path(__file__).resolve().parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "not_run",
+                           "-n", "1", str(tests / "test_experiments.py"), str(tests / "test_reproduce.py")],
+                          cwd=tests.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ran = set(re.findall(r"^PASSED \S+::test_experiment_runs_end_to_end_on_synthetic_data\[(\w+)\]",
+                         done.stdout, re.MULTILINE))
+    assert ran == every - stages, (ran, every, stages)
 
-    def ran(*files: str) -> set[str]:
-        """The configs whose test_experiment_runs_end_to_end_on_synthetic_data ran in the session."""
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "not_run",
-                               "-n", "2", *(str(tests / f) for f in files)], cwd=tests.parent, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        return set(re.findall(r"^PASSED \S+::test_experiment_runs_end_to_end_on_synthetic_data\[(\w+)\]",
-                              done.stdout, re.MULTILINE))
 
-    alone, with_the_job = ran("test_experiments.py"), ran("test_experiments.py", "test_reproduce.py")
-    assert stages <= alone and alone - with_the_job == stages, (alone, with_the_job)
+def test_a_session_without_the_job_leaves_out_no_stage_test():
+    """The choice itself (`covered_by_the_job`), on items with a test's file, name and marks."""
+    class Item:
+        def __init__(self, file, name, *marks):
+            self.path, self.name, self.marks = pathlib.Path("tests", file), name, marks
+
+        def get_closest_marker(self, mark):
+            return mark if mark in self.marks else None
+
+    stage, other = Item("test_experiments.py", "t[mlp]", "in_the_job"), Item("test_experiments.py", "t[cnn_small]")
+    job = Item(*JOB_CHECKS_EVERY_STAGE, "integration")
+    assert covered_by_the_job([stage, other]) == []
+    assert covered_by_the_job([stage, other, job]) == [stage]
+    assert covered_by_the_job([other, job]) == []
