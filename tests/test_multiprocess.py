@@ -1,11 +1,11 @@
 """Several processes as one run (JAX's multi-controller runtime over gloo, on localhost).
 
 The quick L2 sweep (configs/l2_sweep_quick.py: 9 runs, 784-100-10, 3 epochs) trained by 2
-processes of 2 CPU devices each, against the same sweep in one process with 4 devices and with 1
-device; a process killed after a checkpoint; what lands in the workdir; errors and the launcher.
-The processes train on the tests' synthetic digits (`synthetic.for_processes`): what is tested is
-how processes share one run, which MNIST's numbers do not enter. Every subprocess has a timeout,
-and the launcher stops the processes it started.
+processes of 2 CPU devices each, against the same sweep in one process with 4 devices (which
+test_sweep compares with one device); a process killed after a checkpoint; what lands in the
+workdir; errors and the launcher. The processes train on the tests' synthetic digits
+(`synthetic.for_processes`): what is tested is how processes share one run, which MNIST's numbers
+do not enter. Every subprocess has a timeout, and the launcher stops the processes it started.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import synthetic
 
@@ -88,15 +87,16 @@ def files(workdir: pathlib.Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory) -> dict[str, pathlib.Path]:
-    """The quick sweep trained three ways: 2 processes x 2 devices, 1 process x 4, 1 process x 1."""
+    """The quick sweep trained two ways: 2 processes x 2 devices, and 1 process x 4 devices. One
+    process of 4 devices against one device is test_sweep's sharding test: with the one here, 2
+    processes match one device up to float32 reassociation."""
     root = tmp_path_factory.mktemp("sweeps")
-    out = {name: root / name for name in ("2x2", "1x4", "1x1")}
+    out = {name: root / name for name in ("2x2", "1x4")}
     with pytest.MonkeyPatch.context() as mp, synthetic.light_compiles(mp):  # as the tests that compare with them
         synthetic.for_processes(mp)
         result = launched(out["2x2"])
         assert result.returncode == 0, result.stderr[-3000:]
         single(out["1x4"], 4)
-        single(out["1x1"], 1)
     return out
 
 
@@ -107,17 +107,6 @@ def test_two_processes_give_the_numbers_of_one_process_with_four_devices(sweeps)
     assert len(m["runs"]) == 9
     # the same 4 devices: the same numbers, timings and provenance aside (REDUCED_LOSSES to 1e-6)
     assert_same_numbers(sweeps["2x2"], sweeps["1x4"])
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_device_up_to_reassociation(sweeps):
-    a, b = metrics(sweeps["2x2"]), metrics(sweeps["1x1"])
-    for key in ("loss", "train_accuracy", "val_accuracy", "test_accuracy"):
-        np.testing.assert_allclose(a["history"][key], b["history"][key], rtol=1e-3, atol=1e-3, err_msg=key)
-    np.testing.assert_allclose(a["history"]["loss"], b["history"]["loss"], rtol=1e-4)
-    errors = np.array([[r["test_errors"] for r in m["runs"]] for m in (a, b)])
-    assert np.abs(errors[0] - errors[1]).max() <= 5  # a few test images at most
-    assert [(r["l2"], r["seed"]) for r in a["runs"]] == [(r["l2"], r["seed"]) for r in b["runs"]]
 
 
 @pytest.mark.slow

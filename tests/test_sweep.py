@@ -38,6 +38,8 @@ def run_sharded(devices: int, run_chunk: int = 0) -> dict:
 
 @pytest.mark.slow
 def test_sharded_over_four_host_devices_matches_one_device_and_drops_padding():
+    """4 devices against 1, up to float32 reassociation; test_multiprocess finds 2 processes of 2
+    devices equal to one process of 4, so they match one device the same way."""
     one = run_sharded(1)
     four = run_sharded(4)
     chunked = run_sharded(4, run_chunk=4)  # 4 + 1 runs, the second chunk padded to 4
