@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -573,6 +574,8 @@ MOMENTS = {
 
 @pytest.mark.slow
 def test_chaos_sigkill_at_random_moments_ends_like_an_uninterrupted_run(tmp_path, synthetic_processes):
+    """A run SIGKILLed at each moment of its life (`MOMENTS`), each time rerun: it ends with the
+    numbers and files of a run never killed, and leaves its neighbours alone."""
     box = tmp_path / "box"
     box.mkdir()
     (box / "neighbour.txt").write_text("untouched")
@@ -583,23 +586,32 @@ def test_chaos_sigkill_at_random_moments_ends_like_an_uninterrupted_run(tmp_path
     rng = random.Random(14)
     plan = ["startup", "training", "checkpointing", "params", "figures", "metrics write", "commit",
             rng.choice(list(MOMENTS))]
-    killed = []
-    for moment in plan:
+    killed, said = [], []
+    for i, moment in enumerate(plan):
         start = newest_checkpoint(w)
-        proc = subprocess.Popen(mlp_cmd(w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while proc.poll() is None and not MOMENTS[moment](w, start):
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 3.0 if moment == "startup" else 0.3 if moment == "training" else 0.005))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed.append(moment)
-        proc.wait()
+        out = tmp_path / f"stdout_{i}.txt"  # unbuffered (-u): what it printed before the kill is there
+        with out.open("w") as f:
+            proc = subprocess.Popen([sys.executable, "-u", *mlp_cmd(w)[1:]], stdout=f, stderr=subprocess.DEVNULL)
+            while proc.poll() is None and not MOMENTS[moment](w, start):
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 3.0 if moment == "startup" else 0.3 if moment == "training" else 0.005))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed.append(moment)
+            proc.wait()
+        said.append(out.read_text())
         # whatever the moment, the committed state is consistent: config.json only beside its metrics
         if (w / "config.json").exists():
             config, metrics = committed(w)
             assert config["epochs"] == 6 and len(metrics["history"]["loss"][0]) == 6
+        if moment == "training" and killed[-1:] == ["training"]:  # mid-training: no result yet, the run's config whole
+            assert not (w / "metrics.json").exists() and not (w / "config.json").exists()
+            assert json.loads((w / ".mnist_jax" / "run" / "config.json").read_text())["epochs"] == 6
     print("killed at:", killed)
     assert len(killed) >= 6, killed
+    if "training" in killed:  # a later process trained on from a checkpoint written mid-training
+        resumed = [int(n) for text in said for n in re.findall(r"resumed from the checkpoint of epoch (\d+)", text)]
+        assert any(1 <= n < 6 for n in resumed), (resumed, killed)
     subprocess.run(mlp_cmd(w), check=True, capture_output=True)
 
     assert json.loads((w / "metrics.json").read_text())["history"] == json.loads(
