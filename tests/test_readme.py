@@ -43,6 +43,8 @@ TRAINED_ELSEWHERE = {
     "PYTHONPATH=": "tests/test_extension.py::test_a_model_from_outside_trains_its_sweep_with_no_edit_of_the_package",
     "mnist_jax.launch": "tests/test_multiprocess.py (the quick L2 sweep as 2 processes x 2 devices)",
     "--config.profile=full": "the full profile: docs/results/ holds its runs",
+    "experiments.variance_sources": "tests/test_variance_sources.py::test_variance_sources_end_to_end (its seeds and "
+                                    "epochs, on the real MNIST); the job's test trains its default sources",
 }
 
 

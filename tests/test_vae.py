@@ -138,9 +138,10 @@ def test_a_seed_reproduces_and_another_seed_differs():
     assert not np.allclose(hist[0], hist[2])
     for leaf in jax.tree_util.tree_leaves(result.state.params):
         np.testing.assert_array_equal(leaf[0], leaf[1])
-    # and a second call of the whole program gives the same numbers again
-    again = sweep.train_grid(task, spec, {k: v[:1] for k, v in hp.items()}, seeds[:1], synthetic_splits())
-    np.testing.assert_allclose(again.history["test_neg_elbo"][0], hist[0], rtol=1e-6)
+    # and a second call of the whole program (its executable from the compilation cache) gives
+    # the same numbers again
+    again = sweep.train_grid(task, spec, hp, seeds, synthetic_splits())
+    np.testing.assert_array_equal(again.history["test_neg_elbo"], hist)
 
 
 @pytest.mark.slow
