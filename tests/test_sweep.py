@@ -23,26 +23,27 @@ SHARDED = textwrap.dedent("""
     spec = train.TrainSpec(epochs=2, batch_size=64)
     hp, seeds = sweep.grid([0, 1, 2], l2=[0.0, 1e-3], learning_rate=[0.1])   # 6 runs
     hp = {k: v[:5] for k, v in hp.items()}; seeds = seeds[:5]                 # 5 runs: padding needed on 4 devices
-    r = sweep.train_grid(task, spec, hp, seeds, synthetic_splits(), run_chunk=int(sys.argv[1]) or None)
-    print(json.dumps({"devices": jax.device_count(), "loss": r.history["loss"].tolist(),
-                      "errors": r.history["test_errors"].tolist(), "n": len(r.history["loss"])}))
+    for run_chunk in sys.argv[1:]:
+        r = sweep.train_grid(task, spec, hp, seeds, synthetic_splits(), run_chunk=int(run_chunk) or None)
+        print(json.dumps({"devices": jax.device_count(), "loss": r.history["loss"].tolist(),
+                          "errors": r.history["test_errors"].tolist(), "n": len(r.history["loss"])}))
 """)
 
 
-def run_sharded(devices: int, run_chunk: int = 0) -> dict:
+def run_sharded(devices: int, *run_chunks: int) -> list[dict]:
+    """The grid trained on `devices` host devices, once per run chunk (0: all runs at once), in one process."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SHARDED, str(run_chunk)], env=env, check=True, capture_output=True,
-                         text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", SHARDED, *map(str, run_chunks)], env=env, check=True,
+                         capture_output=True, text=True)
+    return [json.loads(line) for line in out.stdout.strip().splitlines()[-len(run_chunks):]]
 
 
 @pytest.mark.slow
 def test_sharded_over_four_host_devices_matches_one_device_and_drops_padding():
     """4 devices against 1, up to float32 reassociation; test_multiprocess finds 2 processes of 2
     devices equal to one process of 4, so they match one device the same way."""
-    one = run_sharded(1)
-    four = run_sharded(4)
-    chunked = run_sharded(4, run_chunk=4)  # 4 + 1 runs, the second chunk padded to 4
+    (one,) = run_sharded(1, 0)
+    four, chunked = run_sharded(4, 0, 4)  # all 5 runs at once; 4 + 1 runs, the second chunk padded to 4
     assert (one["devices"], four["devices"]) == (1, 4)
     for result in (four, chunked):
         assert result["n"] == 5  # padding never reaches the results
