@@ -1,10 +1,12 @@
 """The main job end to end (quick profile, on synthetic digits): REPORT.md, its figures and numbers, resume,
-reuse, evaluate on every stage, stages in parallel processes."""
+reuse, evaluate on every stage, the vae stage's samples and a conditional run that reuses its
+classifier, stages in parallel processes."""
 
 import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import synthetic
 
@@ -147,6 +149,46 @@ def test_cnn_search_reuses_runs_it_already_has_instead_of_training_them_twice(qu
 
 
 @pytest.mark.integration
+def test_the_vae_stage_writes_samples_bounds_and_figures(quick_job):
+    """What the vae experiment writes (shrunk: 2 seeds, 1 epoch, a small IWAE, an MLP judge), not
+    how well it generates (test_vae trains on MNIST)."""
+    workdir = quick_job / "vae"
+    config = json.loads((workdir / "config.json").read_text())
+    n = config["n_samples"]
+    samples = np.load(workdir / "samples.npy")
+    assert samples.shape == (n, 28, 28) and samples.dtype == np.float32
+    assert samples.min() >= 0.0 and samples.max() <= 1.0
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert len(metrics["test_neg_elbo"]["per_seed"]) == config["seeds"] == 2
+    assert metrics["iwae"]["images"] == config["iwae_images"] and metrics["iwae"]["k"] == config["iwae_k"] > 1
+    assert metrics["iwae"]["nll"]["mean"] <= metrics["iwae"]["neg_elbo_same_images"]["mean"]
+    quality = metrics["sample_quality"]
+    assert quality["classifier"]["kind"] == "mlp" and sum(quality["label_histogram_run0"]) == n
+    assert 0.0 <= quality["confident_share"]["mean"] <= 1.0
+    assert quality["frechet_distance"]["mean"] > quality["real_digits"]["frechet_distance"]
+    for name in ("vae_samples", "vae_reconstructions", "vae_latent", "vae_interpolation", "vae_elbo"):
+        assert (workdir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.integration
+def test_a_conditional_vae_run_draws_requested_digits_judged_by_the_stages_classifier(quick_job, tmp_path):
+    from experiments import vae
+
+    argv = ["--workdir", str(tmp_path), "--config.seeds=1", "--config.epochs=1", "--config.iwae_images=10",
+            "--config.iwae_k=20", "--config.map_epochs=0", "--config.n_samples=200", "--config.model.conditional=True",
+            "--config.digits=[7, 2]", f"--config.classifier.workdir={quick_job / 'vae'}"]
+    assert vae.main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    quality = metrics["sample_quality"]
+    assert quality["classifier"]["source"].startswith("the classifier trained by the vae run")
+    assert quality["classifier"]["kind"] == "mlp"
+    assert 0.0 <= quality["label_agreement"]["mean"] <= 1.0
+    assert np.load(tmp_path / "samples.npy").shape == (200, 28, 28)
+    assert (tmp_path / "vae_conditional.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "vae_latent.png").exists()  # map_epochs=0 and a 32-D latent: no map
+
+
+@pytest.mark.integration
 def test_interrupted_experiment_resumes_to_identical_metrics_and_complete_ones_are_kept(quick_job, tmp_path, capsys):
     job = tmp_path / "job"
     shutil.copytree(quick_job, job)
@@ -229,8 +271,6 @@ def test_a_stage_made_by_other_code_is_trained_again_unless_reuse_any(quick_job,
 
 @pytest.mark.integration
 def test_evaluate_applies_every_stage_that_trains_a_model(quick_job, tmp_path, capsys):
-    import numpy as np
-
     from experiments import evaluate
 
     images = tmp_path / "x.npy"

@@ -1,27 +1,21 @@
 """The VAE: its loss by hand, KL, IWAE against an exact likelihood, samples, reproducibility,
-sample-quality measures, a short training on the real MNIST, and the experiment end to end on
-synthetic digits."""
+sample-quality measures and a short training on the real MNIST. What the experiment writes, and a
+conditional run that reuses its classifier: test_reproduce, on the job's vae stage."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import synthetic
 from conftest import synthetic_splits
-from test_experiments import shrunk_args
 
 from experiments import vae as vae_experiment
 from mnist_jax import data as data_lib
-from mnist_jax import generative, losses, models, registry, sweep, tasks
+from mnist_jax import generative, losses, models, sweep, tasks
 from mnist_jax.train import Batch, TrainSpec
-
-# its module fixture is built once: every test of this file runs on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("test_vae")
 
 TINY = {"kind": "vae", "latent": 3, "hidden": (16, 8)}
 
@@ -255,59 +249,3 @@ def test_brief_training_on_mnist_drives_the_negative_elbo_far_below_its_start(mn
     assert np.all(np.diff(test) < 0), test
     assert test[-1] < 0.4 * start, (start, test)
     assert result.history["test_kl"][0, -1] > 1.0  # the latent is used, not collapsed onto the prior
-
-
-@pytest.fixture(scope="module")
-def vae_workdir(tmp_path_factory):
-    """The experiment's quick profile on synthetic digits, shrunk as `test_experiments` shrinks it
-    (2 seeds, 1 epoch, a small IWAE, an MLP judge), compiled with light optimization: what it
-    writes, not how well it generates (`test_brief_training_on_mnist...` trains on MNIST). Its
-    programs are those of that test and of the job's vae stage, loaded from the persistent
-    compilation cache once one of them has built them."""
-    with pytest.MonkeyPatch.context() as mp:
-        synthetic.install(mp.setattr)
-        with synthetic.light_compiles(mp):
-            workdir = tmp_path_factory.mktemp("vae")
-            assert vae_experiment.main(shrunk_args(registry.stage("vae"), workdir)) == 0
-            yield workdir
-
-
-@pytest.fixture
-def synthetic_vae(monkeypatch, vae_workdir):
-    """The synthetic digits of `vae_workdir`, for a run that reuses its classifier."""
-    synthetic.install(monkeypatch.setattr)
-
-
-@pytest.mark.slow
-def test_experiment_end_to_end_writes_samples_metrics_and_figures(vae_workdir):
-    config = json.loads((vae_workdir / "config.json").read_text())
-    n = config["n_samples"]
-    samples = np.load(vae_workdir / "samples.npy")
-    assert samples.shape == (n, 28, 28) and samples.dtype == np.float32
-    assert samples.min() >= 0.0 and samples.max() <= 1.0
-    metrics = json.loads((vae_workdir / "metrics.json").read_text())
-    assert len(metrics["test_neg_elbo"]["per_seed"]) == 2
-    assert metrics["iwae"]["images"] == config["iwae_images"] and metrics["iwae"]["k"] == config["iwae_k"] > 1
-    assert metrics["iwae"]["nll"]["mean"] <= metrics["iwae"]["neg_elbo_same_images"]["mean"]
-    quality = metrics["sample_quality"]
-    assert quality["classifier"]["kind"] == "mlp" and sum(quality["label_histogram_run0"]) == n
-    assert 0.0 <= quality["confident_share"]["mean"] <= 1.0
-    assert quality["frechet_distance"]["mean"] > quality["real_digits"]["frechet_distance"]
-    for name in ("vae_samples", "vae_reconstructions", "vae_latent", "vae_interpolation", "vae_elbo"):
-        assert (vae_workdir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.slow
-def test_conditional_run_draws_requested_digits_judged_by_a_reused_classifier(vae_workdir, synthetic_vae, tmp_path):
-    argv = ["--workdir", str(tmp_path), "--config.seeds=1", "--config.epochs=1", "--config.iwae_images=10",
-            "--config.iwae_k=20", "--config.map_epochs=0", "--config.n_samples=200", "--config.model.conditional=True",
-            "--config.digits=[7, 2]", f"--config.classifier.workdir={vae_workdir}"]
-    assert vae_experiment.main(argv) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    quality = metrics["sample_quality"]
-    assert quality["classifier"]["source"].startswith("the classifier trained by the vae run")
-    assert quality["classifier"]["kind"] == "mlp"
-    assert 0.0 <= quality["label_agreement"]["mean"] <= 1.0
-    assert np.load(tmp_path / "samples.npy").shape == (200, 28, 28)
-    assert (tmp_path / "vae_conditional.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not (tmp_path / "vae_latent.png").exists()  # map_epochs=0 and a 32-D latent: no map
