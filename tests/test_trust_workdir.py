@@ -432,14 +432,15 @@ def test_compare_finds_no_difference_between_a_resumed_run_and_an_uninterrupted_
 @pytest.mark.slow
 def test_a_crashing_config_leaves_the_interrupted_run_resumable(tmp_path, synthetic_processes):
     w = tmp_path / "w"
-    cmd = [sys.executable, "-m", "experiments.mlp", "--workdir", str(w), "--config.seeds=1", "--config.epochs=6",
-           "--config.model.hidden=[8]", "--config.checkpoint_seconds=0"]
+    args = ["--workdir", str(w), "--config.seeds=1", "--config.epochs=6", "--config.model.hidden=[8]",
+            "--config.checkpoint_seconds=0"]
+    cmd = [sys.executable, "-m", "experiments.mlp", *args]
     first = subprocess.run(cmd, env=synthetic.interrupted_env("2"), capture_output=True, text=True, timeout=300)
     assert first.returncode == 130, first.stderr[-2000:]
     interrupted_at = workdir_lib.checkpoint_epoch(w / ".mnist_jax" / "run")
     assert interrupted_at == 2
     # another config, refused (tasks.check_classifier) here in this process; the unit tests cover a crash and a kill
-    assert mlp.main([*cmd[3:], "--config.model.kind=dae"]) == 2
+    assert mlp.main([*args, "--config.model.kind=dae"]) == 2
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed from the checkpoint of epoch {interrupted_at}" in again.stdout
